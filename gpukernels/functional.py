@@ -1,0 +1,505 @@
+"""User-facing neural-network ops (``gk.functional``, PyTorch's ``F``).
+
+Each op has two halves side by side: an autograd ``Function`` whose forward/backward
+call the current backend's kernels (``backend.kernels(family, device)``), and the public
+function that validates its arguments, with an error that names the argument and what
+was received, then calls ``Function.apply``.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from . import backend
+from .tensor import _FLOATS, Function, Tensor
+
+__all__ = [
+    "conv2d", "linear", "relu", "leaky_relu", "sigmoid", "tanh", "heaviside",
+    "max_pool2d", "avg_pool2d", "batch_norm", "softmax", "log_softmax", "cross_entropy",
+    "mse_loss", "flatten", "dropout",
+]
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _kern(family, array):
+    return backend.kernels(family, backend.device_of(array))
+
+
+def _tensor(x, name, ndim=None, floating=True):
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a Tensor, got {type(x).__name__}")
+    if ndim is not None and x.ndim not in ((ndim,) if isinstance(ndim, int) else ndim):
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {x.shape}")
+    if floating and x.dtype not in _FLOATS:
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    return x
+
+
+def _same_dtype(op, **tensors):
+    dtypes = {name: t.dtype for name, t in tensors.items() if t is not None}
+    if len(set(dtypes.values())) > 1:
+        raise TypeError(f"{op}: dtypes differ: {', '.join(f'{k}={v}' for k, v in dtypes.items())}")
+
+
+def _pair(value, name, minimum):
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = (int(value), int(value))
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value
+    ):
+        value = (int(value[0]), int(value[1]))
+    else:
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if min(value) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_reduction(reduction):
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def _check_slope(negative_slope):
+    if not isinstance(negative_slope, numbers.Real) or negative_slope < 0:
+        # the backward reads the saved output, whose sign is the input's only for slope >= 0
+        raise ValueError(f"negative_slope must be a number >= 0, got {negative_slope!r}")
+    return float(negative_slope)
+
+
+# ----------------------------------------------------------------------------- conv2d
+
+
+class Conv2dFunction(Function):
+    def forward(self, x, weight, bias, stride, padding, dilation, groups, activation, negative_slope):
+        self.args = (stride, padding, dilation, groups, activation, negative_slope)
+        y = _kern("conv", x).conv2d_forward(x, weight, bias, *self.args)
+        self.save_for_backward(x, weight, y if activation else None)
+        return y
+
+    def backward(self, g):
+        x, weight, y = self.saved
+        return _kern("conv", g).conv2d_backward(
+            g, x, weight, y, *self.args, needs=self.needs_input_grad[:3]
+        )
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
+           activation=None, negative_slope=0.01):
+    """2-d cross-correlation with optional fused bias and activation.
+
+    y[n, o] = act(b[o] + sum_{c, i, j} w[o, c, i, j] * x[n, g*C/G + c, s*p + d*i - pad, ...])
+
+    Args:
+        x: (N, C, H, W) input.
+        weight: (O, C // groups, KH, KW).
+        bias: (O,) or None.
+        stride, padding, dilation: int or (h, w) pair.
+        groups: C and O must both be divisible by it.
+        activation: None, "relu" or "leaky_relu", applied in the same kernel.
+        negative_slope: leaky ReLU slope (>= 0).
+    """
+    _tensor(x, "input", 4)
+    _tensor(weight, "weight", 4)
+    if bias is not None:
+        _tensor(bias, "bias", 1)
+    _same_dtype("conv2d", input=x, weight=weight, bias=bias)
+    stride = _pair(stride, "stride", 1)
+    padding = _pair(padding, "padding", 0)
+    dilation = _pair(dilation, "dilation", 1)
+    if not isinstance(groups, numbers.Integral) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    n, c, h, w = x.shape
+    o, cg, kh, kw = weight.shape
+    if c % groups or o % groups:
+        raise ValueError(f"conv2d: in_channels {c} and out_channels {o} must be divisible by groups={groups}")
+    if cg * groups != c:
+        raise ValueError(
+            f"conv2d: weight of shape {weight.shape} expects {cg * groups} input channels "
+            f"(groups={groups}), got input of shape {x.shape}"
+        )
+    if bias is not None and bias.shape != (o,):
+        raise ValueError(f"conv2d: bias must have shape ({o},), got {bias.shape}")
+    eff_h, eff_w = dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1
+    if h + 2 * padding[0] < eff_h or w + 2 * padding[1] < eff_w:
+        raise ValueError(
+            f"conv2d: padded input {h + 2 * padding[0]}x{w + 2 * padding[1]} is smaller than "
+            f"the dilated kernel {eff_h}x{eff_w}"
+        )
+    if activation not in (None, "relu", "leaky_relu"):
+        raise ValueError(f"activation must be None, 'relu' or 'leaky_relu', got {activation!r}")
+    slope = _check_slope(negative_slope) if activation == "leaky_relu" else 0.0
+    return Conv2dFunction.apply(x, weight, bias, stride, padding, dilation, int(groups), activation, slope)
+
+
+# ----------------------------------------------------------------------------- linear
+
+
+class LinearFunction(Function):
+    def forward(self, x, weight, bias):
+        self.save_for_backward(x, weight)
+        return _kern("linear", x).linear_forward(x, weight, bias)
+
+    def backward(self, g):
+        x, weight = self.saved
+        return _kern("linear", g).linear_backward(g, x, weight, needs=self.needs_input_grad)
+
+
+def linear(x, weight, bias=None):
+    """y = x W^T + b.
+
+    Args:
+        x: (..., in_features).
+        weight: (out_features, in_features).
+        bias: (out_features,) or None.
+    """
+    _tensor(x, "input")
+    _tensor(weight, "weight", 2)
+    if x.ndim < 1 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"linear: input of shape {x.shape} does not match weight of shape {weight.shape} "
+            f"(last input dimension must be {weight.shape[1]})"
+        )
+    if bias is not None and (_tensor(bias, "bias", 1).shape != (weight.shape[0],)):
+        raise ValueError(f"linear: bias must have shape ({weight.shape[0]},), got {bias.shape}")
+    _same_dtype("linear", input=x, weight=weight, bias=bias)
+    return LinearFunction.apply(x, weight, bias)
+
+
+# ----------------------------------------------------------------------------- activations
+
+
+class _Activation(Function):
+    """Elementwise activation whose backward reads only the saved output."""
+
+    name = ""
+
+    def forward(self, x, *params):
+        self.params = params
+        y = getattr(_kern("activation", x), f"{self.name}_forward")(x, *params)
+        self.save_for_backward(y)
+        return y
+
+    def backward(self, g):
+        (y,) = self.saved
+        return getattr(_kern("activation", g), f"{self.name}_backward")(g, y, *self.params), None
+
+
+class ReLUFunction(_Activation):
+    name = "relu"
+
+
+class LeakyReLUFunction(_Activation):
+    name = "leaky_relu"
+
+
+class SigmoidFunction(_Activation):
+    name = "sigmoid"
+
+
+class TanhFunction(_Activation):
+    name = "tanh"
+
+
+def relu(x):
+    """y = max(x, 0)."""
+    return ReLUFunction.apply(_tensor(x, "input"))
+
+
+def leaky_relu(x, negative_slope=0.01):
+    """y = x for x > 0, negative_slope * x otherwise (negative_slope >= 0)."""
+    return LeakyReLUFunction.apply(_tensor(x, "input"), _check_slope(negative_slope))
+
+
+def sigmoid(x):
+    """y = 1 / (1 + exp(-x))."""
+    return SigmoidFunction.apply(_tensor(x, "input"))
+
+
+def tanh(x):
+    """y = tanh(x)."""
+    return TanhFunction.apply(_tensor(x, "input"))
+
+
+class HeavisideFunction(Function):
+    def forward(self, x, values):
+        return _kern("activation", x).heaviside_forward(x, values)
+
+    def backward(self, g):
+        raise RuntimeError(
+            "heaviside is not differentiable (its derivative is 0 almost everywhere and "
+            "undefined at 0); train step-function models with the perceptron rule instead"
+        )
+
+
+def heaviside(x, values=0.0):
+    """Step function: 0 for x < 0, ``values`` at 0, 1 for x > 0 (``torch.heaviside``).
+
+    Forward only: backward through it raises an error.
+    """
+    _tensor(x, "input")
+    if isinstance(values, Tensor):
+        values = values.data
+    return HeavisideFunction.apply(x, values)
+
+
+# ----------------------------------------------------------------------------- pooling
+
+
+class MaxPool2dFunction(Function):
+    def forward(self, x, kernel, stride, padding, dilation):
+        self.args = (kernel, stride, padding, dilation)
+        y, argmax = _kern("pool", x).max_pool2d_forward(x, *self.args)
+        self.save_for_backward(argmax, x.shape)
+        return y
+
+    def backward(self, g):
+        argmax, shape = self.saved
+        return (_kern("pool", g).max_pool2d_backward(g, argmax, shape, *self.args),)
+
+
+class AvgPool2dFunction(Function):
+    def forward(self, x, kernel, stride, padding, count_include_pad):
+        self.args = (kernel, stride, padding, count_include_pad)
+        self.shape = x.shape
+        return _kern("pool", x).avg_pool2d_forward(x, *self.args)
+
+    def backward(self, g):
+        return (_kern("pool", g).avg_pool2d_backward(g, self.shape, *self.args),)
+
+
+def _pool_args(x, kernel_size, stride, padding, dilation=1):
+    _tensor(x, "input", 4)
+    kernel = _pair(kernel_size, "kernel_size", 1)
+    stride = kernel if stride is None else _pair(stride, "stride", 1)
+    padding = _pair(padding, "padding", 0)
+    dilation = _pair(dilation, "dilation", 1)
+    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
+        raise ValueError(f"padding {padding} must be at most half of kernel_size {kernel}")
+    for axis, size in enumerate(x.shape[2:]):
+        if size + 2 * padding[axis] < dilation[axis] * (kernel[axis] - 1) + 1:
+            raise ValueError(f"pooling window {kernel} is larger than the padded input {x.shape}")
+    return kernel, stride, padding, dilation
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1):
+    """y = max over each KH x KW window (padding counts as -inf).
+
+    Args:
+        kernel_size: int or (h, w). stride defaults to kernel_size.
+        padding: at most half the kernel; dilation spaces the window's taps.
+    """
+    kernel, stride, padding, dilation = _pool_args(x, kernel_size, stride, padding, dilation)
+    return MaxPool2dFunction.apply(x, kernel, stride, padding, dilation)
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, count_include_pad=True):
+    """y = mean over each KH x KW window; with ``count_include_pad=False`` padding is not
+    counted in the divisor."""
+    kernel, stride, padding, _ = _pool_args(x, kernel_size, stride, padding)
+    return AvgPool2dFunction.apply(x, kernel, stride, padding, bool(count_include_pad))
+
+
+# ----------------------------------------------------------------------------- batch norm
+
+
+class BatchNormFunction(Function):
+    def forward(self, x, weight, bias, running_mean, running_var, training, momentum, eps):
+        y, xhat, inv_std = _kern("batchnorm", x).batch_norm_forward(
+            x, running_mean, running_var, weight, bias, training, momentum, eps
+        )
+        self.training = training
+        self.save_for_backward(xhat, inv_std, weight)
+        return y
+
+    def backward(self, g):
+        xhat, inv_std, weight = self.saved
+        return _kern("batchnorm", g).batch_norm_backward(
+            g, xhat, inv_std, weight, self.training, needs=self.needs_input_grad[:3]
+        )
+
+
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5):
+    """y = (x - mean) / sqrt(var + eps) * weight + bias, per channel (axis 1).
+
+    Training uses the batch statistics and moves ``running_mean`` / ``running_var`` (updated
+    in place) by ``momentum`` towards them (unbiased variance); eval uses the running ones.
+
+    Args:
+        x: (N, C) or (N, C, H, W).
+        running_mean, running_var: (C,) tensors or None (then batch statistics always).
+        weight, bias: (C,) affine parameters or None.
+    """
+    _tensor(x, "input", (2, 3, 4))
+    c = x.shape[1]
+    for name, t in (("running_mean", running_mean), ("running_var", running_var),
+                    ("weight", weight), ("bias", bias)):
+        if t is not None and _tensor(t, name, 1).shape != (c,):
+            raise ValueError(f"batch_norm: {name} must have shape ({c},), got {t.shape}")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("batch_norm: give both running_mean and running_var, or neither")
+    if not training and running_mean is None:
+        training = True  # no running statistics: normalise with the batch's, as PyTorch
+    if training and x.shape[0] * int(np.prod(x.shape[2:])) < 2:
+        raise ValueError(f"batch_norm: expected more than 1 value per channel when training, got input of shape {x.shape}")
+    if eps <= 0:
+        raise ValueError(f"eps must be > 0, got {eps!r}")
+    rm = running_mean.data if running_mean is not None else None
+    rv = running_var.data if running_var is not None else None
+    return BatchNormFunction.apply(x, weight, bias, rm, rv, bool(training), float(momentum), float(eps))
+
+
+# ----------------------------------------------------------------------------- softmax and losses
+
+
+def _dim(dim, ndim, name="dim"):
+    if not isinstance(dim, numbers.Integral) or not -ndim <= dim < max(ndim, 1):
+        raise ValueError(f"{name} must be an int in [{-ndim}, {ndim}), got {dim!r}")
+    return int(dim) % max(ndim, 1)
+
+
+class SoftmaxFunction(Function):
+    def forward(self, x, dim):
+        self.dim = dim
+        y = _kern("cross_entropy", x).softmax_forward(x, dim)
+        self.save_for_backward(y)
+        return y
+
+    def backward(self, g):
+        return _kern("cross_entropy", g).softmax_backward(g, self.saved[0], self.dim), None
+
+
+class LogSoftmaxFunction(Function):
+    def forward(self, x, dim):
+        self.dim = dim
+        y = _kern("cross_entropy", x).log_softmax_forward(x, dim)
+        self.save_for_backward(y)
+        return y
+
+    def backward(self, g):
+        return _kern("cross_entropy", g).log_softmax_backward(g, self.saved[0], self.dim), None
+
+
+def softmax(x, dim=-1):
+    """y_i = exp(x_i - max x) / sum_j exp(x_j - max x) along ``dim``."""
+    _tensor(x, "input")
+    return SoftmaxFunction.apply(x, _dim(dim, x.ndim))
+
+
+def log_softmax(x, dim=-1):
+    """y_i = x_i - max x - log sum_j exp(x_j - max x) along ``dim``."""
+    _tensor(x, "input")
+    return LogSoftmaxFunction.apply(x, _dim(dim, x.ndim))
+
+
+class CrossEntropyFunction(Function):
+    def forward(self, logits, target, reduction, ignore_index, label_smoothing):
+        self.reduction = reduction
+        loss, self.grad_logits = _kern("cross_entropy", logits).cross_entropy_forward(
+            logits, target, reduction, ignore_index, label_smoothing
+        )
+        return loss
+
+    def backward(self, g):
+        grad = _kern("cross_entropy", g).cross_entropy_backward(g, self.grad_logits, self.reduction)
+        self.grad_logits = None
+        return grad, None
+
+
+def cross_entropy(logits, target, reduction="mean", ignore_index=-100, label_smoothing=0.0):
+    """Softmax cross-entropy with class-index targets, in log-sum-exp form.
+
+    loss_n = -(1 - eps) log p[n, t_n] - eps/C sum_c log p[n, c],  p = softmax(logits[n])
+
+    Args:
+        logits: (N, C) unnormalised scores.
+        target: (N,) integer class indices (int32/int64) in [0, C) or ``ignore_index``.
+        reduction: "mean" (over non-ignored rows), "sum" or "none" (shape (N,)).
+        ignore_index: target value whose rows add nothing to the loss or the gradient.
+        label_smoothing: eps in [0, 1].
+    """
+    _tensor(logits, "input", 2)
+    if not isinstance(target, Tensor):
+        raise TypeError(f"target must be a Tensor of class indices, got {type(target).__name__}")
+    if target.dtype.kind not in "iu":
+        raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
+    if target.shape != (logits.shape[0],):
+        raise ValueError(
+            f"cross_entropy: target must have shape ({logits.shape[0]},) for input of shape "
+            f"{logits.shape}, got {target.shape}"
+        )
+    _check_reduction(reduction)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+    if target.device != logits.device:
+        raise RuntimeError(f"cross_entropy: input is on {logits.device}, target on {target.device}")
+    t = target.data
+    bad = (t != ignore_index) & ((t < 0) | (t >= logits.shape[1]))
+    if bool(bad.any()):
+        first = int(backend.to_numpy(bad).nonzero()[0][0])
+        raise ValueError(
+            f"cross_entropy: target[{first}] = {int(t[first])} is not a class index in "
+            f"[0, {logits.shape[1]}) nor ignore_index={ignore_index}"
+        )
+    return CrossEntropyFunction.apply(logits, t, reduction, int(ignore_index), float(label_smoothing))
+
+
+class MSELossFunction(Function):
+    def forward(self, input, target, reduction):
+        self.reduction = reduction
+        loss, self.diff = _kern("loss", input).mse_loss_forward(input, target, reduction)
+        return loss
+
+    def backward(self, g):
+        gi = _kern("loss", g).mse_loss_backward(g, self.diff, self.reduction)
+        return (gi if self.needs_input_grad[0] else None), (-gi if self.needs_input_grad[1] else None)
+
+
+def mse_loss(input, target, reduction="mean"):
+    """loss = reduce((input - target)^2) with reduction "mean", "sum" or "none"."""
+    _tensor(input, "input")
+    _tensor(target, "target")
+    if input.shape != target.shape:
+        raise ValueError(f"mse_loss: input shape {input.shape} differs from target shape {target.shape}")
+    _same_dtype("mse_loss", input=input, target=target)
+    _check_reduction(reduction)
+    return MSELossFunction.apply(input, target, reduction)
+
+
+# ----------------------------------------------------------------------------- shape and dropout
+
+
+def flatten(x, start_dim=0, end_dim=-1):
+    """Merge dimensions start_dim..end_dim into one (``torch.flatten``)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"input must be a Tensor, got {type(x).__name__}")
+    return x.flatten(start_dim, end_dim)
+
+
+class DropoutFunction(Function):
+    def forward(self, x, p):
+        y, self.mask = _kern("dropout", x).dropout_forward(x, p)
+        return y
+
+    def backward(self, g):
+        return _kern("dropout", g).dropout_backward(g, self.mask), None
+
+
+def dropout(x, p=0.5, training=True):
+    """Zero each element with probability p and scale the rest by 1/(1-p) (training only).
+
+    The mask comes from the library generator (``gk.manual_seed``).
+    """
+    _tensor(x, "input")
+    if not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, got {p!r}")
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return x * 0.0
+    return DropoutFunction.apply(x, float(p))
+

@@ -1,0 +1,104 @@
+"""NumPy reference: softmax, log-softmax and softmax cross-entropy (log-sum-exp form).
+
+log_softmax(z) = z - m - log(sum(exp(z - m))) with m = max(z): exp never sees a
+positive argument, so logits of 1e4 do not overflow.
+
+Cross-entropy computes the loss AND its gradient in the forward (Liger-Kernel style):
+the gradient w.r.t. the logits is (softmax - target distribution) / count, ready the
+moment the loss is known; the backward only scales it by the upstream gradient, so the
+logits need not be kept. Label smoothing eps mixes the one-hot target with the uniform
+distribution: q = (1 - eps) onehot + eps / C.
+"""
+
+from __future__ import annotations
+
+from ..backend import get_array_module
+
+
+def softmax_forward(x, dim):
+    xp = get_array_module(x)
+    e = xp.exp(x - x.max(axis=dim, keepdims=True))
+    e /= e.sum(axis=dim, keepdims=True)
+    return e
+
+
+def softmax_backward(grad_y, y, dim):
+    """dx = y * (g - sum(g * y))."""
+    return y * (grad_y - (grad_y * y).sum(axis=dim, keepdims=True))
+
+
+def log_softmax_forward(x, dim):
+    xp = get_array_module(x)
+    shifted = x - x.max(axis=dim, keepdims=True)
+    shifted -= xp.log(xp.exp(shifted).sum(axis=dim, keepdims=True))
+    return shifted
+
+
+def log_softmax_backward(grad_y, y, dim):
+    """dx = g - softmax * sum(g), with softmax = exp(y)."""
+    xp = get_array_module(y)
+    return grad_y - xp.exp(y) * grad_y.sum(axis=dim, keepdims=True)
+
+
+def cross_entropy_forward(logits, target, reduction, ignore_index, label_smoothing):
+    """Loss and d(loss)/d(logits) for class-index targets.
+
+    Args:
+        logits: (N, C) float array.
+        target: (N,) integer class indices in [0, C), or ``ignore_index``.
+        reduction: "mean" (over non-ignored rows), "sum" or "none".
+        ignore_index: rows with this target contribute 0 loss and 0 gradient.
+        label_smoothing: eps in [0, 1].
+
+    Returns:
+        (loss, grad): loss is a 0-d array, or (N,) for "none"; grad is (N, C) and
+        already holds the 1/count of "mean".
+    """
+    xp = get_array_module(logits)
+    n, c = logits.shape
+    valid = target != ignore_index
+    safe_target = xp.where(valid, target, 0)
+    logp = log_softmax_forward(logits, 1)
+    rows = xp.arange(n)
+    nll = -logp[rows, safe_target]
+    if label_smoothing:
+        smooth = -logp.mean(axis=1)
+        per_row = (1 - label_smoothing) * nll + label_smoothing * smooth
+    else:
+        per_row = nll
+    per_row = xp.where(valid, per_row, 0).astype(logits.dtype)
+
+    grad = xp.exp(logp)  # softmax
+    grad[rows, safe_target] -= 1 - label_smoothing
+    if label_smoothing:
+        grad -= logits.dtype.type(label_smoothing / c)
+    grad *= valid[:, None]
+    if reduction == "none":
+        return per_row, grad
+    if reduction == "sum":
+        return per_row.sum(), grad
+    count = valid.sum()
+    with _quiet(xp):  # every row ignored: 0/0 = nan, as in PyTorch
+        grad /= count.astype(logits.dtype)
+        return (per_row.sum() / count).astype(logits.dtype), grad
+
+
+def cross_entropy_backward(grad_loss, grad_logits, reduction):
+    """Scale the gradient saved by the forward by the upstream gradient."""
+    if reduction == "none":
+        return grad_logits * grad_loss[:, None]
+    return grad_logits * grad_loss
+
+
+class _quiet:
+    def __init__(self, xp):
+        self.xp = xp
+
+    def __enter__(self):
+        if hasattr(self.xp, "errstate"):
+            self._ctx = self.xp.errstate(divide="ignore", invalid="ignore")
+            self._ctx.__enter__()
+
+    def __exit__(self, *exc):
+        if hasattr(self, "_ctx"):
+            self._ctx.__exit__(*exc)

@@ -1,0 +1,741 @@
+"""Tensor and reverse-mode autograd.
+
+A ``Tensor`` wraps one array (``numpy.ndarray`` or ``cupy.ndarray``). Every
+differentiable op is a ``Function``: ``forward`` computes on raw arrays and saves what
+its backward needs, ``backward`` maps the gradient of the output to the gradients of
+the inputs (a vector-Jacobian product). ``Function.apply`` runs the forward and, when
+grad mode is on and an input requires a gradient, records the Function on the output:
+the recorded Functions form the tape. ``Tensor.backward`` sorts the tape topologically
+and runs the backwards in reverse, summing gradients where a tensor feeds several ops.
+
+The elementwise, matmul, reduction and shape ops live here, each backward beside its
+forward; the neural-network ops (conv, pooling, losses, ...) live in ``functional.py``
+and dispatch to the backend's kernels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import numpy as np
+
+from . import backend
+
+# ----------------------------------------------------------------------------- grad mode
+
+_grad_mode = threading.local()
+
+
+def is_grad_enabled() -> bool:
+    """Whether ops record themselves for backward (``True`` unless in ``no_grad``)."""
+    return getattr(_grad_mode, "enabled", True)
+
+
+@contextlib.contextmanager
+def _set_grad_enabled(enabled: bool):
+    previous = is_grad_enabled()
+    _grad_mode.enabled = enabled
+    try:
+        yield
+    finally:
+        _grad_mode.enabled = previous
+
+
+class no_grad(contextlib.ContextDecorator):
+    """Context manager (and decorator) that disables graph recording, as in PyTorch."""
+
+    def __enter__(self):
+        self._ctx = _set_grad_enabled(False)
+        self._ctx.__enter__()
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)
+
+
+class enable_grad(contextlib.ContextDecorator):
+    """Context manager (and decorator) that re-enables graph recording."""
+
+    def __enter__(self):
+        self._ctx = _set_grad_enabled(True)
+        self._ctx.__enter__()
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)
+
+
+# ----------------------------------------------------------------------------- dtypes
+
+float16, float32, float64 = np.dtype("float16"), np.dtype("float32"), np.dtype("float64")
+int32, int64, bool_ = np.dtype("int32"), np.dtype("int64"), np.dtype("bool")
+
+_FLOATS = (float16, float32, float64)
+
+
+def _as_dtype(dtype):
+    try:
+        return np.dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(f"dtype must be a NumPy dtype or its name, got {dtype!r}") from exc
+
+
+def _to_array(data, dtype, device):
+    """Turn ``data`` into an array on ``device`` with PyTorch's dtype inference."""
+    if isinstance(data, Tensor):
+        data = data.data
+    xp = backend.xp_for_device(device)
+    if hasattr(data, "dtype") and hasattr(data, "shape"):  # numpy / cupy array or scalar
+        array = backend.to_device(data if hasattr(data, "ndim") else np.asarray(data), device)
+        return array.astype(dtype, copy=False) if dtype is not None else array
+    host = np.asarray(data)
+    if dtype is None:
+        if host.dtype.kind == "f":
+            dtype = float32  # Python floats become float32, as in PyTorch
+        elif host.dtype.kind in "iu":
+            dtype = int64
+        elif host.dtype.kind != "b":
+            raise TypeError(f"tensor(): cannot make a tensor from {type(data).__name__} data")
+    return xp.asarray(host if dtype is None else host.astype(dtype))
+
+
+def tensor(data, requires_grad: bool = False, dtype=None, device=None) -> Tensor:
+    """Create a tensor that owns a copy of ``data``.
+
+    Args:
+        data: array, nested lists, scalar or Tensor.
+        requires_grad: record ops on it for backward (floating dtypes only).
+        dtype: ``None`` keeps an array's dtype (float64 stays float64); Python floats
+            become float32, Python ints int64.
+        device: ``"cpu"`` or ``"cuda"``; ``None`` means the current backend's device.
+    """
+    device = backend.normalize_device(device) if device is not None else backend.device_of_backend()
+    dtype = _as_dtype(dtype) if dtype is not None else None
+    array = _to_array(data, dtype, device)
+    if array is data or (isinstance(data, Tensor) and array is data.data):
+        array = array.copy()
+    return Tensor(array, requires_grad=requires_grad)
+
+
+# ----------------------------------------------------------------------------- Function
+
+
+class Function:
+    """One differentiable op: ``forward`` on arrays, ``backward`` as a VJP.
+
+    Subclasses implement ``forward(self, *args, **kwargs) -> array`` and
+    ``backward(self, grad) -> tuple`` with one entry per positional argument of forward
+    (``None`` where there is no gradient). ``self.needs_input_grad[i]`` tells whether
+    positional argument ``i`` wants a gradient, so backward can skip work.
+    """
+
+    needs_input_grad: tuple = ()
+
+    def save_for_backward(self, *values):
+        self.saved = values
+
+    @classmethod
+    def apply(cls, *args, **kwargs) -> Tensor:
+        fn = cls()
+        tensors = [a for a in args if isinstance(a, Tensor)]
+        _check_same_device(cls.__name__, tensors)
+        fn.needs_input_grad = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
+        raw = [a.data if isinstance(a, Tensor) else a for a in args]
+        out = fn.forward(*raw, **kwargs)
+        requires_grad = is_grad_enabled() and any(fn.needs_input_grad) and out.dtype in _FLOATS
+        result = Tensor(out, requires_grad=requires_grad)
+        if requires_grad:
+            fn.inputs = tuple(a if isinstance(a, Tensor) else None for a in args)
+            result._ctx = fn
+        return result
+
+    def forward(self, *args, **kwargs):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def backward(self, grad):  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def _check_same_device(op, tensors):
+    devices = {t.device for t in tensors}
+    if len(devices) > 1:
+        where = ", ".join(f"{tuple(t.shape)} on {t.device}" for t in tensors)
+        raise RuntimeError(f"{op}: expected all tensors on one device, got {where}")
+
+
+def unbroadcast(grad, shape):
+    """Sum ``grad`` over the axes that broadcasting expanded, so it takes ``shape``."""
+    if grad.shape == tuple(shape):
+        return grad
+    extra = grad.ndim - len(shape)
+    axes = tuple(range(extra)) + tuple(
+        i + extra for i, n in enumerate(shape) if n == 1 and grad.shape[i + extra] != 1
+    )
+    return grad.sum(axis=axes, keepdims=True).reshape(shape) if axes else grad.reshape(shape)
+
+
+# ----------------------------------------------------------------------------- Tensor
+
+
+class Tensor:
+    """An n-dimensional array with an optional gradient and a link to the op that made it."""
+
+    __array_priority__ = 1000  # numpy scalars/arrays defer to our __radd__ etc.
+
+    def __init__(self, data, requires_grad: bool = False):
+        if isinstance(data, Tensor):
+            data = data.data
+        if not hasattr(data, "ndim") or isinstance(data, np.generic):
+            data = np.asarray(data)  # NumPy reductions return scalars, not 0-d arrays
+        if requires_grad and data.dtype not in _FLOATS:
+            raise TypeError(
+                f"only floating-point tensors can require gradients, got dtype {data.dtype}"
+            )
+        self.data = data
+        self.requires_grad = bool(requires_grad)
+        self.grad: Tensor | None = None
+        self._ctx: Function | None = None
+        self._retain_grad = False
+
+    # -- properties --------------------------------------------------------------------
+    shape = property(lambda self: tuple(self.data.shape))
+    dtype = property(lambda self: self.data.dtype)
+    ndim = property(lambda self: self.data.ndim)
+    device = property(lambda self: backend.device_of(self.data))
+    is_leaf = property(lambda self: self._ctx is None)
+    grad_fn = property(lambda self: self._ctx)
+    T = property(lambda self: self.transpose(-2, -1) if self.ndim >= 2 else self)
+
+    def size(self, dim=None):
+        return self.shape if dim is None else self.shape[dim]
+
+    def dim(self) -> int:
+        return self.ndim
+
+    def numel(self) -> int:
+        return int(self.data.size)
+
+    def __len__(self):
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    def __repr__(self):
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        dev = ", device='cuda'" if self.device == "cuda" else ""
+        body = np.array2string(self.numpy(), separator=", ", prefix="tensor(")
+        return f"tensor({body}, dtype={self.dtype}{dev}{grad})"
+
+    # -- conversion ----------------------------------------------------------------------
+    def numpy(self) -> np.ndarray:
+        """The data as a host ``numpy.ndarray`` (shares memory on the CPU, as PyTorch)."""
+        return backend.to_numpy(self.data)
+
+    def item(self):
+        if self.data.size != 1:
+            raise ValueError(f"item(): the tensor has {self.data.size} elements, expected 1")
+        return self.data.reshape(()).item()
+
+    def tolist(self):
+        return self.numpy().tolist()
+
+    def to(self, device=None, dtype=None) -> Tensor:
+        """A tensor on ``device`` and/or with ``dtype``; differentiable like PyTorch's."""
+        if device is not None and not isinstance(device, str) and dtype is None:
+            device, dtype = None, device  # t.to(float64)
+        out = self
+        if dtype is not None and _as_dtype(dtype) != self.dtype:
+            out = _Cast.apply(out, dtype=_as_dtype(dtype))
+        if device is not None and backend.normalize_device(device) != out.device:
+            out = _ToDevice.apply(out, device=backend.normalize_device(device))
+        return out
+
+    def float(self) -> Tensor:
+        return self.to(float32)
+
+    def double(self) -> Tensor:
+        return self.to(float64)
+
+    def cpu(self) -> Tensor:
+        return self.to("cpu")
+
+    def cuda(self) -> Tensor:
+        return self.to("cuda")
+
+    # -- autograd ------------------------------------------------------------------------
+    def detach(self) -> Tensor:
+        """A tensor sharing this data with no history and no gradient requirement."""
+        return Tensor(self.data, requires_grad=False)
+
+    def requires_grad_(self, requires_grad: bool = True) -> Tensor:
+        if not self.is_leaf:
+            raise RuntimeError("requires_grad_(): only leaf tensors can change requires_grad")
+        if requires_grad and self.dtype not in _FLOATS:
+            raise TypeError(f"only floating-point tensors can require gradients, got {self.dtype}")
+        self.requires_grad = bool(requires_grad)
+        return self
+
+    def retain_grad(self) -> None:
+        """Keep ``.grad`` on this non-leaf tensor after backward."""
+        self._retain_grad = True
+
+    def zero_(self) -> Tensor:
+        self.data[...] = 0
+        return self
+
+    def backward(self, gradient=None, retain_graph: bool = False) -> None:
+        """Accumulate d(self)/d(leaf) into every leaf's ``.grad``.
+
+        Args:
+            gradient: the upstream gradient, same shape as self; may be omitted only
+                when self holds one element (a loss).
+            retain_graph: keep the saved arrays so backward can run through the graph
+                again; by default they are freed, as in PyTorch.
+        """
+        if not self.requires_grad:
+            raise RuntimeError(
+                "backward(): this tensor does not require grad and has no grad_fn"
+            )
+        if gradient is None:
+            if self.data.size != 1:
+                raise RuntimeError(
+                    f"backward(): grad can be implicitly created only for scalar outputs; "
+                    f"this tensor has shape {self.shape}, pass a gradient of that shape"
+                )
+            grad = backend.get_array_module(self.data).ones_like(self.data)
+        else:
+            grad = gradient.data if isinstance(gradient, Tensor) else gradient
+            if tuple(grad.shape) != self.shape:
+                raise RuntimeError(
+                    f"backward(): gradient has shape {tuple(grad.shape)}, expected {self.shape}"
+                )
+            grad = grad.astype(self.dtype, copy=False)
+        _run_backward(self, grad, retain_graph)
+
+    # -- arithmetic ----------------------------------------------------------------------
+    def _wrap(self, other):
+        if isinstance(other, Tensor):
+            return other
+        xp = backend.get_array_module(self.data)
+        if isinstance(other, (bool, int, float)):
+            dtype = self.dtype if self.dtype in _FLOATS else np.result_type(self.dtype, other)
+            return Tensor(xp.asarray(other, dtype=dtype))
+        return Tensor(xp.asarray(other))
+
+    def __add__(self, other):
+        return Add.apply(self, self._wrap(other))
+
+    def __radd__(self, other):
+        return Add.apply(self._wrap(other), self)
+
+    def __sub__(self, other):
+        return Sub.apply(self, self._wrap(other))
+
+    def __rsub__(self, other):
+        return Sub.apply(self._wrap(other), self)
+
+    def __mul__(self, other):
+        return Mul.apply(self, self._wrap(other))
+
+    def __rmul__(self, other):
+        return Mul.apply(self._wrap(other), self)
+
+    def __truediv__(self, other):
+        return Div.apply(self, self._wrap(other))
+
+    def __rtruediv__(self, other):
+        return Div.apply(self._wrap(other), self)
+
+    def __neg__(self):
+        return Neg.apply(self)
+
+    def __pow__(self, exponent):
+        if isinstance(exponent, Tensor):
+            raise TypeError("pow(): only a Python number exponent is supported, got a Tensor")
+        return Pow.apply(self, exponent=exponent)
+
+    def __matmul__(self, other):
+        return MatMul.apply(self, self._wrap(other))
+
+    def __rmatmul__(self, other):
+        return MatMul.apply(self._wrap(other), self)
+
+    def __getitem__(self, index):
+        if isinstance(index, Tensor):
+            index = index.data
+        return GetItem.apply(self, index=index)
+
+    # comparisons are not differentiable: they return bool tensors
+    def _compare(self, other, op):
+        other = other.data if isinstance(other, Tensor) else other
+        return Tensor(op(self.data, other))
+
+    __lt__ = lambda self, o: self._compare(o, lambda a, b: a < b)  # noqa: E731
+    __le__ = lambda self, o: self._compare(o, lambda a, b: a <= b)  # noqa: E731
+    __gt__ = lambda self, o: self._compare(o, lambda a, b: a > b)  # noqa: E731
+    __ge__ = lambda self, o: self._compare(o, lambda a, b: a >= b)  # noqa: E731
+    __hash__ = object.__hash__
+
+    def eq(self, other):
+        return self._compare(other, lambda a, b: a == b)
+
+    # -- reductions and shapes -----------------------------------------------------------
+    def sum(self, dim=None, keepdim: bool = False):
+        return Sum.apply(self, dim=_axes(dim, self.ndim), keepdim=keepdim)
+
+    def mean(self, dim=None, keepdim: bool = False):
+        return Mean.apply(self, dim=_axes(dim, self.ndim), keepdim=keepdim)
+
+    def max(self, dim=None, keepdim: bool = False):
+        return Max.apply(self, dim=_axes(dim, self.ndim), keepdim=keepdim)
+
+    def argmax(self, dim=None, keepdim: bool = False) -> Tensor:
+        out = self.data.argmax(axis=dim)
+        if keepdim and dim is not None:
+            out = backend.get_array_module(out).expand_dims(out, dim)
+        return Tensor(out)
+
+    def reshape(self, *shape):
+        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        return Reshape.apply(self, shape=tuple(shape))
+
+    view = reshape
+
+    def flatten(self, start_dim: int = 0, end_dim: int = -1):
+        if self.ndim == 0:
+            return self.reshape(1)
+        start, end = start_dim % self.ndim, end_dim % self.ndim
+        if start > end:
+            raise ValueError(f"flatten(): start_dim {start_dim} comes after end_dim {end_dim}")
+        merged = int(np.prod(self.shape[start : end + 1]))
+        return self.reshape(self.shape[:start] + (merged,) + self.shape[end + 1 :])
+
+    def permute(self, *dims):
+        dims = dims[0] if len(dims) == 1 and isinstance(dims[0], (tuple, list)) else dims
+        if sorted(d % self.ndim for d in dims) != list(range(self.ndim)):
+            raise ValueError(f"permute(): dims {dims} is not a permutation of {self.ndim} axes")
+        return Permute.apply(self, dims=tuple(d % self.ndim for d in dims))
+
+    def transpose(self, dim0: int, dim1: int):
+        dims = list(range(self.ndim))
+        dims[dim0], dims[dim1] = dims[dim1], dims[dim0]
+        return Permute.apply(self, dims=tuple(dims))
+
+    def exp(self):
+        return Exp.apply(self)
+
+    def log(self):
+        return Log.apply(self)
+
+    def sqrt(self):
+        return self**0.5
+
+    def abs(self):
+        return Abs.apply(self)
+
+    def relu(self):
+        from . import functional  # noqa: PLC0415 - functional imports tensor
+
+        return functional.relu(self)
+
+
+def _axes(dim, ndim):
+    if dim is None:
+        return None
+    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    for d in dims:
+        if not -ndim <= d < max(ndim, 1):
+            raise IndexError(f"dim {d} is out of range for a tensor with {ndim} dimensions")
+    return tuple(d % max(ndim, 1) for d in dims)
+
+
+# ----------------------------------------------------------------------------- backward
+
+
+def _topological_order(root: Tensor) -> list[Tensor]:
+    """Tensors of the graph under ``root``, every tensor after all it depends on."""
+    order, visited = [], set()
+    stack = [(root, False)]
+    while stack:  # iterative DFS: deep nets must not hit Python's recursion limit
+        node, expanded = stack.pop()
+        if expanded:
+            order.append(node)
+            continue
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        stack.append((node, True))
+        if node._ctx is not None:
+            for parent in node._ctx.inputs:
+                if parent is not None and parent.requires_grad and id(parent) not in visited:
+                    stack.append((parent, False))
+    return order
+
+
+def _run_backward(root: Tensor, grad, retain_graph: bool) -> None:
+    grads = {id(root): grad}
+    for node in reversed(_topological_order(root)):
+        g = grads.pop(id(node), None)
+        if g is None:
+            continue
+        if node._ctx is None or node._retain_grad:
+            _accumulate(node, g)
+        fn = node._ctx
+        if fn is None:
+            continue
+        if getattr(fn, "freed", False):
+            raise RuntimeError(
+                "backward(): trying to backward through the graph a second time; "
+                "pass retain_graph=True the first time"
+            )
+        input_grads = fn.backward(g)
+        if not isinstance(input_grads, tuple):
+            input_grads = (input_grads,)
+        if not retain_graph:
+            fn.saved, fn.freed = None, True
+        for parent, pg in zip(fn.inputs, input_grads):
+            if parent is None or pg is None or not parent.requires_grad:
+                continue
+            if tuple(pg.shape) != parent.shape:
+                raise RuntimeError(
+                    f"{type(fn).__name__}.backward returned a gradient of shape "
+                    f"{tuple(pg.shape)} for an input of shape {parent.shape}"
+                )
+            key = id(parent)
+            grads[key] = pg if key not in grads else grads[key] + pg
+
+
+def _accumulate(tensor: Tensor, g) -> None:
+    g = g.astype(tensor.dtype, copy=False)
+    if tensor.grad is None:
+        # own the memory: the same array may be a gradient elsewhere in the graph
+        tensor.grad = Tensor(g.copy())
+    else:
+        tensor.grad.data += g
+
+
+# ----------------------------------------------------------------------------- basic ops
+# Each op: forward on arrays, backward (VJP) right below it.
+
+
+class Add(Function):
+    def forward(self, a, b):
+        self.shapes = (a.shape, b.shape)
+        return a + b
+
+    def backward(self, g):
+        return unbroadcast(g, self.shapes[0]), unbroadcast(g, self.shapes[1])
+
+
+class Sub(Function):
+    def forward(self, a, b):
+        self.shapes = (a.shape, b.shape)
+        return a - b
+
+    def backward(self, g):
+        return unbroadcast(g, self.shapes[0]), unbroadcast(-g, self.shapes[1])
+
+
+class Mul(Function):
+    def forward(self, a, b):
+        self.save_for_backward(a, b)
+        return a * b
+
+    def backward(self, g):
+        a, b = self.saved
+        ga = unbroadcast(g * b, a.shape) if self.needs_input_grad[0] else None
+        gb = unbroadcast(g * a, b.shape) if self.needs_input_grad[1] else None
+        return ga, gb
+
+
+class Div(Function):
+    def forward(self, a, b):
+        self.save_for_backward(a, b)
+        return a / b
+
+    def backward(self, g):
+        a, b = self.saved
+        ga = unbroadcast(g / b, a.shape) if self.needs_input_grad[0] else None
+        gb = unbroadcast(-g * a / (b * b), b.shape) if self.needs_input_grad[1] else None
+        return ga, gb
+
+
+class Neg(Function):
+    def forward(self, a):
+        return -a
+
+    def backward(self, g):
+        return (-g,)
+
+
+class Pow(Function):
+    def forward(self, a, exponent):
+        self.save_for_backward(a)
+        self.exponent = exponent
+        return a**exponent
+
+    def backward(self, g):
+        (a,) = self.saved
+        return (g * self.exponent * a ** (self.exponent - 1),)
+
+
+class Exp(Function):
+    def forward(self, a):
+        out = backend.get_array_module(a).exp(a)
+        self.save_for_backward(out)
+        return out
+
+    def backward(self, g):
+        return (g * self.saved[0],)
+
+
+class Log(Function):
+    def forward(self, a):
+        self.save_for_backward(a)
+        return backend.get_array_module(a).log(a)
+
+    def backward(self, g):
+        return (g / self.saved[0],)
+
+
+class Abs(Function):
+    def forward(self, a):
+        self.save_for_backward(a)
+        return abs(a)
+
+    def backward(self, g):
+        return (g * backend.get_array_module(g).sign(self.saved[0]),)
+
+
+class MatMul(Function):
+    """``a @ b`` with NumPy's broadcasting over leading (batch) dimensions."""
+
+    def forward(self, a, b):
+        if a.ndim == 0 or b.ndim == 0:
+            raise ValueError("matmul: both operands need at least one dimension")
+        self.save_for_backward(a, b)
+        return a @ b
+
+    def backward(self, g):
+        a, b = self.saved
+        xp = backend.get_array_module(g)
+        # promote 1-d operands to matrices so one formula covers every case
+        a2 = a[None, :] if a.ndim == 1 else a
+        b2 = b[:, None] if b.ndim == 1 else b
+        g2 = g
+        if a.ndim == 1:
+            g2 = xp.expand_dims(g2, -2)
+        if b.ndim == 1:
+            g2 = xp.expand_dims(g2, -1)
+        ga = gb = None
+        if self.needs_input_grad[0]:
+            ga = unbroadcast(g2 @ xp.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape)
+        if self.needs_input_grad[1]:
+            gb = unbroadcast(xp.swapaxes(a2, -1, -2) @ g2, b2.shape).reshape(b.shape)
+        return ga, gb
+
+
+def _expand_reduced(g, shape, dim, keepdim):
+    """Reinsert the reduced axes into ``g`` so it broadcasts against ``shape``."""
+    if dim is None:
+        return g.reshape((1,) * len(shape))
+    if keepdim:
+        return g
+    for d in sorted(dim):
+        g = backend.get_array_module(g).expand_dims(g, d)
+    return g
+
+
+class Sum(Function):
+    def forward(self, a, dim, keepdim):
+        self.shape, self.dim, self.keepdim = a.shape, dim, keepdim
+        return a.sum(axis=dim, keepdims=keepdim)
+
+    def backward(self, g):
+        xp = backend.get_array_module(g)
+        g = _expand_reduced(g, self.shape, self.dim, self.keepdim)
+        return (xp.broadcast_to(g, self.shape).copy(),)
+
+
+class Mean(Function):
+    def forward(self, a, dim, keepdim):
+        self.shape, self.dim, self.keepdim = a.shape, dim, keepdim
+        count = a.size if dim is None else int(np.prod([a.shape[d] for d in dim]))
+        self.scale = 1.0 / max(count, 1)
+        return a.mean(axis=dim, keepdims=keepdim)
+
+    def backward(self, g):
+        xp = backend.get_array_module(g)
+        g = _expand_reduced(g, self.shape, self.dim, self.keepdim)
+        return (xp.broadcast_to(g * g.dtype.type(self.scale), self.shape).copy(),)
+
+
+class Max(Function):
+    """Max over axes; the gradient is split evenly between tied maxima (as PyTorch's amax)."""
+
+    def forward(self, a, dim, keepdim):
+        out = a.max(axis=dim, keepdims=True)
+        self.save_for_backward(a, out)
+        self.dim, self.keepdim = dim, keepdim
+        return out if keepdim else a.max(axis=dim)
+
+    def backward(self, g):
+        a, out = self.saved
+        g = _expand_reduced(g, a.shape, self.dim, self.keepdim)
+        mask = (a == out).astype(g.dtype)
+        return (mask * g / mask.sum(axis=self.dim, keepdims=True),)
+
+
+class Reshape(Function):
+    def forward(self, a, shape):
+        self.shape = a.shape
+        try:
+            return a.reshape(shape)
+        except ValueError:
+            raise ValueError(f"reshape: cannot view shape {a.shape} as {shape}") from None
+
+    def backward(self, g):
+        return (g.reshape(self.shape),)
+
+
+class Permute(Function):
+    def forward(self, a, dims):
+        self.inverse = tuple(np.argsort(dims))
+        return a.transpose(dims)
+
+    def backward(self, g):
+        return (g.transpose(self.inverse),)
+
+
+class GetItem(Function):
+    """Basic and advanced indexing; the backward scatters with ``add.at`` (repeats add up)."""
+
+    def forward(self, a, index):
+        self.shape, self.dtype, self.index = a.shape, a.dtype, index
+        return a[index]
+
+    def backward(self, g):
+        xp = backend.get_array_module(g)
+        out = xp.zeros(self.shape, dtype=g.dtype)
+        if hasattr(xp, "add") and hasattr(xp.add, "at"):
+            xp.add.at(out, self.index, g)
+        else:  # pragma: no cover - cupy spells it scatter_add
+            xp.scatter_add(out, self.index, g)
+        return (out,)
+
+
+class _Cast(Function):
+    def forward(self, a, dtype):
+        self.dtype = a.dtype
+        return a.astype(dtype)
+
+    def backward(self, g):
+        return (g.astype(self.dtype),)
+
+
+class _ToDevice(Function):
+    def forward(self, a, device):
+        self.device = backend.device_of(a)
+        return backend.to_device(a, device)
+
+    def backward(self, g):
+        return (backend.to_device(g, self.device),)
