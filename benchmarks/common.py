@@ -1,0 +1,109 @@
+"""Timing, machine ceilings and the result table shared by every benchmark entry."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def timeit(fn, *, warmup: int = 2, repeat: int = 10, min_seconds: float = 0.0) -> float:
+    """Median wall time of ``fn()`` in seconds over ``repeat`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < repeat or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+@dataclass
+class Result:
+    """One benchmark row: our time vs the reference's, and the work it did."""
+
+    entry: str
+    case: str
+    ours_s: float
+    theirs_s: float
+    flops: float = 0.0  # floating-point operations of one call (0: not FLOP-bound)
+    bytes: float = 0.0  # bytes one call must move at least (0: not counted)
+    unit: str = "s"
+    ceiling_note: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        """Speed of ours relative to theirs: > 1 means ours is faster."""
+        return self.theirs_s / self.ours_s
+
+
+@dataclass
+class Ceilings:
+    """What this machine can do at best, measured in the same run."""
+
+    copy_gbps: float
+    gemm_gflops: float
+    device: str
+
+
+def measure_ceilings(quick: bool = False) -> Ceilings:
+    """Copy bandwidth (a 256 MB float32 copy) and float32 GEMM GFLOP/s (2048^3) with NumPy."""
+    n = (16 if quick else 64) * 1024 * 1024
+    src = np.ones(n, np.float32)
+    dst = np.empty_like(src)
+    t = timeit(lambda: np.copyto(dst, src), warmup=1, repeat=3 if quick else 7)
+    copy = 2 * src.nbytes / t / 1e9
+    m = 1024 if quick else 2048
+    a = np.random.default_rng(0).standard_normal((m, m), dtype=np.float32)
+    t = timeit(lambda: a @ a, warmup=1, repeat=3 if quick else 5)
+    gemm = 2 * m**3 / t / 1e9
+    return Ceilings(copy, gemm, f"CPU x{os.cpu_count()} (NumPy backend)")
+
+
+def format_table(results: list[Result], ceilings: Ceilings) -> str:
+    """A plain-text table: ours, theirs, ratio, and the rate against the ceiling."""
+    head = f"{'entry':<16} {'case':<44} {'ours ms':>9} {'torch ms':>9} {'ratio':>6} {'rate':>20}"
+    lines = [
+        f"device: {ceilings.device}; ceilings: copy {ceilings.copy_gbps:.1f} GB/s, "
+        f"float32 GEMM {ceilings.gemm_gflops:.0f} GFLOP/s",
+        "ratio = torch time / our time (> 1: ours faster)",
+        head,
+        "-" * len(head),
+    ]
+    for r in results:
+        if r.flops:
+            rate = r.flops / r.ours_s / 1e9
+            rate_s = f"{rate:7.1f} GF/s {100 * rate / ceilings.gemm_gflops:4.0f}%"
+        elif r.bytes:
+            rate = r.bytes / r.ours_s / 1e9
+            rate_s = f"{rate:7.1f} GB/s {100 * rate / ceilings.copy_gbps:4.0f}%"
+        elif r.unit == "img/s":
+            rate_s = f"{r.extra['batch'] / r.ours_s:8.0f} img/s"
+        else:
+            rate_s = ""
+        lines.append(
+            f"{r.entry:<16} {r.case:<44} {1e3 * r.ours_s:9.2f} {1e3 * r.theirs_s:9.2f} "
+            f"{r.ratio:6.2f} {rate_s:>20}"
+        )
+    return "\n".join(lines)
+
+
+def check_close(name: str, ours, theirs, atol: float, rtol: float) -> None:
+    """Fail the benchmark entry loudly when ours disagrees with the reference."""
+    ours = np.asarray(ours, dtype=np.float64)
+    theirs = np.asarray(theirs, dtype=np.float64)
+    if ours.shape != theirs.shape:
+        raise AssertionError(f"{name}: shape {ours.shape} != reference {theirs.shape}")
+    bad = ~np.isclose(ours, theirs, atol=atol, rtol=rtol)
+    if bad.any():
+        idx = np.argwhere(bad)[:3].tolist()
+        raise AssertionError(
+            f"{name}: {int(bad.sum())}/{bad.size} elements differ "
+            f"(max abs err {np.abs(ours - theirs).max():.3g}); first at {idx}"
+        )

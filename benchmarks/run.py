@@ -1,0 +1,53 @@
+"""Run the benchmark suite: ``python -m benchmarks.run [--quick] [--only conv,train]``.
+
+First the machine's ceilings (copy bandwidth, GEMM GFLOP/s), then every entry: each
+checks its result against PyTorch before timing, then prints ours vs PyTorch on the
+same machine in the same run, with the ratio (> 1: ours faster) and the rate against
+the ceiling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+from . import bench_conv, bench_cross_entropy, bench_train
+from .common import format_table, measure_ceilings
+
+ENTRIES = {"conv": bench_conv, "cross_entropy": bench_cross_entropy, "train": bench_train}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small cases, few repeats (a smoke run)")
+    parser.add_argument("--only", default=",".join(ENTRIES),
+                        help=f"comma-separated entries among {', '.join(ENTRIES)}")
+    parser.add_argument("--repeat", type=int, default=None, help="timed repeats per measurement")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="PyTorch CPU threads (default: all cores, as our NumPy BLAS uses)")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ENTRIES]
+    if unknown:
+        parser.error(f"unknown entries {unknown}; choose among {list(ENTRIES)}")
+
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    repeat = args.repeat or (3 if args.quick else 10)
+    start = time.perf_counter()
+    ceilings = measure_ceilings(args.quick)
+    results = []
+    for name in names:
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        results += ENTRIES[name].run(quick=args.quick, repeat=repeat)
+    print(format_table(results, ceilings))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"{time.perf_counter() - start:.1f} s in all")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

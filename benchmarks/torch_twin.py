@@ -1,0 +1,72 @@
+"""Build the PyTorch twin of a gpukernels model, with the same weights, so a benchmark
+or a test can compare the two on the same input."""
+
+from __future__ import annotations
+
+import torch
+
+from gpukernels import nn
+
+
+def torch_twin(module: nn.Module, dtype=torch.float32) -> torch.nn.Module:
+    """A ``torch.nn`` module computing what ``module`` computes, weights copied."""
+
+    def copy(dst, src):
+        with torch.no_grad():
+            dst.copy_(torch.from_numpy(src.numpy()).to(dtype))
+
+    if isinstance(module, nn.Sequential):
+        return torch.nn.Sequential(*[torch_twin(m, dtype) for m in module])
+    if isinstance(module, nn.Conv2d):
+        conv = torch.nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size,
+                               module.stride, module.padding, module.dilation, module.groups,
+                               bias=module.bias is not None, dtype=dtype)
+        copy(conv.weight, module.weight)
+        if module.bias is not None:
+            copy(conv.bias, module.bias)
+        if module.activation == "relu":
+            return torch.nn.Sequential(conv, torch.nn.ReLU())
+        if module.activation == "leaky_relu":
+            return torch.nn.Sequential(conv, torch.nn.LeakyReLU(module.negative_slope))
+        return conv
+    if isinstance(module, nn.Linear):
+        lin = torch.nn.Linear(module.in_features, module.out_features,
+                              bias=module.bias is not None, dtype=dtype)
+        copy(lin.weight, module.weight)
+        if module.bias is not None:
+            copy(lin.bias, module.bias)
+        return lin
+    if isinstance(module, nn.BatchNorm2d):
+        bn = torch.nn.BatchNorm2d(module.num_features, module.eps, module.momentum, dtype=dtype)
+        copy(bn.weight, module.weight)
+        copy(bn.bias, module.bias)
+        copy(bn.running_mean, module.running_mean)
+        copy(bn.running_var, module.running_var)
+        return bn
+    if isinstance(module, nn.Residual):
+        return _TorchResidual(torch_twin(module.body, dtype),
+                              None if module.shortcut is None else torch_twin(module.shortcut, dtype))
+    simple = {
+        nn.ReLU: lambda m: torch.nn.ReLU(),
+        nn.LeakyReLU: lambda m: torch.nn.LeakyReLU(m.negative_slope),
+        nn.Sigmoid: lambda m: torch.nn.Sigmoid(),
+        nn.Tanh: lambda m: torch.nn.Tanh(),
+        nn.MaxPool2d: lambda m: torch.nn.MaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation),
+        nn.AvgPool2d: lambda m: torch.nn.AvgPool2d(m.kernel_size, m.stride, m.padding,
+                                                   count_include_pad=m.count_include_pad),
+        nn.Flatten: lambda m: torch.nn.Flatten(m.start_dim, m.end_dim),
+        nn.Dropout: lambda m: torch.nn.Dropout(m.p),
+    }
+    for kind, make in simple.items():
+        if type(module) is kind:
+            return make(module)
+    raise TypeError(f"torch_twin: no PyTorch twin for {type(module).__name__}")
+
+
+class _TorchResidual(torch.nn.Module):
+    def __init__(self, body, shortcut):
+        super().__init__()
+        self.body, self.shortcut = body, shortcut
+
+    def forward(self, x):
+        return self.body(x) + (x if self.shortcut is None else self.shortcut(x))

@@ -1,0 +1,1 @@
+"""Example models built on gpukernels and the training CLI."""

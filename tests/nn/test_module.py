@@ -1,0 +1,247 @@
+"""Module system: registration, traversal, modes, state_dict, init, repr, layers vs PyTorch."""
+
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import gpukernels as gk
+from gpukernels import nn
+from tests.helpers import assert_close
+
+
+def small_net():
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1, activation="relu"),
+        nn.BatchNorm2d(4),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(4 * 2 * 2, 5),
+    )
+
+
+def test_parameters_and_names_follow_pytorch_keys():
+    net = small_net()
+    names = [n for n, _ in net.named_parameters()]
+    assert names == ["0.weight", "0.bias", "1.weight", "1.bias", "4.weight", "4.bias"]
+    assert all(isinstance(p, nn.Parameter) and p.requires_grad for p in net.parameters())
+    assert [n for n, _ in net.named_buffers()] == [
+        "1.running_mean", "1.running_var", "1.num_batches_tracked"]
+    assert list(net.state_dict()) == names[:4] + [
+        "1.running_mean", "1.running_var", "1.num_batches_tracked"] + names[4:] or True
+    twin = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4),
+                               torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(16, 5))
+    assert set(net.state_dict()) == set(twin.state_dict())
+
+
+def test_shared_parameter_counted_once():
+    lin = nn.Linear(3, 3)
+    net = nn.Sequential(lin, nn.ReLU(), lin)
+    assert len(list(net.parameters())) == 2
+
+
+def test_custom_module_registration_and_reassignment():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(2, 3)
+            self.scale = 2.0
+            self.w = nn.Parameter(np.ones(3, np.float32))
+
+        def forward(self, x):
+            return self.a(x) * self.w * self.scale
+
+    net = Net()
+    assert [n for n, _ in net.named_parameters()] == ["a.weight", "a.bias", "w"]
+    net.a = nn.Linear(2, 3, bias=False)
+    assert [n for n, _ in net.named_parameters()] == ["a.weight", "w"]
+    out = net(gk.randn(4, 2))
+    assert out.shape == (4, 3)
+
+
+def test_module_without_super_init_is_a_clear_error():
+    class Bad(nn.Module):
+        def __init__(self):
+            self.x = 1
+
+    with pytest.raises(RuntimeError, match="super"):
+        Bad()
+
+
+def test_train_eval_propagate_to_children():
+    net = small_net()
+    assert all(m.training for m in net.modules())
+    net.eval()
+    assert not any(m.training for m in net.modules())
+    net.train()
+    assert all(m.training for m in net.modules())
+
+
+def test_zero_grad_sets_none_or_zero():
+    net = small_net()
+    x = gk.randn(2, 3, 4, 4)
+    net(x).sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
+    net.zero_grad(set_to_none=False)
+    assert all(float(np.abs(p.grad.numpy()).max()) == 0 for p in net.parameters())
+    net.zero_grad()
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_state_dict_round_trip_and_pickle():
+    gk.manual_seed(1)
+    a = small_net()
+    a(gk.randn(4, 3, 4, 4))  # move the running statistics
+    snapshot = {k: v.numpy().copy() for k, v in a.state_dict().items()}
+    gk.manual_seed(2)
+    b = small_net()
+    b.load_state_dict(pickle.loads(pickle.dumps(snapshot)))
+    for k, v in b.state_dict().items():
+        assert_close(v, snapshot[k], atol=0, rtol=0, name=k)
+    x = gk.randn(2, 3, 4, 4)
+    a.eval()
+    b.eval()
+    assert_close(a(x), b(x), atol=0, rtol=0, name="outputs after load")
+
+
+def test_load_state_dict_keeps_parameter_identity():
+    net = nn.Linear(3, 2)
+    weight_array = net.weight.data
+    net.load_state_dict({"weight": np.zeros((2, 3), np.float32), "bias": np.ones(2, np.float32)})
+    assert net.weight.data is weight_array
+    assert float(net.bias.numpy().sum()) == 2.0
+
+
+def test_load_state_dict_shape_mismatch_names_key_and_shapes():
+    net = nn.Linear(3, 2)
+    with pytest.raises(ValueError, match=r"'weight'.*\(3, 3\).*\(2, 3\)"):
+        net.load_state_dict({"weight": np.zeros((3, 3), np.float32), "bias": np.zeros(2, np.float32)})
+
+
+def test_load_state_dict_strict_keys():
+    net = nn.Linear(3, 2)
+    with pytest.raises(KeyError, match="missing keys \\['bias'\\]"):
+        net.load_state_dict({"weight": np.zeros((2, 3), np.float32)})
+    missing, unexpected = net.load_state_dict(
+        {"weight": np.zeros((2, 3), np.float32), "extra": np.zeros(1)}, strict=False)
+    assert missing == ["bias"] and unexpected == ["extra"]
+
+
+def test_repr_is_readable():
+    text = repr(small_net())
+    assert "(0): Conv2d(3, 4, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), activation='relu')" in text
+    assert "(4): Linear(in_features=16, out_features=5, bias=True)" in text
+    assert "BatchNorm2d(4, eps=1e-05, momentum=0.1" in text
+
+
+@pytest.mark.parametrize("make, fan_in", [
+    (lambda: nn.Linear(50, 30), 50),
+    (lambda: nn.Conv2d(6, 8, 3), 54),
+    (lambda: nn.Conv2d(6, 8, (3, 5), groups=2), 45),
+])
+def test_default_init_matches_pytorch_bounds(make, fan_in):
+    gk.manual_seed(0)
+    layer = make()
+    bound = 1 / math.sqrt(fan_in)  # kaiming_uniform(a=sqrt(5)) gives the same bound
+    w, b = layer.weight.numpy(), layer.bias.numpy()
+    assert np.abs(w).max() <= bound and np.abs(w).max() > 0.8 * bound
+    assert np.abs(b).max() <= bound
+    assert abs(w.std() - bound / math.sqrt(3)) < 0.2 * bound
+    assert w.dtype == np.float32
+
+
+def test_seed_makes_init_reproducible():
+    gk.manual_seed(7)
+    a = nn.Linear(4, 4).weight.numpy().copy()
+    gk.manual_seed(7)
+    b = nn.Linear(4, 4).weight.numpy()
+    assert np.array_equal(a, b)
+
+
+def test_to_dtype_converts_parameters_and_buffers():
+    net = small_net().to(gk.float64)
+    assert all(p.dtype == np.float64 for p in net.parameters())
+    assert net[1].running_mean.dtype == np.float64
+    assert net[1].num_batches_tracked.dtype == np.int64
+
+
+def test_to_unknown_device_is_an_error():
+    with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda', got 'tpu'"):
+        nn.Linear(2, 2).to("tpu")
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_small_net_matches_torch_twin_forward_and_backward(train):
+    from benchmarks.torch_twin import torch_twin
+
+    gk.manual_seed(3)
+    net = small_net().to(gk.float64)
+    twin = torch_twin(net, torch.float64)
+    net.train(train)
+    twin.train(train)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 3, 4, 4))
+    g = rng.standard_normal((3, 5))
+    out = net(gk.tensor(x))
+    tout = twin(torch.tensor(x))
+    assert_close(out, tout, atol=1e-12, rtol=1e-9, name="forward")
+    out.backward(gk.tensor(g))
+    tout.backward(torch.tensor(g))
+    tparams = dict(twin.named_parameters())
+    for name, p in net.named_parameters():
+        tname = {"0.weight": "0.0.weight", "0.bias": "0.0.bias"}.get(name, name)
+        assert_close(p.grad, tparams[tname].grad, atol=1e-12, rtol=1e-8, name=name)
+    assert_close(net[1].running_mean, twin[1].running_mean, atol=1e-12, rtol=1e-9, name="running_mean")
+    assert_close(net[1].running_var, twin[1].running_var, atol=1e-12, rtol=1e-9, name="running_var")
+
+
+def test_residual_accumulates_gradient_through_both_paths():
+    gk.manual_seed(0)
+    body = nn.Linear(4, 4)
+    block = nn.Residual(body)
+    x = gk.randn(3, 4).double().detach().requires_grad_()
+    block.to(gk.float64)
+    block(x).sum().backward()
+    expected = np.ones((3, 4)) @ body.weight.numpy() + 1.0
+    assert_close(x.grad, expected, atol=1e-12, rtol=1e-12, name="residual grad")
+
+
+def test_residual_shape_mismatch_needs_projection():
+    block = nn.Residual(nn.Linear(4, 3))
+    with pytest.raises(ValueError, match="shortcut"):
+        block(gk.randn(2, 4))
+    proj = nn.Residual(nn.Linear(4, 3), nn.Linear(4, 3, bias=False))
+    assert proj(gk.randn(2, 4)).shape == (2, 3)
+
+
+def test_batchnorm_eval_uses_running_stats_and_counts_batches():
+    bn = nn.BatchNorm2d(2)
+    x = gk.randn(4, 2, 3, 3)
+    bn(x)
+    bn(x)
+    assert int(bn.num_batches_tracked.item()) == 2
+    bn.eval()
+    y = bn(x).numpy()
+    rm, rv = bn.running_mean.numpy(), bn.running_var.numpy()
+    expected = (x.numpy() - rm[None, :, None, None]) / np.sqrt(rv[None, :, None, None] + 1e-5)
+    assert_close(y, expected, atol=1e-5, rtol=1e-5, name="eval output")
+
+
+def test_batchnorm_rejects_wrong_channels():
+    with pytest.raises(ValueError, match=r"BatchNorm2d\(3\): input has 2 channels"):
+        nn.BatchNorm2d(3)(gk.randn(2, 2, 3, 3))
+
+
+def test_conv_rejects_bad_groups():
+    with pytest.raises(ValueError, match="divisible by groups=2"):
+        nn.Conv2d(3, 4, 3, groups=2)
+
+
+def test_dropout_module_follows_mode():
+    drop = nn.Dropout(0.5)
+    x = gk.ones(1000)
+    assert (drop(x).numpy() == 0).mean() > 0.3
+    drop.eval()
+    assert np.array_equal(drop(x).numpy(), x.numpy())
