@@ -399,14 +399,16 @@ def log_softmax(x, dim=-1):
 class CrossEntropyFunction(Function):
     def forward(self, logits, target, reduction, ignore_index, label_smoothing):
         self.reduction = reduction
-        loss, self.grad_logits = _kern("cross_entropy", logits).cross_entropy_forward(
+        loss, grad_logits = _kern("cross_entropy", logits).cross_entropy_forward(
             logits, target, reduction, ignore_index, label_smoothing
         )
+        # saved, so backward(retain_graph=True) can run twice and the tape frees it otherwise
+        self.save_for_backward(grad_logits)
         return loss
 
     def backward(self, g):
-        grad = _kern("cross_entropy", g).cross_entropy_backward(g, self.grad_logits, self.reduction)
-        self.grad_logits = None
+        (grad_logits,) = self.saved
+        grad = _kern("cross_entropy", g).cross_entropy_backward(g, grad_logits, self.reduction)
         return grad, None
 
 
@@ -451,11 +453,12 @@ def cross_entropy(logits, target, reduction="mean", ignore_index=-100, label_smo
 class MSELossFunction(Function):
     def forward(self, input, target, reduction):
         self.reduction = reduction
-        loss, self.diff = _kern("loss", input).mse_loss_forward(input, target, reduction)
+        loss, diff = _kern("loss", input).mse_loss_forward(input, target, reduction)
+        self.save_for_backward(diff)
         return loss
 
     def backward(self, g):
-        gi = _kern("loss", g).mse_loss_backward(g, self.diff, self.reduction)
+        gi = _kern("loss", g).mse_loss_backward(g, self.saved[0], self.reduction)
         return (gi if self.needs_input_grad[0] else None), (-gi if self.needs_input_grad[1] else None)
 
 
@@ -482,11 +485,12 @@ def flatten(x, start_dim=0, end_dim=-1):
 
 class DropoutFunction(Function):
     def forward(self, x, p):
-        y, self.mask = _kern("dropout", x).dropout_forward(x, p)
+        y, mask = _kern("dropout", x).dropout_forward(x, p)
+        self.save_for_backward(mask)
         return y
 
     def backward(self, g):
-        return _kern("dropout", g).dropout_backward(g, self.mask), None
+        return _kern("dropout", g).dropout_backward(g, self.saved[0]), None
 
 
 def dropout(x, p=0.5, training=True):

@@ -317,33 +317,38 @@ class Tensor:
             return other
         xp = backend.get_array_module(self.data)
         if isinstance(other, (bool, int, float)):
-            dtype = self.dtype if self.dtype in _FLOATS else np.result_type(self.dtype, other)
+            if self.dtype in _FLOATS:
+                dtype = self.dtype
+            elif isinstance(other, float):
+                dtype = float32  # int tensor with a Python float: float32, as in PyTorch
+            else:
+                dtype = np.result_type(self.dtype, other)
             return Tensor(xp.asarray(other, dtype=dtype))
         return Tensor(xp.asarray(other))
 
     def __add__(self, other):
-        return Add.apply(self, self._wrap(other))
+        return Add.apply(*_promote(self, self._wrap(other)))
 
     def __radd__(self, other):
-        return Add.apply(self._wrap(other), self)
+        return Add.apply(*_promote(self._wrap(other), self))
 
     def __sub__(self, other):
-        return Sub.apply(self, self._wrap(other))
+        return Sub.apply(*_promote(self, self._wrap(other)))
 
     def __rsub__(self, other):
-        return Sub.apply(self._wrap(other), self)
+        return Sub.apply(*_promote(self._wrap(other), self))
 
     def __mul__(self, other):
-        return Mul.apply(self, self._wrap(other))
+        return Mul.apply(*_promote(self, self._wrap(other)))
 
     def __rmul__(self, other):
-        return Mul.apply(self._wrap(other), self)
+        return Mul.apply(*_promote(self._wrap(other), self))
 
     def __truediv__(self, other):
-        return Div.apply(self, self._wrap(other))
+        return Div.apply(*_promote(self, self._wrap(other)))
 
     def __rtruediv__(self, other):
-        return Div.apply(self._wrap(other), self)
+        return Div.apply(*_promote(self._wrap(other), self))
 
     def __neg__(self):
         return Neg.apply(self)
@@ -436,6 +441,16 @@ class Tensor:
         from . import functional  # noqa: PLC0415 - functional imports tensor
 
         return functional.relu(self)
+
+
+def _promote(a, b):
+    """PyTorch's rule when an integer/bool tensor meets a floating one: the result takes
+    the floating dtype (NumPy alone would give float64 for int64 with float32)."""
+    if a.dtype in _FLOATS and b.dtype not in _FLOATS:
+        b = b.to(a.dtype)
+    elif b.dtype in _FLOATS and a.dtype not in _FLOATS:
+        a = a.to(b.dtype)
+    return a, b
 
 
 def _axes(dim, ndim):
@@ -575,6 +590,8 @@ class Pow(Function):
 
     def backward(self, g):
         (a,) = self.saved
+        if self.exponent == 0:  # d(a**0)/da = 0 everywhere, also at a = 0 (not 0 * inf)
+            return (backend.get_array_module(g).zeros_like(g),)
         return (g * self.exponent * a ** (self.exponent - 1),)
 
 
@@ -622,10 +639,10 @@ class MatMul(Function):
         a2 = a[None, :] if a.ndim == 1 else a
         b2 = b[:, None] if b.ndim == 1 else b
         g2 = g
+        if b.ndim == 1:  # first: for 1-d @ 1-d, g is 0-d and becomes (1, 1)
+            g2 = xp.expand_dims(g2, -1)
         if a.ndim == 1:
             g2 = xp.expand_dims(g2, -2)
-        if b.ndim == 1:
-            g2 = xp.expand_dims(g2, -1)
         ga = gb = None
         if self.needs_input_grad[0]:
             ga = unbroadcast(g2 @ xp.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape)

@@ -78,8 +78,9 @@ def cross_entropy_forward(logits, target, reduction, ignore_index, label_smoothi
     if reduction == "sum":
         return per_row.sum(), grad
     count = valid.sum()
-    with _quiet(xp):  # every row ignored: 0/0 = nan, as in PyTorch
-        grad /= count.astype(logits.dtype)
+    # every row ignored: the loss is 0/0 = nan but the gradient stays 0, as in PyTorch
+    grad /= xp.maximum(count, 1).astype(logits.dtype)
+    with _quiet(xp):
         return (per_row.sum() / count).astype(logits.dtype), grad
 
 
