@@ -677,3 +677,21 @@ def test_batch_norm_only_weight_requires_grad():
     w = gk.tensor(np.array([1.5, -0.5]), requires_grad=True)
     F.batch_norm(x, None, None, w, None, training=True).sum().backward()
     assert x.grad is None and w.grad is not None
+
+
+@pytest.mark.parametrize("stride, padding, dilation, groups, activation", [
+    (1, 1, 1, 1, None),
+    (2, 0, 1, 1, "relu"),
+    (1, 2, 2, 2, "leaky_relu"),
+])
+def test_grad_check_conv2d(stride, padding, dilation, groups, activation):
+    """Finite differences through the whole functional conv2d (fused bias + activation)."""
+    r = rng(91)
+    x = r.standard_normal((2, 4, 6, 5))
+    w = r.standard_normal((6, 4 // groups, 3, 3))
+    b = r.standard_normal(6)
+    out_shape = F.conv2d(gk.tensor(x), gk.tensor(w), gk.tensor(b), stride, padding, dilation,
+                         groups, activation, 0.2).shape
+    g = gk.tensor(r.standard_normal(out_shape))
+    grad_check(lambda x, w, b: (F.conv2d(x, w, b, stride, padding, dilation, groups, activation,
+                                         0.2) * g).sum(), [x, w, b])
