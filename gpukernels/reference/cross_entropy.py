@@ -56,30 +56,37 @@ def cross_entropy_forward(logits, target, reduction, ignore_index, label_smoothi
     """
     xp = get_array_module(logits)
     n, c = logits.shape
+    dt = logits.dtype.type
     valid = target != ignore_index
     safe_target = xp.where(valid, target, 0)
-    logp = log_softmax_forward(logits, 1)
     rows = xp.arange(n)
-    nll = -logp[rows, safe_target]
+    # Five passes over (N, C): max, shift, exp, sum, scale. The exp'ed buffer becomes
+    # the gradient in place; log p is only needed at the target (and its row mean).
+    grad = logits - logits.max(axis=1, keepdims=True)  # z - m <= 0: exp cannot overflow
+    shifted_target = grad[rows, safe_target]
+    shifted_mean = grad.mean(axis=1) if label_smoothing else None
+    xp.exp(grad, out=grad)
+    total = grad.sum(axis=1)
+    lse = xp.log(total)  # log sum exp(z - m)
+    per_row = lse - shifted_target  # -log p[target]
     if label_smoothing:
-        smooth = -logp.mean(axis=1)
-        per_row = (1 - label_smoothing) * nll + label_smoothing * smooth
-    else:
-        per_row = nll
+        per_row = (1 - label_smoothing) * per_row + label_smoothing * (lse - shifted_mean)
     per_row = xp.where(valid, per_row, 0).astype(logits.dtype)
 
-    grad = xp.exp(logp)  # softmax
-    grad[rows, safe_target] -= 1 - label_smoothing
+    # d loss_n / d z = (softmax - q) * scale_n, scale_n = [valid] (/ count for "mean")
+    scale = valid.astype(logits.dtype)
+    count = valid.sum()
+    if reduction == "mean":
+        # every row ignored: the loss is 0/0 = nan but the gradient stays 0, as in PyTorch
+        scale /= xp.maximum(count, 1).astype(logits.dtype)
+    grad *= (scale / total)[:, None]
+    grad[rows, safe_target] -= dt(1 - label_smoothing) * scale
     if label_smoothing:
-        grad -= logits.dtype.type(label_smoothing / c)
-    grad *= valid[:, None]
+        grad -= (dt(label_smoothing / c) * scale)[:, None]
     if reduction == "none":
         return per_row, grad
     if reduction == "sum":
         return per_row.sum(), grad
-    count = valid.sum()
-    # every row ignored: the loss is 0/0 = nan but the gradient stays 0, as in PyTorch
-    grad /= xp.maximum(count, 1).astype(logits.dtype)
     with _quiet(xp):
         return (per_row.sum() / count).astype(logits.dtype), grad
 
