@@ -488,12 +488,13 @@ def _topological_order(root: Tensor) -> list[Tensor]:
 
 def _run_backward(root: Tensor, grad, retain_graph: bool) -> None:
     grads = {id(root): grad}
+    handed_out = {id(grad)}  # arrays some .grad (or the caller) already holds
     for node in reversed(_topological_order(root)):
         g = grads.pop(id(node), None)
         if g is None:
             continue
         if node._ctx is None or node._retain_grad:
-            _accumulate(node, g)
+            _accumulate(node, g, handed_out)
         fn = node._ctx
         if fn is None:
             continue
@@ -519,13 +520,19 @@ def _run_backward(root: Tensor, grad, retain_graph: bool) -> None:
             grads[key] = pg if key not in grads else grads[key] + pg
 
 
-def _accumulate(tensor: Tensor, g) -> None:
+def _accumulate(tensor: Tensor, g, handed_out: set) -> None:
+    """Add ``g`` into ``tensor.grad``. A fresh gradient array becomes ``.grad`` as it is
+    (no copy: for a conv input that is a whole activation's worth of memory traffic);
+    one that another ``.grad`` or the caller holds, or a view, is copied, so a later
+    in-place accumulation can never change two gradients at once."""
     g = g.astype(tensor.dtype, copy=False)
-    if tensor.grad is None:
-        # own the memory: the same array may be a gradient elsewhere in the graph
+    if tensor.grad is not None:
+        tensor.grad.data += g
+    elif id(g) in handed_out or getattr(g, "base", None) is not None:
         tensor.grad = Tensor(g.copy())
     else:
-        tensor.grad.data += g
+        handed_out.add(id(g))
+        tensor.grad = Tensor(g)
 
 
 # ----------------------------------------------------------------------------- basic ops

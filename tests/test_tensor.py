@@ -654,3 +654,21 @@ def test_elementwise_grads_at_zero_like_torch(name):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         run_both(fn, [np.array([0.0, -1.5, 0.0, 2.0])])
+
+
+def test_leaf_gradients_never_share_memory():
+    """Add passes one gradient array to both inputs; each .grad must own its memory, so
+    accumulating into one later leaves the other alone (and the caller's array too)."""
+    a = gk.tensor(np.ones(3), requires_grad=True)
+    b = gk.tensor(np.ones(3), requires_grad=True)
+    upstream = np.full(3, 2.0)
+    (a + b).backward(gk.tensor(upstream))
+    assert not np.shares_memory(a.grad.data, b.grad.data)
+    (a * 3.0).sum().backward()
+    assert_close(a.grad, [5.0, 5.0, 5.0], atol=0, rtol=0, name="a.grad")
+    assert_close(b.grad, [2.0, 2.0, 2.0], atol=0, rtol=0, name="b.grad")
+    assert_close(upstream, [2.0, 2.0, 2.0], atol=0, rtol=0, name="caller's gradient")
+    x = gk.tensor(np.ones((2, 3)), requires_grad=True)
+    y = gk.tensor(np.ones(6), requires_grad=True)
+    (x.reshape(6) + y).backward(gk.tensor(np.ones(6)))
+    assert not np.shares_memory(x.grad.data, y.grad.data)
