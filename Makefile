@@ -12,7 +12,6 @@ $(PY):
 
 # torch==2.13.0 is the CPU build (an unpinned torch would pull a multi-GB CUDA build).
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test,bench,train]'
 	touch $(STAMP)
 

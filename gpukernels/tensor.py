@@ -405,6 +405,24 @@ class Tensor:
 
     view = reshape
 
+    def unsqueeze(self, dim: int):
+        """Insert an axis of size 1 at ``dim`` (negative counts from the end, as PyTorch)."""
+        if not -self.ndim - 1 <= dim <= self.ndim:
+            raise IndexError(f"unsqueeze(): dim {dim} is out of range for {self.ndim} dimensions")
+        dim = dim % (self.ndim + 1)
+        return self.reshape(self.shape[:dim] + (1,) + self.shape[dim:])
+
+    def squeeze(self, dim=None):
+        """Drop axes of size 1 (all of them, or ``dim`` when it has size 1)."""
+        if dim is None:
+            return self.reshape(tuple(n for n in self.shape if n != 1))
+        (d,) = _axes(dim, self.ndim)
+        return self.reshape(self.shape[:d] + self.shape[d + 1 :]) if self.shape[d] == 1 else self
+
+    def clone(self) -> Tensor:
+        """A copy of the data that stays in the graph (its gradient flows back to self)."""
+        return _Clone.apply(self)
+
     def flatten(self, start_dim: int = 0, end_dim: int = -1):
         if self.ndim == 0:
             return self.reshape(1)
@@ -745,6 +763,14 @@ class GetItem(Function):
         else:  # pragma: no cover - cupy spells it scatter_add
             xp.scatter_add(out, self.index, g)
         return (out,)
+
+
+class _Clone(Function):
+    def forward(self, a):
+        return a.copy()
+
+    def backward(self, g):
+        return (g,)
 
 
 class _Cast(Function):

@@ -672,3 +672,18 @@ def test_leaf_gradients_never_share_memory():
     y = gk.tensor(np.ones(6), requires_grad=True)
     (x.reshape(6) + y).backward(gk.tensor(np.ones(6)))
     assert not np.shares_memory(x.grad.data, y.grad.data)
+
+
+@pytest.mark.parametrize("dim", [0, 1, 2, -1, -3])
+def test_unsqueeze_squeeze_clone_match_torch(dim):
+    x = np.random.default_rng(5).standard_normal((3, 1, 4))
+    a, t = gk.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+    g = np.random.default_rng(6).standard_normal(t.unsqueeze(dim).shape)
+    out, tout = a.clone().unsqueeze(dim), t.clone().unsqueeze(dim)
+    assert out.shape == tuple(tout.shape)
+    out.backward(gk.tensor(g))
+    tout.backward(torch.tensor(g))
+    assert_close(a.grad, t.grad, atol=0, rtol=0, name="grad")
+    assert a.squeeze().shape == tuple(t.squeeze().shape)
+    assert a.squeeze(1).shape == tuple(t.squeeze(1).shape)
+    assert a.squeeze(0).shape == tuple(t.squeeze(0).shape)
