@@ -308,17 +308,17 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, count_include_pad=True):
 
 class BatchNormFunction(Function):
     def forward(self, x, weight, bias, running_mean, running_var, training, momentum, eps):
-        y, xhat, inv_std = _kern("batchnorm", x).batch_norm_forward(
+        y, mean, inv_std = _kern("batchnorm", x).batch_norm_forward(
             x, running_mean, running_var, weight, bias, training, momentum, eps
         )
         self.training = training
-        self.save_for_backward(xhat, inv_std, weight)
+        self.save_for_backward(x, mean, inv_std, weight)
         return y
 
     def backward(self, g):
-        xhat, inv_std, weight = self.saved
+        x, mean, inv_std, weight = self.saved
         return _kern("batchnorm", g).batch_norm_backward(
-            g, xhat, inv_std, weight, self.training, needs=self.needs_input_grad[:3]
+            g, x, mean, inv_std, weight, self.training, needs=self.needs_input_grad[:3]
         )
 
 
