@@ -45,6 +45,7 @@ def _same_dtype(op, **tensors):
 
 
 def _pair(value, name, minimum):
+    given = value
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         value = (int(value), int(value))
     elif isinstance(value, (tuple, list)) and len(value) == 2 and all(
@@ -54,7 +55,7 @@ def _pair(value, name, minimum):
     else:
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
     if min(value) < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+        raise ValueError(f"{name} must be >= {minimum}, got {given!r}")
     return value
 
 
@@ -102,10 +103,10 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
         activation: None, "relu" or "leaky_relu", applied in the same kernel.
         negative_slope: leaky ReLU slope (>= 0).
     """
-    _tensor(x, "input", 4)
-    _tensor(weight, "weight", 4)
+    _tensor(x, "conv2d: input", 4)
+    _tensor(weight, "conv2d: weight", 4)
     if bias is not None:
-        _tensor(bias, "bias", 1)
+        _tensor(bias, "conv2d: bias", 1)
     _same_dtype("conv2d", input=x, weight=weight, bias=bias)
     stride = _pair(stride, "stride", 1)
     padding = _pair(padding, "padding", 0)
@@ -156,14 +157,14 @@ def linear(x, weight, bias=None):
         weight: (out_features, in_features).
         bias: (out_features,) or None.
     """
-    _tensor(x, "input")
-    _tensor(weight, "weight", 2)
+    _tensor(x, "linear: input")
+    _tensor(weight, "linear: weight", 2)
     if x.ndim < 1 or x.shape[-1] != weight.shape[1]:
         raise ValueError(
             f"linear: input of shape {x.shape} does not match weight of shape {weight.shape} "
             f"(last input dimension must be {weight.shape[1]})"
         )
-    if bias is not None and (_tensor(bias, "bias", 1).shape != (weight.shape[0],)):
+    if bias is not None and (_tensor(bias, "linear: bias", 1).shape != (weight.shape[0],)):
         raise ValueError(f"linear: bias must have shape ({weight.shape[0]},), got {bias.shape}")
     _same_dtype("linear", input=x, weight=weight, bias=bias)
     return LinearFunction.apply(x, weight, bias)
@@ -206,22 +207,22 @@ class TanhFunction(_Activation):
 
 def relu(x):
     """y = max(x, 0)."""
-    return ReLUFunction.apply(_tensor(x, "input"))
+    return ReLUFunction.apply(_tensor(x, "relu: input"))
 
 
 def leaky_relu(x, negative_slope=0.01):
     """y = x for x > 0, negative_slope * x otherwise (negative_slope >= 0)."""
-    return LeakyReLUFunction.apply(_tensor(x, "input"), _check_slope(negative_slope))
+    return LeakyReLUFunction.apply(_tensor(x, "leaky_relu: input"), _check_slope(negative_slope))
 
 
 def sigmoid(x):
     """y = 1 / (1 + exp(-x))."""
-    return SigmoidFunction.apply(_tensor(x, "input"))
+    return SigmoidFunction.apply(_tensor(x, "sigmoid: input"))
 
 
 def tanh(x):
     """y = tanh(x)."""
-    return TanhFunction.apply(_tensor(x, "input"))
+    return TanhFunction.apply(_tensor(x, "tanh: input"))
 
 
 class HeavisideFunction(Function):
@@ -240,7 +241,7 @@ def heaviside(x, values=0.0):
 
     Forward only: backward through it raises an error.
     """
-    _tensor(x, "input")
+    _tensor(x, "heaviside: input")
     if isinstance(values, Tensor):
         values = values.data
     return HeavisideFunction.apply(x, values)
@@ -271,8 +272,8 @@ class AvgPool2dFunction(Function):
         return (_kern("pool", g).avg_pool2d_backward(g, self.shape, *self.args),)
 
 
-def _pool_args(x, kernel_size, stride, padding, dilation=1):
-    _tensor(x, "input", 4)
+def _pool_args(op, x, kernel_size, stride, padding, dilation=1):
+    _tensor(x, f"{op}: input", 4)
     kernel = _pair(kernel_size, "kernel_size", 1)
     stride = kernel if stride is None else _pair(stride, "stride", 1)
     padding = _pair(padding, "padding", 0)
@@ -292,14 +293,14 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1):
         kernel_size: int or (h, w). stride defaults to kernel_size.
         padding: at most half the kernel; dilation spaces the window's taps.
     """
-    kernel, stride, padding, dilation = _pool_args(x, kernel_size, stride, padding, dilation)
+    kernel, stride, padding, dilation = _pool_args("max_pool2d", x, kernel_size, stride, padding, dilation)
     return MaxPool2dFunction.apply(x, kernel, stride, padding, dilation)
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, count_include_pad=True):
     """y = mean over each KH x KW window; with ``count_include_pad=False`` padding is not
     counted in the divisor."""
-    kernel, stride, padding, _ = _pool_args(x, kernel_size, stride, padding)
+    kernel, stride, padding, _ = _pool_args("avg_pool2d", x, kernel_size, stride, padding)
     return AvgPool2dFunction.apply(x, kernel, stride, padding, bool(count_include_pad))
 
 
@@ -334,11 +335,11 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         running_mean, running_var: (C,) tensors or None (then batch statistics always).
         weight, bias: (C,) affine parameters or None.
     """
-    _tensor(x, "input", (2, 3, 4))
+    _tensor(x, "batch_norm: input", (2, 3, 4))
     c = x.shape[1]
     for name, t in (("running_mean", running_mean), ("running_var", running_var),
                     ("weight", weight), ("bias", bias)):
-        if t is not None and _tensor(t, name, 1).shape != (c,):
+        if t is not None and _tensor(t, f"batch_norm: {name}", 1).shape != (c,):
             raise ValueError(f"batch_norm: {name} must have shape ({c},), got {t.shape}")
     if (running_mean is None) != (running_var is None):
         raise ValueError("batch_norm: give both running_mean and running_var, or neither")
@@ -386,13 +387,13 @@ class LogSoftmaxFunction(Function):
 
 def softmax(x, dim=-1):
     """y_i = exp(x_i - max x) / sum_j exp(x_j - max x) along ``dim``."""
-    _tensor(x, "input")
+    _tensor(x, "softmax: input")
     return SoftmaxFunction.apply(x, _dim(dim, x.ndim))
 
 
 def log_softmax(x, dim=-1):
     """y_i = x_i - max x - log sum_j exp(x_j - max x) along ``dim``."""
-    _tensor(x, "input")
+    _tensor(x, "log_softmax: input")
     return LogSoftmaxFunction.apply(x, _dim(dim, x.ndim))
 
 
@@ -424,7 +425,7 @@ def cross_entropy(logits, target, reduction="mean", ignore_index=-100, label_smo
         ignore_index: target value whose rows add nothing to the loss or the gradient.
         label_smoothing: eps in [0, 1].
     """
-    _tensor(logits, "input", 2)
+    _tensor(logits, "cross_entropy: input", 2)
     if not isinstance(target, Tensor):
         raise TypeError(f"target must be a Tensor of class indices, got {type(target).__name__}")
     if target.dtype.kind not in "iu":
@@ -464,8 +465,8 @@ class MSELossFunction(Function):
 
 def mse_loss(input, target, reduction="mean"):
     """loss = reduce((input - target)^2) with reduction "mean", "sum" or "none"."""
-    _tensor(input, "input")
-    _tensor(target, "target")
+    _tensor(input, "mse_loss: input")
+    _tensor(target, "mse_loss: target")
     if input.shape != target.shape:
         raise ValueError(f"mse_loss: input shape {input.shape} differs from target shape {target.shape}")
     _same_dtype("mse_loss", input=input, target=target)
@@ -498,7 +499,7 @@ def dropout(x, p=0.5, training=True):
 
     The mask comes from the library generator (``gk.manual_seed``).
     """
-    _tensor(x, "input")
+    _tensor(x, "dropout: input")
     if not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability has to be between 0 and 1, got {p!r}")
     if not training or p == 0.0:
