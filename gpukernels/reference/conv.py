@@ -5,7 +5,13 @@ written to be both exact (float64 matches PyTorch to ~1e-13) and fast: float32 f
 backward (x, w, b) of x (64, 64, 32, 32) * w (64, 64, 3, 3), padding 1, takes 69-77 ms on
 the 2-core dev machine against 52-67 ms for PyTorch's oneDNN with 2 threads (typically
 1.2x; forward alone 23-25 vs 19-23 ms). What remains is OpenBLAS GEMM time: each of the
-three products (y, grad_x, grad_w) is ~20 ms of the 4.8 GFLOP GEMM on two cores.
+three products (y, grad_x, grad_w) is ~20 ms of the 4.8 GFLOP GEMM on two cores. The
+ResNet-20 layers (batch 128) are GEMM-bound too but with thin GEMMs (O = 16..64):
+forward + backward takes 14-21 ms at 32x32 (1.0-1.3x PyTorch), 8.5 / 10.5 ms for the
+strided 16x16 -> 8x8 and the 8x8 layer (~1.8x) and 15 ms for the 16x16 one (~2.3x),
+whose three 0.6 GFLOP products with N or M = 32 run at ~115 GFLOP/s per core in
+OpenBLAS where oneDNN sustains ~140 (PyTorch's own times vary up to 2x between runs
+on this machine, so compare in one process).
 
 Shapes: ``x`` (N, C, H, W), ``weight`` (O, C/G, KH, KW), ``y`` (N, O, OH, OW); ``G`` is
 ``groups``, ``Cg = C/G``, ``Og = O/G``, ``Kg = Cg*KH*KW`` (one group's GEMM depth).
@@ -23,33 +29,57 @@ while the output is still in cache; backward rebuilds a tile's inputs rather tha
 the forward's columns. Loops over tiles and over kernel taps (KH*KW) are the only
 Python loops.
 
-Three NumPy paths (``_path``; CuPy always takes the generic one)
------------------------------------------------------------------
-* **flat** (stride 1, ``OW >= BATCH_INNER_MAX_OW``): the tile is copied, zero-padded,
-  into a *frame* ``(C, b, Hp, Wp)``. Seen per channel as one 1-D signal, tap ``(kh, kw)``
-  of every output pixel is the slice starting at ``kh*dh*Wp + kw*dw``, so the conv is
-  computed on the padded grid ``(b, Hp, Wp)`` without any im2col gather; the ``Wp-OW``
-  right columns and the rows between stacked images are garbage, never read back (6%
-  extra GEMM work at 32x32, padding 1). With ``Cg >= SHIFT_MIN_CHANNELS`` it runs one
-  GEMM per tap straight on the shifted (strided, uncopied) frame plus an accumulate,
-  ~10% faster than copying the ``(C*KH*KW, lb)`` columns in long runs, which it does
-  for fewer channels. Backward writes the masked ``grad_y`` into a zeroed frame: its
-  zeros cancel the garbage positions in ``grad_w``, and it is also the padded input of
-  ``grad_x``, which for stride 1 is the correlation of ``grad_y`` with the flipped,
-  transposed kernel (padding ``d*(K-1) - p``; negative pads crop), computed the same way
-  (no col2im scatter-adds). ``grad_w`` uses a channels-last copy of the x tile: tap
-  ``(kh, kw)`` is then a plain ``(lb, C)`` matrix, so it is one NN GEMM per tap, ~1.6x
-  faster in OpenBLAS than ``grad_y @ cols^T`` (NT).
-* **batch_inner** (``OW < BATCH_INNER_MAX_OW``: 8x8, 4x4 layers): frame
-  ``(C, Hp, Wp, b)`` and columns ``(C, KH, KW, OH, OW, b)`` with the batch innermost, so
-  the im2col is one copy in runs of ``OW*b`` (stride 1) or ``b`` elements instead of
-  runs of ``OW`` = 4; one GEMM per tile. ``grad_x`` is the transposed conv (stride 1,
-  ``O <= 4*C``) or col2im.
-* **generic** (stride > 1, shallow GEMMs ``Kg < GENERIC_MAX_DEPTH`` such as C = 1 first
-  layers, and CuPy): columns ``(C, KH, KW, b, OH, OW)`` filled by KH*KW strided slice
-  copies clipped to the valid input range (the buffer's out-of-range border is zeroed
-  once and never written: no padded copy of x); ``grad_x`` is the col2im of
-  ``W^T @ grad_y`` with KH*KW strided slice-adds.
+Four NumPy paths (``_path``; CuPy always takes the generic one)
+----------------------------------------------------------------
+Every path runs the three products as OpenBLAS GEMMs; what differs is the layout of the
+GEMM operands and so the copies around them. Chosen by measurement on the ResNet-20 /
+CIFAR-10 and digits layers (batch 128 / 64, float32, two threads):
+
+* **nhwc** (groups 1, ``C > GENERIC_MAX_CHANNELS``, kernels larger than 1x1, and
+  either stride > 1, ``OW < BATCH_INNER_MAX_OW``, or ``O >= NHWC_MIN_CHANNELS`` with
+  ``OW <= NHWC_MAX_OW``: the 16x16 and 8x8 ResNet stages and every strided 3x3): the
+  tile is copied channels-last into a zero-padded frame ``(b, Hp, Wp, C)`` and the
+  columns are ``(b, OH, OW, KH, KW, C)``, one ``(b*L, Kg)`` matrix filled by one copy
+  in runs of ``KW*C`` elements. All three GEMMs then have the long ``b*L`` side as M
+  or K: ``y = cols @ W`` and ``grad_w = cols^T @ grad_y`` run at 110-140 GFLOP/s per
+  core where the NCHW forms ``W @ cols`` / ``grad_y @ cols^T`` with M = O = 32 run at
+  75-100 (the 16x16 layer's forward+backward 17 -> 13 ms, the 8x8 one's 13 -> 9.5 ms).
+  ``grad_x`` is, for stride 1 and ``O <= 4*C``, the same conv applied to the
+  channels-last ``grad_y`` with the flipped, transposed kernel (padding
+  ``d*(K-1) - p``; negative pads crop), else the col2im of ``grad_y @ W`` with KH*KW
+  strided adds into a channels-last frame. Groups are supported (G column blocks side
+  by side, one GEMM per group) but not dispatched here: per-group GEMMs with N = Og
+  on strided blocks are 2-8x slower than batch_inner's.
+* **flat** (stride 1, wider outputs: the 32x32 stages): the tile is copied,
+  zero-padded, into a *frame* ``(C, b, Hp, Wp)``. Seen per channel as one 1-D signal,
+  tap ``(kh, kw)`` of every output pixel is the slice starting at ``kh*dh*Wp + kw*dw``,
+  so the conv is computed on the padded grid ``(b, Hp, Wp)`` without any im2col
+  gather; the ``Wp-OW`` right columns and the rows between stacked images are garbage,
+  never read back (6% extra GEMM work at 32x32, padding 1, but 56% at 8x8, hence
+  nhwc there). With ``Cg >= SHIFT_MIN_CHANNELS`` it runs one GEMM per tap straight on
+  the shifted (strided, uncopied) frame plus an accumulate, ~10% faster than copying
+  the ``(C*KH*KW, lb)`` columns in long runs, which it does for fewer channels.
+  Backward writes the masked ``grad_y`` into a zeroed frame: its zeros cancel the
+  garbage positions in ``grad_w``, and it is also the padded input of ``grad_x`` (the
+  transposed conv, as above), computed the same way (no col2im scatter-adds).
+  ``grad_w`` uses a channels-last copy of the x tile: tap ``(kh, kw)`` is then a plain
+  ``(lb, C)`` matrix, so it is one NN GEMM per tap, ~1.6x faster in OpenBLAS than
+  ``grad_y @ cols^T`` (NT).
+* **batch_inner** (grouped convs, and 1x1 kernels, with ``OW < BATCH_INNER_MAX_OW``):
+  frame ``(C, Hp, Wp, b)`` and columns ``(C, KH, KW, OH, OW, b)`` with the batch
+  innermost, so the im2col is one copy in runs of ``OW*b`` (stride 1) or ``b``
+  elements instead of runs of ``OW`` = 4; one (batched over groups) GEMM per tile.
+  ``grad_x`` is the transposed conv (stride 1, ``O <= 4*C``) or col2im.
+* **generic** (shallow GEMMs ``Kg < GENERIC_MAX_DEPTH``, ungrouped convs of at most
+  ``GENERIC_MAX_CHANNELS`` inputs such as RGB first layers, strided 1x1 and grouped
+  strided convs, and CuPy): columns ``(C, KH, KW, b, OH, OW)``
+  filled by KH*KW strided slice copies clipped to the valid input range (the buffer's
+  out-of-range border is zeroed once and never written: no padded copy of x);
+  ``grad_x`` is the col2im of ``W^T @ grad_y`` with KH*KW strided slice-adds.
+
+``grad_w`` is always computed with the column matrix as the left operand
+(``cols @ grad_y^T`` in the NCHW layouts): OpenBLAS runs these long-K products with
+M, N <= 32 ~1.5x faster that way round than as ``grad_y @ cols^T``.
 
 Threads
 -------
@@ -81,12 +111,21 @@ __all__ = ["conv2d_output_size", "conv2d_forward", "conv2d_backward"]
 TILE_BYTES = 1 << 20
 #: Calls with fewer multiply-adds*2 than this run on the calling thread only.
 MIN_PARALLEL_FLOPS = 1e8
-#: GEMM depths (Cg*KH*KW) below this (first layers, C = 1..3) use the NCHW im2col:
-#: their output dominates the traffic and it is written in runs of OH*OW there.
+#: GEMM depths (Cg*KH*KW) below this (C = 1 first layers, depthwise) and ungrouped
+#: convs with at most GENERIC_MAX_CHANNELS inputs (RGB first layers) use the NCHW
+#: im2col: the columns dominate the traffic and are written in runs of OH*OW there,
+#: where flat's per-tap grad_w GEMMs would have N = C and nhwc's copies runs of KW*C.
 GENERIC_MAX_DEPTH = 16
-#: Outputs narrower than this use the batch-inner layout (copies in runs of the batch).
+GENERIC_MAX_CHANNELS = 4
+#: Ungrouped stride-1 convs with at least this many output channels and outputs at
+#: most NHWC_MAX_OW wide use the channels-last path (so do narrower outputs than
+#: BATCH_INNER_MAX_OW and strided convs whatever O).
+NHWC_MIN_CHANNELS = 32
+NHWC_MAX_OW = 24
+#: Outputs narrower than this use nhwc, or (grouped, 1x1) the batch-inner layout.
 BATCH_INNER_MAX_OW = 12
-#: Tests and benchmarks: force "flat" (stride-1 calls only), "batch_inner" or "generic".
+#: Tests and benchmarks: force "nhwc", "flat" (stride-1 calls only), "batch_inner" or
+#: "generic".
 FORCE_PATH = None
 #: Input channels per group from which stride-1 convs use one GEMM per kernel tap.
 SHIFT_MIN_CHANNELS = 32
@@ -322,7 +361,7 @@ def _generic_backward(xp, g, gy_all, x, wm, y, activation, slope, needs, gx_all,
     per_image = max(Kg * G, O) * L * x.itemsize
     bmax, tiles = _tiles(n0, n1, per_image, budget)
     colsbuf = xp.zeros((g.C, g.KH, g.KW, bmax, g.OH, g.OW), dtype=x.dtype) if needs[1] else None
-    gw = xp.zeros((G, Og, Kg), dtype=x.dtype) if needs[1] else None
+    gwT = xp.zeros((G, Kg, Og), dtype=x.dtype) if needs[1] else None
     gb = xp.zeros((O,), dtype=x.dtype) if needs[2] else None
     wt = wm.transpose(0, 2, 1) if needs[0] else None
     for a, e in tiles:
@@ -335,12 +374,14 @@ def _generic_backward(xp, g, gy_all, x, wm, y, activation, slope, needs, gx_all,
         if needs[1]:
             cols = colsbuf[:, :, :, :b]
             _im2col(g, x[a:e], cols)
-            gw += xp.matmul(gyp, cols.reshape(G, Kg, b * L).transpose(0, 2, 1))
+            # cols @ gy^T rather than gy @ cols^T: OpenBLAS runs this long-K product
+            # ~1.5x faster with the column matrix as the left operand.
+            gwT += xp.matmul(cols.reshape(G, Kg, b * L), gyp.transpose(0, 2, 1))
         if needs[0]:
             # Og == 1 (depthwise): an outer product, 2.5x faster as a broadcast multiply.
             gcols = xp.multiply(wt, gyp) if Og == 1 else xp.matmul(wt, gyp)
             _col2im(xp, g, gcols.reshape(g.C, g.KH, g.KW, b, g.OH, g.OW), gx_all[a:e])
-    return gw, gb
+    return (None if gwT is None else xp.ascontiguousarray(gwT.transpose(0, 2, 1))), gb
 
 
 # ----------------------------------------------------------------------------- batch-inner path
@@ -430,7 +471,7 @@ def _bi_backward(g, gy_all, x, weight, wm, y, activation, slope, needs, gx_all, 
     column copy + GEMM), else col2im of ``W^T @ grad_y`` with KH*KW strided adds."""
     _, tiles = _bi_tiles(g, n0, n1, budget, x.itemsize)
     G, Og, O, dt = g.G, g.Og, g.O, x.dtype
-    gw = np.zeros((G, Og, g.Kg), dtype=dt) if needs[1] else None
+    gwT = np.zeros((G, g.Kg, Og), dtype=dt) if needs[1] else None
     gb = np.zeros((O,), dtype=dt) if needs[2] else None
     # The transposed conv copies O*KH*KW columns per pixel, col2im adds C*KH*KW.
     transposed = needs[0] and _flat_ok(g) and g.O <= 4 * g.C
@@ -448,7 +489,7 @@ def _bi_backward(g, gy_all, x, weight, wm, y, activation, slope, needs, gx_all, 
                 "q": _BatchInner(gq, b, dt) if transposed else None,
                 "gyT": np.empty((O, g.OH, g.OW, b), dtype=dt),
                 "work": np.empty((b, O, g.OH, g.OW), dtype=dt) if activation else None,
-                "gwt": np.empty((G, Og, g.Kg), dtype=dt) if needs[1] else None,
+                "gwt": np.empty((G, g.Kg, Og), dtype=dt) if needs[1] else None,
                 "gcols": np.empty((G, g.Kg, g.L * b), dtype=dt) if needs[0] and not transposed else None,
                 "gframe": np.empty((g.C, g.Hp, g.Wp, b), dtype=dt) if needs[0] and not transposed else None,
             }
@@ -462,8 +503,8 @@ def _bi_backward(g, gy_all, x, weight, wm, y, activation, slope, needs, gx_all, 
             gy2 = gyT.reshape(G, Og, g.L * b)
         if needs[1]:
             cols = buf["x"].load(x[a:e])
-            np.matmul(gy2, cols.transpose(0, 2, 1), out=buf["gwt"])
-            gw += buf["gwt"]
+            np.matmul(cols, gy2.transpose(0, 2, 1), out=buf["gwt"])  # see _generic_backward
+            gwT += buf["gwt"]
         if transposed:
             np.copyto(gx_all[a:e], buf["q"].conv(wq, gyt))
         elif needs[0]:
@@ -477,7 +518,7 @@ def _bi_backward(g, gy_all, x, weight, wm, y, activation, slope, needs, gx_all, 
                     ws = slice(kw * g.dw, kw * g.dw + (g.OW - 1) * g.sw + 1, g.sw)
                     gf[:, hs, ws, :] += gc[:, kh, kw]
             np.copyto(gx_all[a:e], gf[:, g.ph : g.ph + g.H, g.pw : g.pw + g.W, :].transpose(3, 0, 1, 2))
-    return gw, gb
+    return (None if gwT is None else np.ascontiguousarray(gwT.transpose(0, 2, 1))), gb
 
 
 # ----------------------------------------------------------------------------- flat path
@@ -489,12 +530,15 @@ def _flat_ok(g):
 
 def _path(g):
     """Which NumPy implementation serves ``g`` (thresholds measured on the 2-core dev
-    machine, see the module docstring): shallow GEMMs the generic NCHW im2col, small
-    outputs the batch-inner layout, stride 1 the flat frames, the rest generic."""
+    machine, see the module docstring)."""
     if FORCE_PATH is not None:
         return "generic" if FORCE_PATH == "flat" and not _flat_ok(g) else FORCE_PATH
-    if g.Kg < GENERIC_MAX_DEPTH:
+    if g.Kg < GENERIC_MAX_DEPTH or (g.G == 1 and g.C <= GENERIC_MAX_CHANNELS):
         return "generic"
+    if g.G == 1 and g.KH * g.KW > 1:
+        small = g.OW < BATCH_INNER_MAX_OW or (g.O >= NHWC_MIN_CHANNELS and g.OW <= NHWC_MAX_OW)
+        if small or not _flat_ok(g):
+            return "nhwc"
     if g.OW < BATCH_INNER_MAX_OW:
         return "batch_inner"
     return "flat" if _flat_ok(g) else "generic"
@@ -715,6 +759,138 @@ def _flat_backward(g, gy_all, x, weight, y, activation, slope, needs, gx_all, n0
     return gw, gb
 
 
+# ----------------------------------------------------------------------------- nhwc path
+
+
+class _Nhwc:
+    """Buffers of one tile of up to ``bmax`` images in the channels-last layout: the
+    zero-padded input frame ``(b, Hp, Wp, C)`` and its columns
+    ``(b, OH, OW, G, KH, KW, Cg)`` = ``(b*L, G, Kg)``: G column matrices side by side.
+    The column copy moves runs of ``KW*C`` elements (``Cg`` with groups or dilation).
+    A negative padding (grad_x's transposed conv) crops the input instead."""
+
+    def __init__(self, g, bmax, dtype):
+        self.g = g
+        it = np.dtype(dtype).itemsize
+        self.frame = np.zeros((bmax, g.Hp, g.Wp, g.C), dtype=dtype)
+        rh0, rw0, sh0, sw0 = max(g.ph, 0), max(g.pw, 0), max(-g.ph, 0), max(-g.pw, 0)
+        nh, nw = min(g.H - sh0, g.Hp - rh0), min(g.W - sw0, g.Wp - rw0)
+        self.interior = self.frame[:, rh0 : rh0 + nh, rw0 : rw0 + nw, :]
+        self.crop = (slice(sh0, sh0 + nh), slice(sw0, sw0 + nw))
+        self.cols = np.empty((bmax * g.L, g.G, g.Kg), dtype=dtype)
+        self.cols7 = self.cols.reshape(bmax, g.OH, g.OW, g.G, g.KH, g.KW, g.Cg)
+        row, px = g.Wp * g.C * it, g.C * it
+        self.src = as_strided(
+            self.frame,
+            shape=self.cols7.shape,
+            strides=(g.Hp * row, g.sh * row, g.sw * px, g.Cg * it, g.dh * row, g.dw * px, it),
+        )
+
+    def load(self, xt, nchw=True):
+        """The tile's columns ``(G, b*L, Kg)`` of ``xt``: (b, C, H, W), or channels-last
+        (b, H, W, C) with ``nchw=False``."""
+        b = xt.shape[0]
+        if nchw:
+            self.interior[:b] = xt[:, :, self.crop[0], self.crop[1]].transpose(0, 2, 3, 1)
+        else:
+            self.interior[:b] = xt[:, self.crop[0], self.crop[1]]
+        np.copyto(self.cols7[:b], self.src[:b])
+        return self.cols[: b * self.g.L].transpose(1, 0, 2)
+
+
+def _nhwc_weight(weight, groups):
+    """``(G, KH*KW*Cg, Og)``: each group's weight as the right operand of its columns."""
+    O, Cg, KH, KW = weight.shape
+    w = weight.reshape(groups, O // groups, Cg, KH, KW).transpose(0, 3, 4, 2, 1)
+    return np.ascontiguousarray(w).reshape(groups, KH * KW * Cg, O // groups)
+
+
+def _nhwc_tiles(g, n0, n1, budget, it):
+    per_image = (g.Kg * g.G + 2 * max(g.O, g.C)) * g.L * it
+    return _tiles(n0, n1, per_image, budget)
+
+
+def _nhwc_forward(g, x, weight, bias, activation, slope, y, n0, n1, budget):
+    bmax, tiles = _nhwc_tiles(g, n0, n1, budget, x.itemsize)
+    dt = x.dtype
+    buf = _Nhwc(g, bmax, dt)
+    out = np.empty((bmax * g.L, g.G, g.Og), dtype=dt)
+    wcl = _nhwc_weight(weight, g.G)
+    bias4 = None if bias is None else bias.reshape(1, g.O, 1, 1)
+    for a, e in tiles:
+        b = e - a
+        ob = out[: b * g.L]
+        np.matmul(buf.load(x[a:e]), wcl, out=ob.transpose(1, 0, 2))
+        src = ob.reshape(b, g.OH, g.OW, g.O).transpose(0, 3, 1, 2)
+        yt = y[a:e]
+        if bias4 is not None:
+            np.add(src, bias4, out=yt)
+        else:
+            np.copyto(yt, src)
+        _activate(np, yt, activation, slope)
+
+
+def _nhwc_backward(g, gy_all, x, weight, y, activation, slope, needs, gx_all, n0, n1, budget):
+    """Channels-last backward. grad_w: ``cols^T @ grad_y`` per group. grad_x: for stride
+    1 and ``O <= 4*C`` the transposed conv of the channels-last grad_y (one column copy
+    + GEMM), else the col2im of ``grad_y @ W`` with KH*KW strided adds into a padded
+    channels-last frame."""
+    dt = x.dtype
+    G, O, C, Og, Cg, L = g.G, g.O, g.C, g.Og, g.Cg, g.L
+    bmax, tiles = _nhwc_tiles(g, n0, n1, budget, x.itemsize)
+    gyl = np.empty((bmax * L, G, Og), dtype=dt)
+    work = np.empty((bmax, O, g.OH, g.OW), dtype=dt) if activation else None
+    gw = np.zeros((G, g.Kg, Og), dtype=dt) if needs[1] else None
+    gb = np.zeros((O,), dtype=dt) if needs[2] else None
+    if needs[1]:
+        xbuf = _Nhwc(g, bmax, dt)
+        gwt = np.empty_like(gw)
+    transposed = needs[0] and _flat_ok(g) and O <= 4 * C
+    if transposed:
+        gq = _transposed_geom(g)
+        qbuf = _Nhwc(gq, bmax, dt)
+        wq = _nhwc_weight(_flipped_weight(weight, g), G)
+        gxl = np.empty((bmax * gq.L, G, Cg), dtype=dt)
+    elif needs[0]:
+        wg = weight.reshape(G, Og, Cg, g.KH, g.KW).transpose(0, 1, 3, 4, 2)
+        wg = np.ascontiguousarray(wg).reshape(G, Og, g.Kg)  # (G, Og, Kg), Kg as (kh, kw, cg)
+        gcols = np.empty((bmax * L, G, g.Kg), dtype=dt)
+        gframe = np.empty((bmax, g.Hp, g.Wp, G, Cg), dtype=dt)
+    for a, e in tiles:
+        b = e - a
+        wk = None if work is None else work[:b]
+        gm = _masked_grad(np, gy_all[a:e], None if y is None else y[a:e], activation, slope, wk)
+        gt = gyl[: b * L]
+        np.copyto(gt.reshape(b, g.OH, g.OW, O), gm.transpose(0, 2, 3, 1))
+        gyg = gt.transpose(1, 0, 2)  # (G, b*L, Og)
+        if needs[2]:
+            gb += gt.reshape(b * L, O).sum(axis=0)
+        if needs[1]:
+            np.matmul(xbuf.load(x[a:e]).transpose(0, 2, 1), gyg, out=gwt)
+            gw += gwt
+        if transposed:
+            gx2 = gxl[: b * gq.L]
+            np.matmul(qbuf.load(gt.reshape(b, g.OH, g.OW, O), nchw=False), wq, out=gx2.transpose(1, 0, 2))
+            np.copyto(gx_all[a:e], gx2.reshape(b, g.H, g.W, C).transpose(0, 3, 1, 2))
+        elif needs[0]:
+            gc2 = gcols[: b * L]
+            np.matmul(gyg, wg, out=gc2.transpose(1, 0, 2))
+            gc = gc2.reshape(b, g.OH, g.OW, G, g.KH, g.KW, Cg)
+            gf = gframe[:b]
+            gf[...] = 0
+            for kh in range(g.KH):
+                hs = slice(kh * g.dh, kh * g.dh + (g.OH - 1) * g.sh + 1, g.sh)
+                for kw in range(g.KW):
+                    ws = slice(kw * g.dw, kw * g.dw + (g.OW - 1) * g.sw + 1, g.sw)
+                    gf[:, hs, ws] += gc[:, :, :, :, kh, kw]
+            src = gf[:, g.ph : g.ph + g.H, g.pw : g.pw + g.W].reshape(b, g.H, g.W, C)
+            np.copyto(gx_all[a:e], src.transpose(0, 3, 1, 2))
+    if gw is not None:
+        gw = gw.reshape(G, g.KH, g.KW, Cg, Og).transpose(0, 4, 3, 1, 2)
+        gw = np.ascontiguousarray(gw).reshape(O, Cg, g.KH, g.KW)
+    return gw, gb
+
+
 # ----------------------------------------------------------------------------- API
 
 
@@ -750,6 +926,11 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activatio
 
         def work(a, e):
             _flat_forward(g, x, weight, bias, activation, negative_slope, y, a, e, TILE_BYTES)
+
+    elif path == "nhwc":
+
+        def work(a, e):
+            _nhwc_forward(g, x, weight, bias, activation, negative_slope, y, a, e, TILE_BYTES)
 
     elif path == "batch_inner":
 
@@ -815,6 +996,13 @@ def conv2d_backward(
 
         def work(a, e):
             return _flat_backward(
+                g, grad_y, x, weight, y, activation, negative_slope, needs, grad_x, a, e, TILE_BYTES
+            )
+
+    elif path == "nhwc":
+
+        def work(a, e):
+            return _nhwc_backward(
                 g, grad_y, x, weight, y, activation, negative_slope, needs, grad_x, a, e, TILE_BYTES
             )
 

@@ -1,9 +1,9 @@
 """NumPy reference conv2d (gpukernels.reference.conv) against PyTorch CPU in float64.
 
 Every case checks the forward output and all three gradients (same random upstream
-gradient for both libraries) on each NumPy implementation path (flat, batch_inner,
-generic, and the automatic choice), so layout-specific bugs cannot hide behind the path
-the dispatcher happens to pick. The threaded/tiled driver is forced on for a batch of 9
+gradient for both libraries) on each NumPy implementation path (nhwc, flat,
+batch_inner, generic, and the automatic choice), so layout-specific bugs cannot hide
+behind the path the dispatcher happens to pick. The threaded/tiled driver is forced on for a batch of 9
 with tiles of 2 so uneven chunks and tile tails are exercised.
 """
 
@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 RTOL64 = 1e-8
-PATHS = (None, "flat", "batch_inner", "generic")
+PATHS = (None, "flat", "batch_inner", "generic", "nhwc")
 
 
 def assert_rel_close(actual, expected, *, rtol, name=""):
@@ -218,7 +218,8 @@ def threaded(monkeypatch):
     ids=["s1-relu-bias", "s2-leaky", "s1-plain"],
 )
 def test_threaded_tiles_match_torch(path, stride, activation, bias, threaded, monkeypatch):
-    """N = 9 on two threads: chunks of 5 and 4 images, tiles of 2 (tails of 1)."""
+    """N = 9 on two threads: chunks of 5 and 4 images, tiles of 2 (tails of 1); the
+    tail tiles use the first image slots of buffers sized for two."""
     n, c, h, w, o = 9, 16, 32, 32, 16
     rng = np.random.default_rng(7)
     x, wt, b = make_inputs(rng, n, c, h, w, o, 3, 3, 1, bias)
@@ -235,6 +236,31 @@ def test_threaded_tiles_match_torch(path, stride, activation, bias, threaded, mo
     assert_rel_close(y, ref[0], rtol=RTOL64, name="y")
     for name, got, want in zip(("grad_x", "grad_w", "grad_b"), grads, ref[1:]):
         assert_rel_close(got, want, rtol=RTOL64, name=name)
+
+
+@pytest.mark.parametrize(
+    "shape, stride, groups, expected",
+    [
+        # ResNet-20 / CIFAR-10 layers, (N, C, H, O, K)
+        ((128, 3, 32, 16, 3), 1, 1, "generic"),
+        ((128, 16, 32, 16, 3), 1, 1, "flat"),
+        ((128, 16, 32, 32, 3), 2, 1, "nhwc"),
+        ((128, 32, 16, 32, 3), 1, 1, "nhwc"),
+        ((128, 64, 8, 64, 3), 1, 1, "nhwc"),
+        ((128, 16, 32, 32, 1), 2, 1, "generic"),
+        ((64, 64, 32, 32, 3), 1, 1, "flat"),
+        # digits CNN; grouped and depthwise small layers
+        ((64, 1, 8, 16, 3), 1, 1, "generic"),
+        ((64, 16, 4, 32, 3), 1, 1, "nhwc"),
+        ((128, 64, 8, 64, 3), 1, 16, "batch_inner"),
+        ((128, 64, 8, 64, 3), 1, 64, "generic"),
+    ],
+)
+def test_path_choice(shape, stride, groups, expected):
+    """The dispatcher's picks for the benchmarked layers (the thresholds were measured)."""
+    n, c, h, o, k = shape
+    g = conv._Geom((n, c, h, h), (o, c // groups, k, k), stride, k // 2, 1, groups)
+    assert conv._path(g) == expected
 
 
 def test_tiles_cover_batch_with_tails():
