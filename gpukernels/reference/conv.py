@@ -205,6 +205,15 @@ def _activate(xp, y, activation, slope):
         (xp.maximum if slope < 1 else xp.minimum)(y, scaled, out=y)
 
 
+def _epilogue(acc, bias4, yt, activation, slope):
+    """``yt = act(acc + bias)``: the tile's GEMM result lands in the output while cache-hot."""
+    if bias4 is not None:
+        np.add(acc, bias4, out=yt)
+    else:
+        np.copyto(yt, acc)
+    _activate(np, yt, activation, slope)
+
+
 def _masked_grad(xp, gy, y, activation, slope, work=None):
     """``gy`` times the activation's derivative read from the saved output ``y``:
     ``gy`` itself without activation, else a new array (or ``work``, contiguous and of
@@ -458,12 +467,7 @@ def _bi_forward(g, x, wm, bias, activation, slope, y, n0, n1, budget):
         if b not in bufs:
             bufs[b] = _BatchInner(g, b, x.dtype)
         out = bufs[b].conv(wm, x[a:e])
-        yt = y[a:e]
-        if bias4 is not None:
-            np.add(out, bias4, out=yt)
-        else:
-            np.copyto(yt, out)
-        _activate(np, yt, activation, slope)
+        _epilogue(out, bias4, y[a:e], activation, slope)
 
 
 def _bi_backward(g, gy_all, x, weight, wm, y, activation, slope, needs, gx_all, n0, n1, budget):
@@ -662,12 +666,7 @@ def _flat_forward(g, x, weight, bias, activation, slope, y, n0, n1, budget):
         ext, src = outs[b]
         frame.grid[:, :b, interior[0], interior[1]] = x[a:e].transpose(1, 0, 2, 3)
         conv(ext, lb)
-        yt = y[a:e]
-        if bias4 is not None:
-            np.add(src, bias4, out=yt)
-        else:
-            np.copyto(yt, src)
-        _activate(np, yt, activation, slope)
+        _epilogue(src, bias4, y[a:e], activation, slope)
 
 
 def _flat_backward(g, gy_all, x, weight, y, activation, slope, needs, gx_all, n0, n1, budget):
@@ -822,12 +821,7 @@ def _nhwc_forward(g, x, weight, bias, activation, slope, y, n0, n1, budget):
         ob = out[: b * g.L]
         np.matmul(buf.load(x[a:e]), wcl, out=ob.transpose(1, 0, 2))
         src = ob.reshape(b, g.OH, g.OW, g.O).transpose(0, 3, 1, 2)
-        yt = y[a:e]
-        if bias4 is not None:
-            np.add(src, bias4, out=yt)
-        else:
-            np.copyto(yt, src)
-        _activate(np, yt, activation, slope)
+        _epilogue(src, bias4, y[a:e], activation, slope)
 
 
 def _nhwc_backward(g, gy_all, x, weight, y, activation, slope, needs, gx_all, n0, n1, budget):
