@@ -159,6 +159,10 @@ _IMPLEMENTATIONS = {"numpy": "gpukernels.reference", "cuda": "gpukernels.referen
 #: The last implementation module each family dispatched to (tests assert on it).
 last_dispatch: dict[str, str] = {}
 
+# (package, family) -> module: every op's forward and backward dispatch, so no import
+# machinery on that path after the first call.
+_modules: dict[tuple[str, str], ModuleType] = {}
+
 
 def kernels(family: str, device: str = "cpu") -> ModuleType:
     """The module implementing op ``family`` (``"conv"``, ``"pool"``, ...) for arrays on
@@ -169,7 +173,9 @@ def kernels(family: str, device: str = "cpu") -> ModuleType:
     else:
         backend = get_backend()
         backend = backend if device_of_backend(backend) == "cpu" else "numpy"
-    package = _IMPLEMENTATIONS[backend]
-    module = importlib.import_module(f"{package}.{family}")
+    key = (_IMPLEMENTATIONS[backend], family)
+    module = _modules.get(key)
+    if module is None:
+        module = _modules[key] = importlib.import_module(f"{key[0]}.{family}")
     last_dispatch[family] = module.__name__
     return module

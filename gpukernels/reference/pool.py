@@ -18,12 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_array_module
-
-
-def pool_output_size(h, w, kernel, stride, padding, dilation=(1, 1)):
-    oh = (h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
-    ow = (w + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
-    return oh, ow
+from .conv import conv2d_output_size
 
 
 def _to_hwnc(x, padding, fill):
@@ -63,7 +58,7 @@ def max_pool2d_forward(x, kernel, stride, padding, dilation):
     Traffic: x read twice (transpose, then KH*KW cache-hot window reads), y written twice.
     """
     xp = get_array_module(x)
-    out_hw = pool_output_size(x.shape[2], x.shape[3], kernel, stride, padding, dilation)
+    out_hw = conv2d_output_size(x.shape[2], x.shape[3], kernel, stride, padding, dilation)
     t = _to_hwnc(x, padding, -np.inf)
     windows = [_window(t, i, j, out_hw, stride, dilation) for i, j in _offsets(kernel)]
     y = windows[0].copy()
@@ -106,7 +101,7 @@ def _pad_hw(t, padding):
 
 
 def _window_sum(t, kernel, stride, x_shape, padding):
-    out_hw = pool_output_size(x_shape[2], x_shape[3], kernel, stride, padding)
+    out_hw = conv2d_output_size(x_shape[2], x_shape[3], kernel, stride, padding, 1)
     windows = [_window(t, i, j, out_hw, stride, (1, 1)) for i, j in _offsets(kernel)]
     total = windows[0].copy()
     for v in windows[1:]:
