@@ -68,7 +68,7 @@ def measure_ceilings(quick: bool = False) -> Ceilings:
 
 def format_table(results: list[Result], ceilings: Ceilings) -> str:
     """A plain-text table: ours, theirs, ratio, and the rate against the ceiling."""
-    head = f"{'entry':<16} {'case':<44} {'ours ms':>9} {'torch ms':>9} {'ratio':>6} {'rate':>20}"
+    head = f"{'entry':<16} {'case':<44} {'ours ms':>9} {'torch ms':>9} {'ratio':>6} {'rate':>24}"
     lines = [
         f"device: {ceilings.device}; ceilings: copy {ceilings.copy_gbps:.1f} GB/s, "
         f"float32 GEMM {ceilings.gemm_gflops:.0f} GFLOP/s",
@@ -84,12 +84,12 @@ def format_table(results: list[Result], ceilings: Ceilings) -> str:
             rate = r.bytes / r.ours_s / 1e9
             rate_s = f"{rate:7.1f} GB/s {100 * rate / ceilings.copy_gbps:4.0f}%"
         elif r.unit == "img/s":
-            rate_s = f"{r.extra['batch'] / r.ours_s:8.0f} img/s"
+            rate_s = f"{r.extra['batch'] / r.ours_s:.0f} vs {r.extra['batch'] / r.theirs_s:.0f} img/s"
         else:
             rate_s = ""
         lines.append(
             f"{r.entry:<16} {r.case:<44} {1e3 * r.ours_s:9.2f} {1e3 * r.theirs_s:9.2f} "
-            f"{r.ratio:6.2f} {rate_s:>20}"
+            f"{r.ratio:6.2f} {rate_s:>24}"
         )
     return "\n".join(lines)
 

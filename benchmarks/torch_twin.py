@@ -3,6 +3,8 @@ or a test can compare the two on the same input."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 
 from gpukernels import nn
@@ -15,8 +17,10 @@ def torch_twin(module: nn.Module, dtype=torch.float32) -> torch.nn.Module:
         with torch.no_grad():
             dst.copy_(torch.from_numpy(src.numpy()).to(dtype))
 
-    if isinstance(module, nn.Sequential):
-        return torch.nn.Sequential(*[torch_twin(m, dtype) for m in module])
+    if isinstance(module, nn.Sequential):  # subclasses too (models.resnet.BasicBlock)
+        # keep the children's names, so named (OrderedDict) models keep their parameter keys
+        return torch.nn.Sequential(OrderedDict(
+            (name, torch_twin(m, dtype)) for name, m in module.named_children()))
     if isinstance(module, nn.Conv2d):
         conv = torch.nn.Conv2d(module.in_channels, module.out_channels, module.kernel_size,
                                module.stride, module.padding, module.dilation, module.groups,
@@ -54,6 +58,7 @@ def torch_twin(module: nn.Module, dtype=torch.float32) -> torch.nn.Module:
         nn.MaxPool2d: lambda m: torch.nn.MaxPool2d(m.kernel_size, m.stride, m.padding, m.dilation),
         nn.AvgPool2d: lambda m: torch.nn.AvgPool2d(m.kernel_size, m.stride, m.padding,
                                                    count_include_pad=m.count_include_pad),
+        nn.AdaptiveAvgPool2d: lambda m: torch.nn.AdaptiveAvgPool2d(m.output_size),
         nn.Flatten: lambda m: torch.nn.Flatten(m.start_dim, m.end_dim),
         nn.Dropout: lambda m: torch.nn.Dropout(m.p),
     }

@@ -1,40 +1,217 @@
 """Train a model: ``python -m models.train --model cnn --dataset digits``.
 
-Prints the loss and accuracy of every epoch, then the test accuracy, and as its last
-line one JSON object (model, dataset, device, epochs, test_accuracy, train_loss,
-seconds, images_per_second).
+Prints a progress bar per epoch (loss, images/s), one line of loss and accuracy per
+epoch, the test accuracy, and as its last line one JSON object (model, dataset, device,
+epochs, test_accuracy, train_loss, seconds, images_per_second, ...).
+
+Checkpoints (``--checkpoint PATH``) are written after every epoch, atomically (a temp
+file in the same directory, then a rename), and hold the model, the optimizer state,
+the epoch, the history and every RNG state (initialisation/dropout and the loader's
+shuffle/augmentation), so ``--resume`` continues exactly where the run stopped.
+
+Anything a user can get wrong (data, names, paths, a diverging loss) ends with one
+line ``error: ...`` on stderr and a non-zero exit code, never a traceback, and never
+overwrites the last good checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import pickle
 import sys
+import tempfile
 import time
 
 import numpy as np
 
 import gpukernels as gk
+from gpukernels import backend
 from gpukernels import functional as F
-from gpukernels import nn
-from gpukernels.data import DataLoader, load_digits
-from models.cnn import digits_cnn
+from gpukernels.data import DATASETS, DataLoader, DatasetError, load_dataset, random_crop_flip
+from gpukernels.random import get_rng_state, set_rng_state
 
-MODELS = {
-    "cnn": digits_cnn,
-    "mlp": lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)),
-}
+CHECKPOINT_FORMAT = ("gpukernels.models.train", 1)
+
+
+class TrainError(Exception):
+    """A problem the user can fix; main() prints it as one line and exits 1."""
+
+
+# ----------------------------------------------------------------------------- choices
+
+
+def _make_model(name: str, in_shape: tuple, num_classes: int):
+    from models.cnn import cnn_for  # noqa: PLC0415 - models import gk.nn; keep --help fast
+    from models.mlp import mlp  # noqa: PLC0415
+    from models.resnet import resnet8, resnet20  # noqa: PLC0415
+
+    factories = {
+        "mlp": lambda: mlp(in_shape, num_classes),
+        "cnn": lambda: cnn_for(in_shape, num_classes),
+        "resnet8": lambda: resnet8(num_classes=num_classes, in_channels=in_shape[0]),
+        "resnet20": lambda: resnet20(num_classes=num_classes, in_channels=in_shape[0]),
+    }
+    try:
+        return factories[name]()
+    except ValueError as exc:  # e.g. a CNN with no layout for this image size
+        raise TrainError(f"--model {name} does not fit {in_shape} images: {exc}") from exc
+
+
+MODELS = ("mlp", "cnn", "resnet8", "resnet20")
+
+# name -> (factory(params, lr, weight_decay), default learning rate)
 OPTIMIZERS = {
-    "sgd": lambda p, lr, wd: gk.optim.SGD(p, lr=lr, weight_decay=wd),
-    "momentum": lambda p, lr, wd: gk.optim.SGD(p, lr=lr, momentum=0.9, weight_decay=wd),
-    "adagrad": lambda p, lr, wd: gk.optim.Adagrad(p, lr=lr, weight_decay=wd),
-    "rmsprop": lambda p, lr, wd: gk.optim.RMSprop(p, lr=lr, weight_decay=wd),
-    "adam": lambda p, lr, wd: gk.optim.Adam(p, lr=lr, weight_decay=wd),
-    "adamw": lambda p, lr, wd: gk.optim.AdamW(p, lr=lr, weight_decay=wd),
+    "sgd": (lambda p, lr, wd: gk.optim.SGD(p, lr=lr, weight_decay=wd), 0.1),
+    "momentum": (lambda p, lr, wd: gk.optim.SGD(p, lr=lr, momentum=0.9, weight_decay=wd), 0.05),
+    "adagrad": (lambda p, lr, wd: gk.optim.Adagrad(p, lr=lr, weight_decay=wd), 0.01),
+    "rmsprop": (lambda p, lr, wd: gk.optim.RMSprop(p, lr=lr, weight_decay=wd), 1e-3),
+    "adam": (lambda p, lr, wd: gk.optim.Adam(p, lr=lr, weight_decay=wd), 3e-3),
+    "adamw": (lambda p, lr, wd: gk.optim.AdamW(p, lr=lr, weight_decay=wd), 3e-3),
 }
+DEVICES = ("auto", "cpu", "cuda", "interpret")
+
+
+def _select_device(device: str) -> str:
+    """Set the process-wide backend for ``--device``; returns the device's name
+    (``cpu`` for the NumPy backend)."""
+    if device == "auto":
+        return "cpu" if gk.get_backend() == "numpy" else gk.get_backend()
+    name = "numpy" if device == "cpu" else device
+    if name not in backend.BACKENDS:
+        raise TrainError(f"--device {device}: this build of gpukernels has no '{name}' backend "
+                         f"(it has {', '.join(backend.BACKENDS)})")
+    try:
+        gk.set_backend(name)
+    except RuntimeError as exc:
+        raise TrainError(f"--device {device}: {exc}") from exc
+    return device
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (no usage block), exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m models.train", description=__doc__.splitlines()[0])
+    p.add_argument("--model", choices=MODELS, default="cnn")
+    p.add_argument("--dataset", choices=DATASETS, default="digits")
+    p.add_argument("--data-dir", help="directory with the MNIST IDX files or CIFAR-10 batches")
+    p.add_argument("--train-size", type=int, help="train on the first N examples (seeded order)")
+    p.add_argument("--epochs", type=int, default=30, help="total epochs (a resumed run counts the done ones)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam")
+    p.add_argument("--lr", type=float, help="learning rate (default per optimizer: "
+                   + ", ".join(f"{k} {v[1]:g}" for k, v in OPTIMIZERS.items()) + ")")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--no-augment", action="store_true", help="no random crop/flip on CIFAR-10")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", metavar="PATH", help="write a checkpoint here after every epoch")
+    p.add_argument("--resume", action="store_true", help="continue from --checkpoint PATH")
+    p.add_argument("--plot", metavar="PNG", help="save loss/accuracy curves here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _check_args(p, args):
+    if args.epochs < 1:
+        p.error(f"--epochs must be >= 1, got {args.epochs}")
+    if args.batch_size < 1:
+        p.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.lr is not None and not (np.isfinite(args.lr) and args.lr > 0):
+        p.error(f"--lr must be a positive number, got {args.lr}")
+    if not (np.isfinite(args.weight_decay) and args.weight_decay >= 0):
+        p.error(f"--weight-decay must be >= 0, got {args.weight_decay}")
+    if args.train_size is not None and args.train_size < 1:
+        p.error(f"--train-size must be >= 1, got {args.train_size}")
+    if args.resume and not args.checkpoint:
+        p.error("--resume needs --checkpoint PATH (the checkpoint to continue from)")
+    for flag, path in (("--checkpoint", args.checkpoint), ("--plot", args.plot)):
+        if path:
+            folder = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(folder):
+                p.error(f"{flag} {path}: directory {folder} does not exist")
+            if os.path.isdir(path):
+                p.error(f"{flag} {path} is a directory; give a file path")
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _atomic_write(path: str, write) -> None:
+    """Call ``write(file)`` on a temp file beside ``path``, then rename it over ``path``:
+    a crash or a full disk leaves the previous file intact."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# What must match between a checkpoint and the run resuming it.
+_RESUME_KEYS = ("model", "dataset", "optimizer", "batch_size", "train_size", "seed")
+
+
+def save_checkpoint(path, args, lr, epoch, model, optimizer, loader, history):
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "args": {**{k: getattr(args, k) for k in _RESUME_KEYS}, "lr": lr,
+                 "weight_decay": args.weight_decay},
+        "epoch": epoch,
+        "model": {k: v.numpy().copy() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "rng": get_rng_state(),
+        "loader": loader.state_dict(),
+        "history": history,
+    }
+    try:
+        _atomic_write(path, lambda f: pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL))
+    except OSError as exc:
+        raise TrainError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from exc
+
+
+def load_checkpoint(path, args) -> dict:
+    """Read and validate a checkpoint written by ``save_checkpoint`` for this run."""
+    try:
+        with open(path, "rb") as f:
+            state = pickle.load(f)
+    except FileNotFoundError:
+        raise TrainError(f"--resume: no checkpoint at {path}") from None
+    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError,
+            IndexError, ValueError, TypeError) as exc:
+        raise TrainError(f"--resume: {path} is not a readable checkpoint "
+                         f"({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise TrainError(f"--resume: {path} is not a checkpoint of models.train "
+                         f"(format {state.get('format') if isinstance(state, dict) else type(state).__name__!r})")
+    saved = state["args"]
+    for key in _RESUME_KEYS:
+        if saved[key] != getattr(args, key):
+            raise TrainError(f"--resume: {path} was written with --{key.replace('_', '-')} "
+                             f"{saved[key]}, this run has {getattr(args, key)}")
+    return state
+
+
+# ----------------------------------------------------------------------------- training
 
 
 def evaluate(model, loader) -> float:
+    """Accuracy of ``model`` (in eval mode, no autograd) over ``loader``."""
     model.eval()
     correct = total = 0
     with gk.no_grad():
@@ -45,53 +222,182 @@ def evaluate(model, loader) -> float:
     return correct / total
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", choices=sorted(MODELS), default="cnn")
-    p.add_argument("--dataset", choices=["digits"], default="digits")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam")
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
-        p.error("--epochs and --batch-size must be >= 1 and --lr > 0")
+def _progress(loader, epoch, epochs, enabled):
+    """tqdm over the batches when wanted and installed (TTY only), else the loader."""
+    if not enabled:
+        return loader
+    try:
+        from tqdm import tqdm  # noqa: PLC0415 - optional ('train' extra)
+    except ImportError:
+        return loader
+    return tqdm(loader, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False,
+                dynamic_ncols=True, disable=None, file=sys.stderr)
+
+
+# A cross-entropy this many times above chance level (ln classes) or above the run's
+# first loss, whichever is larger, means the run diverged: stop rather than train on.
+DIVERGENCE_FACTOR = 1e3
+
+
+def train_epoch(model, optimizer, loader, epoch, epochs, limit=float("inf"), progress=True):
+    """One pass over ``loader``. Returns (mean loss, accuracy, images, seconds in steps).
+
+    Raises TrainError at the first loss that is NaN, infinite or above ``limit``,
+    naming the epoch and step.
+    """
+    losses, correct, seen, busy = [], 0, 0, 0.0
+    bar = _progress(loader, epoch, epochs, progress)
+    for step, (x, y) in enumerate(bar, start=1):
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        value = loss.item()
+        if not np.isfinite(value):
+            raise TrainError(f"the loss became {value} at epoch {epoch}, step {step} "
+                             "(try a lower --lr); training stopped")
+        if value > limit:
+            raise TrainError(f"the loss reached {value:.4g} at epoch {epoch}, step {step}, over "
+                             f"{limit:.4g} ({DIVERGENCE_FACTOR:g}x its start): the run diverged "
+                             "(try a lower --lr); training stopped")
+        loss.backward()
+        optimizer.step()
+        busy += time.perf_counter() - start
+        losses.append(value)
+        correct += int((logits.data.argmax(1) == y.data).sum())
+        seen += len(y)
+        if bar is not loader:
+            bar.set_postfix(loss=f"{value:.4f}", img_s=f"{seen / busy:.0f}", refresh=False)
+    if bar is not loader:
+        bar.close()
+    return float(np.mean(losses)), correct / seen, seen, busy
+
+
+def save_plot(path: str, history: dict) -> None:
+    """Loss and accuracy per epoch, two panels, written atomically as PNG."""
+    import matplotlib  # noqa: PLC0415 - optional ('train' extra)
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    epochs = np.arange(1, len(history["train_loss"]) + 1)
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax_loss.plot(epochs, history["train_loss"], marker="o", label="train")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax_acc.plot(epochs, history["train_acc"], marker="o", label="train")
+    ax_acc.plot(epochs, history["test_acc"], marker="s", label="test")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    try:
+        _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    except OSError as exc:
+        raise TrainError(f"cannot write plot {path}: {exc.strerror or exc}") from exc
+    finally:
+        plt.close(fig)
+
+
+def run(args) -> dict:
+    """The whole run for parsed ``args``; returns the summary printed as JSON."""
+    device = _select_device(args.device)
+    make_opt, default_lr = OPTIMIZERS[args.optimizer]
+    lr = args.lr if args.lr is not None else default_lr
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401, PLC0415 - fail before training, not after
+        except ImportError:
+            raise TrainError("--plot needs matplotlib: pip install matplotlib") from None
+
+    (x_train, y_train), (x_test, y_test) = load_dataset(args.dataset, args.data_dir, seed=args.seed)
+    if args.train_size is not None:
+        keep = np.random.default_rng(args.seed).permutation(len(x_train))[: args.train_size]
+        x_train, y_train = x_train[keep], y_train[keep]
+    num_classes = int(max(y_train.max(), y_test.max())) + 1
+    augment = random_crop_flip(4) if args.dataset == "cifar10" and not args.no_augment else None
+    train = DataLoader(x_train, y_train, args.batch_size, shuffle=True, seed=args.seed, augment=augment)
+    test = DataLoader(x_test, y_test, 256)
 
     gk.manual_seed(args.seed)
-    (x_train, y_train), (x_test, y_test) = load_digits(seed=args.seed)
-    train = DataLoader(x_train, y_train, args.batch_size, shuffle=True, seed=args.seed)
-    test = DataLoader(x_test, y_test, 256)
-    model = MODELS[args.model]()
-    opt = OPTIMIZERS[args.optimizer](model.parameters(), args.lr, args.weight_decay)
+    model = _make_model(args.model, tuple(x_train.shape[1:]), num_classes)
+    if device == "cuda":
+        model.to("cuda")
+    optimizer = make_opt(model.parameters(), lr, args.weight_decay)
+    history = {"train_loss": [], "train_acc": [], "test_acc": []}
+    first = 1
+    if args.resume:
+        state = load_checkpoint(args.checkpoint, args)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        train.load_state_dict(state["loader"])
+        history = state["history"]
+        first = state["epoch"] + 1
+        print(f"resumed from {args.checkpoint} after epoch {state['epoch']}", flush=True)
+        if args.lr is not None and args.lr != state["args"]["lr"]:
+            # An explicit --lr wins over the saved one (fine-tuning with a new rate).
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            print(f"learning rate {state['args']['lr']:g} -> {lr:g}", flush=True)
+        else:
+            lr = state["args"]["lr"]
+        if first > args.epochs:
+            raise TrainError(f"--resume: {args.checkpoint} has already done {state['epoch']} "
+                             f"epochs; ask for more with --epochs (got {args.epochs})")
 
+    print(f"{args.model} on {args.dataset} ({len(x_train)} train / {len(x_test)} test images "
+          f"{tuple(x_train.shape[1:])}), {model.num_parameters():,} parameters, "
+          f"{args.optimizer} lr {lr:g}, device {device}", flush=True)
     start = time.perf_counter()
-    seen = 0
-    for epoch in range(1, args.epochs + 1):
-        losses = []
-        for x, y in train:
-            opt.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            value = loss.item()
-            if not np.isfinite(value):
-                print(f"error: the loss became {value} at epoch {epoch}; lower --lr", file=sys.stderr)
-                return 1
-            losses.append(value)
-            seen += len(y)
-        print(f"epoch {epoch:3d}  loss {np.mean(losses):.4f}  "
-              f"train acc {evaluate(model, DataLoader(x_train, y_train, 256)):.4f}", flush=True)
+    images = busy = 0.0
+    for epoch in range(first, args.epochs + 1):
+        limit = DIVERGENCE_FACTOR * max(history["train_loss"][:1] + [np.log(num_classes)])
+        try:
+            with np.errstate(all="ignore"):  # overflow is caught as a non-finite loss instead
+                loss, acc, seen, seconds = train_epoch(model, optimizer, train, epoch, args.epochs,
+                                                       limit, progress=not args.no_progress)
+        except TrainError as exc:
+            kept = (f"; the last good checkpoint ({args.checkpoint}, epoch {epoch - 1}) is kept"
+                    if args.checkpoint and (epoch > 1) else "")
+            raise TrainError(f"{exc}{kept}") from None
+        images, busy = images + seen, busy + seconds
+        test_acc = evaluate(model, test)
+        for key, value in zip(history, (loss, acc, test_acc)):
+            history[key].append(value)
+        print(f"epoch {epoch:3d}/{args.epochs}  loss {loss:.4f}  train acc {acc:.4f}  "
+              f"test acc {test_acc:.4f}  {seen / seconds:,.0f} img/s", flush=True)
+        if args.checkpoint:
+            save_checkpoint(args.checkpoint, args, lr, epoch, model, optimizer, train, history)
     seconds = time.perf_counter() - start
-    accuracy = evaluate(model, test)
-    print(f"test accuracy {accuracy:.4f}")
-    print(json.dumps({
-        "model": args.model, "dataset": args.dataset, "device": gk.get_backend(),
-        "epochs": args.epochs, "test_accuracy": round(accuracy, 4),
-        "train_loss": round(float(np.mean(losses)), 4), "seconds": round(seconds, 2),
-        "images_per_second": round(seen / seconds, 1),
-    }))
+    if args.plot:
+        save_plot(args.plot, history)
+        print(f"wrote {args.plot}")
+    print(f"test accuracy {history['test_acc'][-1]:.4f}")
+    return {
+        "model": args.model, "dataset": args.dataset, "device": device,
+        "epochs": args.epochs, "test_accuracy": round(history["test_acc"][-1], 4),
+        "train_loss": round(history["train_loss"][-1], 4), "seconds": round(seconds, 2),
+        "images_per_second": round(images / busy, 1) if busy else None,
+        "optimizer": args.optimizer, "lr": lr, "batch_size": args.batch_size, "seed": args.seed,
+        "parameters": model.num_parameters(),
+    }
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_args(parser, args)
+    try:
+        summary = run(args)
+    except (TrainError, DatasetError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        kept = f"; the last checkpoint is {args.checkpoint}" if args.checkpoint else ""
+        print(f"error: interrupted{kept}", file=sys.stderr)
+        return 130
+    print(json.dumps(summary))
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from . import init
 from .layers import (
+    AdaptiveAvgPool2d,
     AvgPool2d,
     BatchNorm1d,
     BatchNorm2d,
@@ -26,6 +27,7 @@ from .. import functional
 
 __all__ = [
     "Module", "Parameter", "Sequential", "Conv2d", "Linear", "ReLU", "LeakyReLU", "Sigmoid",
-    "Tanh", "MaxPool2d", "AvgPool2d", "Flatten", "Dropout", "BatchNorm1d", "BatchNorm2d",
-    "Residual", "CrossEntropyLoss", "MSELoss", "Softmax", "LogSoftmax", "init", "functional",
+    "Tanh", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Flatten", "Dropout", "BatchNorm1d",
+    "BatchNorm2d", "Residual", "CrossEntropyLoss", "MSELoss", "Softmax", "LogSoftmax", "init",
+    "functional",
 ]

@@ -150,6 +150,54 @@ class AvgPool2d(Module):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
 
+class AdaptiveAvgPool2d(Module):
+    """Average pool to a fixed output size (PyTorch's ``nn.AdaptiveAvgPool2d``).
+
+    ``output_size``: an int ``s`` (for ``(s, s)``) or ``(oh, ow)``; ``None`` in the
+    tuple keeps that input size. Input ``(N, C, H, W)`` -> ``(N, C, oh, ow)``.
+
+    Supported: output ``(1, 1)`` (global average pooling, the head of a ResNet: a mean
+    over H and W, any input size) and any size that divides the input evenly, where
+    adaptive pooling is exactly ``avg_pool2d`` with kernel = stride = ``(H // oh,
+    W // ow)``. Other sizes (PyTorch's overlapping, uneven windows) raise a
+    ``ValueError`` rather than compute something else.
+    """
+
+    def __init__(self, output_size):
+        super().__init__()
+        single = output_size is None or isinstance(output_size, int)
+        size = (output_size, output_size) if single else tuple(output_size)
+        if len(size) != 2 or any(s is not None and (not isinstance(s, int) or s < 1) for s in size):
+            raise ValueError(
+                f"AdaptiveAvgPool2d: output_size must be a positive int or a pair of them, got {output_size!r}"
+            )
+        self.output_size = output_size
+        self._size = size
+
+    def forward(self, x):
+        if not isinstance(x, Tensor) or x.ndim != 4:
+            got = x.shape if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"AdaptiveAvgPool2d: expected an (N, C, H, W) input, got {got}")
+        h, w = x.shape[2:]
+        oh = h if self._size[0] is None else self._size[0]
+        ow = w if self._size[1] is None else self._size[1]
+        if (oh, ow) == (1, 1):
+            # global average pool: one reduction, no window bookkeeping
+            return x.mean(dim=(2, 3), keepdim=True)
+        if (oh, ow) == (h, w):
+            return x  # one window per pixel: the input itself
+        if oh > h or ow > w or h % oh or w % ow:
+            raise ValueError(
+                f"AdaptiveAvgPool2d: output size {(oh, ow)} must divide the input size {(h, w)} "
+                "evenly (uneven adaptive windows are not supported)"
+            )
+        kernel = (h // oh, w // ow)
+        return F.avg_pool2d(x, kernel, kernel)
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
+
+
 class Flatten(Module):
     def __init__(self, start_dim: int = 1, end_dim: int = -1):
         super().__init__()

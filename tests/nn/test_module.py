@@ -9,7 +9,7 @@ import torch
 
 import gpukernels as gk
 from gpukernels import nn
-from tests.helpers import assert_close
+from tests.helpers import assert_close, to_torch
 
 
 def small_net():
@@ -244,3 +244,36 @@ def test_dropout_module_follows_mode():
     assert (drop(x).numpy() == 0).mean() > 0.3
     drop.eval()
     assert np.array_equal(drop(x).numpy(), x.numpy())
+
+
+@pytest.mark.parametrize("output_size, in_hw", [
+    (1, (5, 7)),          # global average pool, odd sizes
+    ((1, 1), (8, 8)),
+    (2, (4, 6)),          # windows 2x3: avg_pool2d path
+    ((2, 3), (6, 9)),
+    ((None, 1), (3, 4)),  # None keeps that input size
+    ((3, 4), (3, 4)),     # output == input: identity
+])
+def test_adaptive_avg_pool_matches_torch_forward_and_backward(output_size, in_hw):
+    rng = np.random.default_rng(0)
+    x_np = rng.standard_normal((2, 3, *in_hw))
+    x = gk.tensor(x_np, requires_grad=True)
+    tx = to_torch(x_np, requires_grad=True)
+    y = nn.AdaptiveAvgPool2d(output_size)(x)
+    ty = torch.nn.AdaptiveAvgPool2d(output_size)(tx)
+    assert_close(y, ty, atol=1e-12, rtol=1e-10, name="forward")
+    g = rng.standard_normal(tuple(ty.shape))
+    y.backward(gk.tensor(g))
+    ty.backward(torch.tensor(g))
+    assert_close(x.grad, tx.grad, atol=1e-12, rtol=1e-10, name="x.grad")
+
+
+def test_adaptive_avg_pool_rejects_uneven_sizes_and_bad_inputs():
+    with pytest.raises(ValueError, match=r"output size \(3, 3\) must divide the input size \(4, 4\)"):
+        nn.AdaptiveAvgPool2d(3)(gk.randn(1, 2, 4, 4))
+    with pytest.raises(ValueError, match=r"output size \(8, 8\) must divide the input size \(4, 4\)"):
+        nn.AdaptiveAvgPool2d(8)(gk.randn(1, 2, 4, 4))
+    with pytest.raises(ValueError, match=r"expected an \(N, C, H, W\) input, got \(2, 4, 4\)"):
+        nn.AdaptiveAvgPool2d(1)(gk.randn(2, 4, 4))
+    with pytest.raises(ValueError, match="output_size must be a positive int"):
+        nn.AdaptiveAvgPool2d(0)
