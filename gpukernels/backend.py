@@ -5,31 +5,49 @@ and which implementation of each op family runs. Every op family lives in a modu
 with the same function names for every backend:
 
     gpukernels.reference.<family>   NumPy/CuPy-generic code (the ``numpy`` backend)
-    gpukernels.triton.<family>      Triton launchers (``cuda`` / ``interpret``, later)
+    gpukernels.triton.<family>      Triton launchers (``cuda`` / ``interpret``)
 
 Autograd Functions never import an implementation directly; they ask
 ``kernels(family)`` for the module of the current backend, so a new backend plugs in
 here without touching the autograd or the modules.
 
-Backends registered today:
+Backends:
 
 - ``numpy``: ``numpy.ndarray`` and the reference code. Always available.
-- ``cuda``:  ``cupy.ndarray``; the same reference code runs on CuPy (Chainer style:
-  one NumPy-compatible code path). CuPy is imported lazily, only when asked for.
+- ``cuda``: ``cupy.ndarray``; the families in ``TRITON_FAMILIES`` run Triton kernels,
+  the others the same reference code on CuPy (Chainer style: one NumPy-compatible code
+  path). CuPy, Triton and torch are imported lazily, only when asked for.
+- ``interpret``: ``numpy.ndarray`` and the same Triton kernels run by Triton's
+  interpreter (``TRITON_INTERPRET=1``): how every kernel is tested on a CPU machine.
+  Triton fixes interpretation when a kernel is decorated, so this is a process-wide
+  mode: choose it before the first op that loads a Triton kernel.
 
 The choice is process-wide: ``set_backend(name)`` or the ``GPUKERNELS_BACKEND``
 environment variable; the default is ``cuda`` when CuPy sees a GPU, else ``numpy``.
+
+Kernel arguments: Triton accepts any object with ``data_ptr()`` and ``dtype``.
+``kernel_arg`` turns a CuPy array into such an object (zero-copy) and a NumPy array
+into a CPU ``torch`` tensor sharing its memory (``torch.from_numpy``), which is what the
+interpreter reads and writes. Triton launches on PyTorch's current stream and CuPy
+works on its current stream; both default to the legacy null stream, which orders
+them. Do not switch either library to another stream around our ops.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import sys
 from types import ModuleType
 
 import numpy as np
 
-BACKENDS = ("numpy", "cuda")
+BACKENDS = ("numpy", "cuda", "interpret")
+
+#: Op families with Triton kernels (``gpukernels.triton.<family>``). Under ``cuda`` and
+#: ``interpret`` they run those kernels; the families not listed yet run the xp-generic
+#: reference on the backend's own arrays (CuPy / NumPy). ``last_dispatch`` records which.
+TRITON_FAMILIES = frozenset({"conv"})
 
 _state = {"name": None}
 
@@ -71,23 +89,63 @@ def _check_name(name, what="backend"):
 
 
 def get_backend() -> str:
-    """The name of the process-wide backend (``"numpy"`` or ``"cuda"``)."""
+    """The name of the process-wide backend (``"numpy"``, ``"cuda"`` or ``"interpret"``)."""
     if _state["name"] is None:
-        _state["name"] = _default_backend()
+        name = _default_backend()
+        if name == "interpret":
+            _enable_interpreter()
+        _state["name"] = name
     return _state["name"]
+
+
+def interpreting() -> bool:
+    """True when Triton kernels in this process run on Triton's interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def _loaded_kernel_modules() -> list[str]:
+    return [m for m in sys.modules if m.startswith("gpukernels.triton.") and sys.modules[m] is not None]
+
+
+def _enable_interpreter() -> None:
+    """Switch Triton to its interpreter before any kernel module is imported."""
+    if not interpreting():
+        loaded = _loaded_kernel_modules()
+        if loaded:
+            raise RuntimeError(
+                "set_backend('interpret'): Triton kernels were already compiled for the GPU in "
+                f"this process ({', '.join(sorted(loaded))}); choose 'interpret' before the first "
+                "op, e.g. GPUKERNELS_BACKEND=interpret"
+            )
+        os.environ["TRITON_INTERPRET"] = "1"
+    for module in ("torch", "triton"):
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise RuntimeError(
+                f"the 'interpret' backend needs {module}: pip install torch==2.13.0 triton "
+                "(the CPU build of torch is enough)"
+            ) from exc
 
 
 def set_backend(name: str) -> None:
     """Choose the process-wide backend.
 
     Args:
-        name: ``"numpy"`` (NumPy arrays, reference kernels) or ``"cuda"`` (CuPy arrays
-            on the current GPU). Tensors created before the switch keep their arrays;
-            ``Tensor.to(device)`` moves them.
+        name: ``"numpy"`` (NumPy arrays, reference kernels), ``"cuda"`` (CuPy arrays on
+            the current GPU, Triton kernels) or ``"interpret"`` (NumPy arrays, the Triton
+            kernels on Triton's interpreter; slow, for tests). Tensors created before the
+            switch keep their arrays; ``Tensor.to(device)`` moves them.
     """
     name = _check_name(name)
-    if name == "cuda" and not cuda_available():
-        raise RuntimeError("set_backend('cuda'): CuPy does not see a GPU on this machine")
+    if name == "cuda":
+        if not cuda_available():
+            raise RuntimeError("set_backend('cuda'): CuPy does not see a GPU on this machine")
+        if interpreting():
+            raise RuntimeError("set_backend('cuda'): this process runs Triton in interpreter "
+                               "mode (TRITON_INTERPRET=1); the cuda backend needs compiled kernels")
+    if name == "interpret":
+        _enable_interpreter()
     _state["name"] = name
 
 
@@ -149,12 +207,62 @@ def to_numpy(array) -> np.ndarray:
     return array if isinstance(array, np.ndarray) else _cupy().asnumpy(array)
 
 
+# ----------------------------------------------------------------------------- kernel arguments
+
+_tf32 = {"allow": True}
+
+
+def set_allow_tf32(allow: bool) -> None:
+    """Let float32 convolutions on the GPU use TF32 tensor cores (10-bit mantissa
+    products, float32 accumulation); on by default, as ``torch.backends.cudnn.allow_tf32``.
+    ``False`` computes them in full float32."""
+    if not isinstance(allow, bool):
+        raise TypeError(f"set_allow_tf32(): expected a bool, got {allow!r}")
+    _tf32["allow"] = allow
+
+
+def get_allow_tf32() -> bool:
+    return _tf32["allow"]
+
+
+class DevicePointer:
+    """What Triton reads of a kernel argument: an address and an element type.
+
+    Wraps a CuPy array zero-copy. ``dtype`` may name a type CuPy lacks (``"bfloat16"``
+    over a ``uint16`` array holding bf16 bit patterns)."""
+
+    __slots__ = ("_ptr", "dtype")
+
+    def __init__(self, ptr: int, dtype: str):
+        self._ptr, self.dtype = ptr, dtype
+
+    def data_ptr(self) -> int:
+        return self._ptr
+
+
+def kernel_arg(array, dtype: str | None = None):
+    """``array`` (NumPy or CuPy) as a Triton kernel argument, without a copy.
+
+    CuPy arrays become a ``DevicePointer``; NumPy arrays (``interpret`` backend) a CPU
+    ``torch`` tensor sharing their memory, which is what Triton's interpreter reads and
+    writes. ``dtype`` reinterprets the elements (``"bfloat16"`` over ``uint16``).
+    """
+    if device_of(array) == "cuda":
+        if interpreting():
+            raise RuntimeError("a CuPy array reached a Triton kernel in interpreter mode "
+                               "(TRITON_INTERPRET=1): the cuda backend needs compiled kernels")
+        return DevicePointer(array.data.ptr, dtype or array.dtype.name)
+    import torch  # noqa: PLC0415 - only the Triton backends get here
+
+    if any(s < 0 for s in array.strides) or not array.flags.writeable:
+        array = np.array(array)  # torch.from_numpy takes neither negative strides nor read-only memory
+    t = torch.from_numpy(array)
+    return t.view(getattr(torch, dtype)) if dtype else t
+
+
 # ----------------------------------------------------------------------------- dispatch
 
-# Which implementation package serves each backend. The Triton backends of later work
-# register theirs here; families a package lacks are a clear error, never a silent
-# fallback to another backend.
-_IMPLEMENTATIONS = {"numpy": "gpukernels.reference", "cuda": "gpukernels.reference"}
+_REFERENCE, _TRITON = "gpukernels.reference", "gpukernels.triton"
 
 #: The last implementation module each family dispatched to (tests assert on it).
 last_dispatch: dict[str, str] = {}
@@ -164,16 +272,24 @@ last_dispatch: dict[str, str] = {}
 _modules: dict[tuple[str, str], ModuleType] = {}
 
 
+def implementation(family: str, backend: str) -> str:
+    """The package whose ``<family>`` module serves ``backend``."""
+    if backend in ("cuda", "interpret") and family in TRITON_FAMILIES:
+        return _TRITON
+    return _REFERENCE
+
+
 def kernels(family: str, device: str = "cpu") -> ModuleType:
     """The module implementing op ``family`` (``"conv"``, ``"pool"``, ...) for arrays on
     ``device``: CuPy arrays take the ``cuda`` implementation, host arrays the current
-    backend's when it works on host memory, else the NumPy reference."""
+    backend's when it works on host memory (``numpy`` / ``interpret``), else the NumPy
+    reference."""
     if device == "cuda":
         backend = "cuda"
     else:
         backend = get_backend()
         backend = backend if device_of_backend(backend) == "cpu" else "numpy"
-    key = (_IMPLEMENTATIONS[backend], family)
+    key = (implementation(family, backend), family)
     module = _modules.get(key)
     if module is None:
         module = _modules[key] = importlib.import_module(f"{key[0]}.{family}")

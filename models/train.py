@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", metavar="PATH", help="write a checkpoint here after every epoch")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint PATH")
     p.add_argument("--plot", metavar="PNG", help="save loss/accuracy curves here")
+    p.add_argument("--log-every", type=int, default=0, metavar="STEPS",
+                   help="also print the loss every STEPS steps")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -130,6 +132,8 @@ def _check_args(p, args):
         p.error(f"--lr must be a positive number, got {args.lr}")
     if not (np.isfinite(args.weight_decay) and args.weight_decay >= 0):
         p.error(f"--weight-decay must be >= 0, got {args.weight_decay}")
+    if args.log_every < 0:
+        p.error(f"--log-every must be >= 0, got {args.log_every}")
     if args.train_size is not None and args.train_size < 1:
         p.error(f"--train-size must be >= 1, got {args.train_size}")
     if args.resume and not args.checkpoint:
@@ -239,11 +243,12 @@ def _progress(loader, epoch, epochs, enabled):
 DIVERGENCE_FACTOR = 1e3
 
 
-def train_epoch(model, optimizer, loader, epoch, epochs, limit=float("inf"), progress=True):
+def train_epoch(model, optimizer, loader, epoch, epochs, limit=float("inf"), progress=True,
+                log_every=0):
     """One pass over ``loader``. Returns (mean loss, accuracy, images, seconds in steps).
 
     Raises TrainError at the first loss that is NaN, infinite or above ``limit``,
-    naming the epoch and step.
+    naming the epoch and step. ``log_every`` > 0 prints the loss of every that many steps.
     """
     losses, correct, seen, busy = [], 0, 0, 0.0
     bar = _progress(loader, epoch, epochs, progress)
@@ -264,6 +269,9 @@ def train_epoch(model, optimizer, loader, epoch, epochs, limit=float("inf"), pro
         optimizer.step()
         busy += time.perf_counter() - start
         losses.append(value)
+        if log_every and step % log_every == 0:
+            line = f"epoch {epoch} step {step} loss {value:.6f}"
+            bar.write(line) if bar is not loader else print(line, flush=True)
         correct += int((logits.data.argmax(1) == y.data).sum())
         seen += len(y)
         if bar is not loader:
@@ -356,7 +364,7 @@ def run(args) -> dict:
         try:
             with np.errstate(all="ignore"):  # overflow is caught as a non-finite loss instead
                 loss, acc, seen, seconds = train_epoch(model, optimizer, train, epoch, args.epochs,
-                                                       limit, progress=not args.no_progress)
+                                                       limit, not args.no_progress, args.log_every)
         except TrainError as exc:
             kept = (f"; the last good checkpoint ({args.checkpoint}, epoch {epoch - 1}) is kept"
                     if args.checkpoint and (epoch > 1) else "")

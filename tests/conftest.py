@@ -1,9 +1,18 @@
 """Every test starts from the same library state, whatever order xdist runs them in:
-the NumPy backend and the library generator seeded with 0."""
+the NumPy backend and the library generator seeded with 0.
 
-import pytest
+Triton kernels run on Triton's interpreter in a test session (tests/triton/), unless
+GPUKERNELS_TEST_GPU=1 asks for the compiled kernels of the `gpu`-marked tests (a
+separate session: Triton fixes interpretation when a kernel is decorated)."""
 
-import gpukernels as gk
+import os
+
+if os.environ.get("GPUKERNELS_TEST_GPU") != "1":
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+
+import gpukernels as gk  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -14,3 +23,16 @@ def _fresh_library_state():
     yield
     if previous != "numpy":
         gk.set_backend(previous)
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests need a GPU and compiled kernels (GPUKERNELS_TEST_GPU=1, `make test-gpu`)."""
+    from gpukernels import backend
+
+    if os.environ.get("GPUKERNELS_TEST_GPU") == "1" and backend.cuda_available():
+        return
+    why = ("no GPU here" if not backend.cuda_available()
+           else "run with GPUKERNELS_TEST_GPU=1 (make test-gpu): this session interprets Triton")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=why))

@@ -1,0 +1,177 @@
+"""Compile every Triton kernel and config ahead of time, without a GPU, and read what
+``ptxas`` says about it: ``python -m gpukernels.triton.aot [--arch 80,90] [--json F]``.
+
+For each kernel variant and tile config of every op family (their ``aot_specs()``) and
+each target (sm_80 = A100, sm_90 = H100): ``triton.compile`` to PTX, then Triton's own
+``ptxas-blackwell -v`` (the older ``ptxas`` beside it rejects Triton 3.9's PTX) for
+registers, spills and shared memory. A GEMM-shaped kernel must use tensor cores: ``mma``
+(sm_80) / ``wgmma`` or ``mma`` (sm_90) in its PTX. Exit status 1 when a variant spills
+registers or lacks tensor-core instructions, so CI catches a config that would be slow
+or miscompiled on a GPU it has never seen.
+
+Runs in its own process: Triton's interpreter mode (TRITON_INTERPRET=1, used by the
+interpreter tests) is fixed when kernels are decorated, and compiling needs it off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+FAMILIES = ("conv",)
+
+
+@dataclass
+class KernelSpec:
+    """One compilation: a jit function, its argument types and constexpr values."""
+
+    name: str  # e.g. "conv.fwd[128x64x32 w4 s4 fp32 tf32]"
+    module: str  # module holding the kernel, e.g. "gpukernels.triton.conv"
+    kernel: str  # attribute name of the @triton.jit function
+    signature: dict  # arg name -> "*fp32" | "i32" | "fp32" | "constexpr"
+    constexprs: dict
+    num_warps: int
+    num_stages: int
+    tensor_cores: bool = True  # must the PTX contain mma/wgmma?
+    extra: dict = field(default_factory=dict)
+
+
+def signature_for(fn, constexprs, pointers, dtype="fp32", floats=("slope",), i64=()):
+    """A Triton signature: pointers get ``*dtype`` (a dict entry overrides), ``floats``
+    fp32, ``i64`` int64, constexprs "constexpr", every other argument i32."""
+    sig = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name in pointers:
+            sig[name] = "*" + (pointers[name] if isinstance(pointers, dict) else dtype)
+        elif name in floats:
+            sig[name] = "fp32"
+        else:
+            sig[name] = "i64" if name in i64 else "i32"
+    return sig
+
+
+def _ptxas():
+    import triton  # noqa: PLC0415
+
+    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas-blackwell")
+    if not os.path.exists(path):
+        raise RuntimeError(f"ptxas-blackwell not found at {path} (it ships with triton 3.9)")
+    return path
+
+
+def ptxas_stats(ptx: str, cap: int) -> dict:
+    """Registers, spill bytes and shared memory that ptxas reports for ``ptx``."""
+    arch = f"sm_{cap}a" if cap >= 90 else f"sm_{cap}"
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "k.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        out = subprocess.run([_ptxas(), "-v", f"--gpu-name={arch}", src, "-o", os.path.join(tmp, "k.cubin")],
+                             capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"ptxas failed for {arch}: {out.stderr.strip()[:2000]}")
+    text = out.stderr + out.stdout
+    regs = re.search(r"Used (\d+) registers", text)
+    stores = re.search(r"(\d+) bytes spill stores", text)
+    loads = re.search(r"(\d+) bytes spill loads", text)
+    return {
+        "registers": int(regs.group(1)) if regs else None,
+        "spill_bytes": (int(stores.group(1)) if stores else 0) + (int(loads.group(1)) if loads else 0),
+    }
+
+
+def compile_spec(spec: KernelSpec, cap: int) -> dict:
+    """Compile ``spec`` for sm_``cap``; return its statistics and any problem found."""
+    import importlib  # noqa: PLC0415
+
+    import triton  # noqa: PLC0415
+    from triton.backends.compiler import GPUTarget  # noqa: PLC0415
+    from triton.compiler import ASTSource  # noqa: PLC0415
+
+    fn = getattr(importlib.import_module(spec.module), spec.kernel)
+    start = time.perf_counter()
+    compiled = triton.compile(ASTSource(fn, spec.signature, spec.constexprs), target=GPUTarget("cuda", cap, 32),
+                              options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
+    ptx = compiled.asm["ptx"]
+    stats = ptxas_stats(ptx, cap)
+    has_mma = bool(re.search(r"\bmma\.sync|\bwgmma\.", ptx))
+    problems = []
+    if stats["spill_bytes"]:
+        problems.append(f"spills {stats['spill_bytes']} bytes")
+    if spec.tensor_cores and not has_mma:
+        problems.append("no tensor-core (mma/wgmma) instruction")
+    return {
+        "name": spec.name, "arch": f"sm_{cap}", **stats, "mma": has_mma,
+        "wgmma": "wgmma." in ptx, "shared_bytes": getattr(compiled.metadata, "shared", None),
+        "seconds": round(time.perf_counter() - start, 2), "problems": problems, **spec.extra,
+    }
+
+
+def all_specs(families=FAMILIES) -> list[KernelSpec]:
+    import importlib  # noqa: PLC0415
+
+    specs = []
+    for family in families:
+        specs += importlib.import_module(f"gpukernels.triton.{family}").aot_specs()
+    return specs
+
+
+def _compile_job(args):
+    spec, cap = args
+    try:
+        return compile_spec(spec, cap)
+    except Exception as exc:  # noqa: BLE001 - reported as a problem of that variant
+        return {"name": spec.name, "arch": f"sm_{cap}", "problems": [f"{type(exc).__name__}: {exc}"[:2000]]}
+
+
+def run(archs=(80, 90), families=FAMILIES, jobs: int | None = None, only: str | None = None) -> list[dict]:
+    """Compile every spec for every arch (in ``jobs`` processes); returns one row each."""
+    specs = [s for s in all_specs(families) if only is None or only in s.name]
+    work = [(s, cap) for s in specs for cap in archs]
+    jobs = jobs or min(len(work), os.cpu_count() or 1)
+    if jobs <= 1:
+        return [_compile_job(w) for w in work]
+    with ProcessPoolExecutor(jobs) as pool:
+        return list(pool.map(_compile_job, work))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="80,90", help="compute capabilities, e.g. 80,90")
+    parser.add_argument("--family", default=",".join(FAMILIES))
+    parser.add_argument("--only", help="compile the specs whose name contains this")
+    parser.add_argument("--jobs", type=int, help="parallel compiler processes (default: CPU count)")
+    parser.add_argument("--json", help="write the rows to this file")
+    args = parser.parse_args(argv)
+    from .. import backend  # noqa: PLC0415
+
+    if backend.interpreting():
+        parser.exit(2, "error: TRITON_INTERPRET=1 is set; ahead-of-time compiling needs it unset\n")
+    archs = tuple(int(a) for a in args.arch.split(","))
+    start = time.perf_counter()
+    rows = run(archs, tuple(args.family.split(",")), args.jobs, args.only)
+    for r in rows:
+        status = "; ".join(r["problems"]) or "ok"
+        print(f"{r['name']:<58} {r['arch']:<6} regs {r.get('registers', '-')!s:>4}  "
+              f"spill {r.get('spill_bytes', '-')!s:>5}  smem {r.get('shared_bytes', '-')!s:>6}  "
+              f"{'wgmma' if r.get('wgmma') else 'mma' if r.get('mma') else '-':<5}  {status}")
+    bad = [r for r in rows if r["problems"]]
+    print(f"{len(rows)} compilations, {len(bad)} with problems, {time.perf_counter() - start:.0f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,691 @@
+"""conv2d in Triton: implicit-GEMM forward with fused bias + ReLU / leaky ReLU, and the
+input- and weight-gradient kernels.
+
+The reference (the oracle every kernel is tested against) is
+``gpukernels.reference.conv``: the same function names and arguments.
+
+Three GEMMs, none of them materialised (no im2col buffer in memory):
+
+    forward      y[m, o]  = sum_k  x[m, k] w[k, o]     m = (n, oh, ow), k = (kh, kw, c)
+    grad-input   dx[m, c] = sum_k dy'[m, k] w[k, c]     m = (n, ih, iw), k = (kh, kw, o)
+    grad-weight  dw[o, k] = sum_p dy'[p, o] x[p, k]     p = (n, oh, ow), k = (kh, kw, c)
+
+where dy' is the upstream gradient times the activation's derivative, read from the
+saved output while dy is loaded (relu: y > 0; leaky: 1 or slope), so no masked copy
+of dy is ever written. Each program owns a (BLOCK_M, BLOCK_N) output tile in
+registers and walks K in BLOCK_K steps with ``tl.dot`` (tensor cores: TF32 for float32
+unless ``backend.set_allow_tf32(False)``, else fp16/bf16 with float32 accumulation).
+
+Memory traffic (ideal, per call): forward reads x once per output-channel tile and the
+(small) weight once per pixel tile, writes y once; grad-input reads dy (and y) once per
+input-channel tile; grad-weight reads dy, y and x once per tile of its output.
+
+Known traps avoided (see the convolution issue):
+- padding makes input indices negative: every masked index is also clamped with
+  ``tl.where`` to a valid address, so no (pipelined, asynchronous) load ever leaves the
+  tensor, masked or not;
+- offsets are int32 unless a tensor has 2**31 elements or more; then the kernels are
+  compiled with INT64 and every stride is widened before it multiplies an index;
+- grad-input with stride > 1 is split into stride_h * stride_w sub-convolutions (one
+  per phase of the input pixel modulo the stride), each a dense implicit GEMM over the
+  taps that reach that phase, instead of zero-inserting dy;
+- grad-weight reduces over N*OH*OW as its GEMM K dimension, split across SPLIT_K
+  programs (each writes its own float32 partial; the launcher adds them: deterministic)
+  when the output tile grid alone would not fill the GPU;
+- a first layer with few input channels (C*KH*KW small) packs (kh, kw, c) into one K
+  index (PACKED) instead of padding C up to BLOCK_K per tap; a 1x1 convolution is the
+  KH = KW = 1 specialisation: a plain GEMM with no tap loop.
+
+Layouts: any strides for x, dy, y and dx (NCHW and channels-last both work); the
+weight is re-laid out once per call as a (KH*KW*C, O) or (KH*KW*O, C) matrix
+(contiguous along the GEMM's N dimension, so its loads coalesce); weights are small.
+groups > 1 runs one launch per group on strided channel slices.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import triton
+import triton.language as tl
+
+from .. import backend
+from ..backend import get_array_module, kernel_arg
+
+_ACTIVATIONS = {None: 0, "relu": 1, "leaky_relu": 2}
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+@triton.jit
+def _activate(acc, ACTIVATION: tl.constexpr, slope):
+    if ACTIVATION == 1:
+        acc = tl.maximum(acc, 0.0)
+    elif ACTIVATION == 2:
+        acc = tl.where(acc > 0, acc, acc * slope)
+    return acc
+
+
+@triton.jit
+def _masked_grad(g, y, ACTIVATION: tl.constexpr, slope):
+    """dL/dz from dL/dy and the saved output: y > 0 exactly where z > 0 (slope >= 0)."""
+    if ACTIVATION == 1:
+        g = tl.where(y > 0, g, 0.0)
+    elif ACTIVATION == 2:
+        g = tl.where(y > 0, g, g * slope)
+    return g
+
+
+@triton.jit
+def _grouped_tile(pid, num_m, num_n, GROUP_M: tl.constexpr):
+    """Tile (pid_m, pid_n) of program ``pid`` in grouped order: GROUP_M row tiles in a row
+    share each column tile (weights) while it is still in L2."""
+    width = GROUP_M * num_n
+    first_m = (pid // width) * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    return first_m + (pid % width) % size_m, (pid % width) // size_m
+
+
+@triton.jit
+def _conv2d_fwd_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    N, C, H, W, O, OH, OW,
+    sxn, sxc, sxh, sxw,
+    syn, syc, syh, syw,
+    pad_h, pad_w, slope,
+    KH: tl.constexpr, KW: tl.constexpr,
+    STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, DIL_H: tl.constexpr, DIL_W: tl.constexpr,
+    HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, PACKED: tl.constexpr,
+    INT64: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """y[n, o, oh, ow] = act(b[o] + sum_{c,kh,kw} x[n, c, ih, iw] w[(kh, kw, c), o])."""
+    M = N * OH * OW
+    pid_m, pid_n = _grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(O, BLOCK_N), GROUP_M)
+    if INT64:
+        sxn, sxc, sxh, sxw = sxn.to(tl.int64), sxc.to(tl.int64), sxh.to(tl.int64), sxw.to(tl.int64)
+        syn, syc, syh, syw = syn.to(tl.int64), syc.to(tl.int64), syh.to(tl.int64), syw.to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = offs_m < M
+    n_ok = offs_n < O
+    m = tl.where(m_ok, offs_m, 0)
+    o = tl.where(n_ok, offs_n, 0)
+    ow = m % OW
+    oh = (m // OW) % OH
+    img = m // (OW * OH)
+    ih0 = oh * STRIDE_H - pad_h
+    iw0 = ow * STRIDE_W - pad_w
+    x_img = img * sxn
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if PACKED:
+        # K = (kh, kw, c) as one index: C*KH*KW values, no per-tap padding of C
+        K = C * KH * KW
+        for k0 in range(0, K, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            k_ok = offs_k < K
+            k = tl.where(k_ok, offs_k, 0)
+            c = k % C
+            tap = k // C
+            ih = ih0[:, None] + ((tap // KW) * DIL_H)[None, :]
+            iw = iw0[:, None] + ((tap % KW) * DIL_W)[None, :]
+            ok = m_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            ih = tl.where(ok, ih, 0)
+            iw = tl.where(ok, iw, 0)
+            a = tl.load(x_ptr + x_img[:, None] + c[None, :] * sxc + ih * sxh + iw * sxw, mask=ok, other=0.0)
+            b = tl.load(w_ptr + k[:, None] * O + o[None, :], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    else:
+        # one flat loop over (tap, channel block) so the compiler pipelines all of K
+        c_steps = tl.cdiv(C, BLOCK_K)
+        for step in range(KH * KW * c_steps):
+            tap = step // c_steps
+            c0 = (step - tap * c_steps) * BLOCK_K
+            ih = ih0 + (tap // KW) * DIL_H
+            iw = iw0 + (tap % KW) * DIL_W
+            pix_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            ih = tl.where(pix_ok, ih, 0)
+            iw = tl.where(pix_ok, iw, 0)
+            offs_c = c0 + tl.arange(0, BLOCK_K)
+            c_ok = offs_c < C
+            c = tl.where(c_ok, offs_c, 0)
+            a = tl.load(x_ptr + (x_img + ih * sxh + iw * sxw)[:, None] + c[None, :] * sxc,
+                        mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
+            b = tl.load(w_ptr + (tap * C + c)[:, None] * O + o[None, :],
+                        mask=c_ok[:, None] & n_ok[None, :], other=0.0)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+
+    # epilogue: bias and activation on the float32 accumulator, one store of y
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + o, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    acc = _activate(acc, ACTIVATION, slope)
+    y_pix = img * syn + oh * syh + ow * syw
+    tl.store(y_ptr + y_pix[:, None] + o[None, :] * syc, acc.to(y_ptr.dtype.element_ty),
+             mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _conv2d_dgrad_kernel(
+    g_ptr, y_ptr, w_ptr, dx_ptr,
+    N, C, H, W, O, OH, OW,
+    sgn, sgc, sgh, sgw,
+    sdn, sdc, sdh, sdw,
+    pad_h, pad_w, slope,
+    ih_first, iw_first, H_PH, W_PH, kh0, n_kh, kw0, n_kw,
+    KH: tl.constexpr, KW: tl.constexpr,
+    STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, DIL_H: tl.constexpr, DIL_W: tl.constexpr,
+    TAP_STEP_H: tl.constexpr, TAP_STEP_W: tl.constexpr,
+    ACTIVATION: tl.constexpr, INT64: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """dx for one phase: the input pixels ih = ih_first + STRIDE_H * i (and likewise iw),
+    which only the taps kh = kh0 + TAP_STEP_H * u (u < n_kh) reach, each at output row
+    oh = i + (ih_first + pad_h - kh * DIL_H) / STRIDE_H (an exact division).
+
+    dx[n, c, ih, iw] = sum_{u, v, o} dy'[n, o, oh, ow] w[(kh, kw, o), c]
+    """
+    M = N * H_PH * W_PH
+    pid_m, pid_n = _grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(C, BLOCK_N), GROUP_M)
+    if INT64:
+        sgn, sgc, sgh, sgw = sgn.to(tl.int64), sgc.to(tl.int64), sgh.to(tl.int64), sgw.to(tl.int64)
+        sdn, sdc, sdh, sdw = sdn.to(tl.int64), sdc.to(tl.int64), sdh.to(tl.int64), sdw.to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = offs_m < M
+    n_ok = offs_n < C
+    m = tl.where(m_ok, offs_m, 0)
+    c = tl.where(n_ok, offs_n, 0)
+    j = m % W_PH
+    i = (m // W_PH) % H_PH
+    img = m // (W_PH * H_PH)
+    g_img = img * sgn
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    o_steps = tl.cdiv(O, BLOCK_K)
+    for step in range(n_kh * n_kw * o_steps):
+        tap = step // o_steps
+        o0 = (step - tap * o_steps) * BLOCK_K
+        kh = kh0 + (tap // n_kw) * TAP_STEP_H
+        kw = kw0 + (tap % n_kw) * TAP_STEP_W
+        oh = i + (ih_first + pad_h - kh * DIL_H) // STRIDE_H
+        ow = j + (iw_first + pad_w - kw * DIL_W) // STRIDE_W
+        pix_ok = m_ok & (oh >= 0) & (oh < OH) & (ow >= 0) & (ow < OW)
+        oh = tl.where(pix_ok, oh, 0)
+        ow = tl.where(pix_ok, ow, 0)
+        offs_o = o0 + tl.arange(0, BLOCK_K)
+        o_ok = offs_o < O
+        o = tl.where(o_ok, offs_o, 0)
+        ok = pix_ok[:, None] & o_ok[None, :]
+        offs = (g_img + oh * sgh + ow * sgw)[:, None] + o[None, :] * sgc
+        a = tl.load(g_ptr + offs, mask=ok, other=0.0)
+        if ACTIVATION != 0:  # dy and y share a layout: the same offsets
+            y = tl.load(y_ptr + offs, mask=ok, other=0.0)
+            a = _masked_grad(a.to(tl.float32), y, ACTIVATION, slope).to(g_ptr.dtype.element_ty)
+        b = tl.load(w_ptr + ((kh * KW + kw) * O + o)[:, None] * C + c[None, :],
+                    mask=o_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+
+    ih = ih_first + i * STRIDE_H
+    iw = iw_first + j * STRIDE_W
+    dx_pix = img * sdn + ih * sdh + iw * sdw
+    tl.store(dx_ptr + dx_pix[:, None] + c[None, :] * sdc, acc.to(dx_ptr.dtype.element_ty),
+             mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _conv2d_wgrad_kernel(
+    g_ptr, y_ptr, x_ptr, dw_ptr, db_ptr,
+    N, C, H, W, O, OH, OW,
+    sgn, sgc, sgh, sgw,
+    sxn, sxc, sxh, sxw,
+    pad_h, pad_w, slope, p_per_split,
+    KH: tl.constexpr, KW: tl.constexpr,
+    STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, DIL_H: tl.constexpr, DIL_W: tl.constexpr,
+    ACTIVATION: tl.constexpr, NEED_BIAS: tl.constexpr, PACKED: tl.constexpr,
+    INT64: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """Partial sums over output pixels p in [split * p_per_split, (split + 1) * p_per_split):
+
+    dw[split, o, (kh, kw, c)] = sum_p dy'[p, o] x[n, c, oh*s - pad + kh*d, ...]
+    db[split, o]              = sum_p dy'[p, o]   (programs of column tile 0, if NEED_BIAS)
+    """
+    KC = C * KH * KW
+    P = N * OH * OW
+    if PACKED:
+        num_n = tl.cdiv(KC, BLOCK_N)
+    else:  # tiles never straddle two taps
+        num_n = KH * KW * tl.cdiv(C, BLOCK_N)
+    pid_m, pid_n = _grouped_tile(tl.program_id(0), tl.cdiv(O, BLOCK_M), num_n, GROUP_M)
+    split = tl.program_id(1)
+    if INT64:
+        sgn, sgc, sgh, sgw = sgn.to(tl.int64), sgc.to(tl.int64), sgh.to(tl.int64), sgw.to(tl.int64)
+        sxn, sxc, sxh, sxw = sxn.to(tl.int64), sxc.to(tl.int64), sxh.to(tl.int64), sxw.to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = offs_m < O
+    o = tl.where(m_ok, offs_m, 0)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < KC
+    kc = tl.where(n_ok, offs_n, 0)
+    if PACKED:  # column index = (kh, kw, c) per element
+        c = kc % C
+        tap = kc // C
+        dh = (tap // KW) * DIL_H
+        dw = (tap % KW) * DIL_W
+    else:  # the tile lies within one tap
+        c_tiles = tl.cdiv(C, BLOCK_N)
+        tap = pid_n // c_tiles
+        c = (pid_n - tap * c_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_ok = c < C
+        c = tl.where(n_ok, c, 0)
+        kc = tap * C + c
+        dh = (tap // KW) * DIL_H
+        dw = (tap % KW) * DIL_W
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    bias_acc = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    p_start = split * p_per_split
+    p_end = tl.minimum(p_start + p_per_split, P)
+    for p0 in range(p_start, p_end, BLOCK_K):
+        offs_p = p0 + tl.arange(0, BLOCK_K)
+        p_ok = offs_p < p_end
+        p = tl.where(p_ok, offs_p, 0)
+        ow = p % OW
+        oh = (p // OW) % OH
+        img = p // (OW * OH)
+        # A = dy'[o, p]: (BLOCK_M, BLOCK_K)
+        ok_a = m_ok[:, None] & p_ok[None, :]
+        offs_a = o[:, None] * sgc + (img * sgn + oh * sgh + ow * sgw)[None, :]
+        a = tl.load(g_ptr + offs_a, mask=ok_a, other=0.0)
+        if ACTIVATION != 0:
+            y = tl.load(y_ptr + offs_a, mask=ok_a, other=0.0)
+            a = _masked_grad(a.to(tl.float32), y, ACTIVATION, slope).to(g_ptr.dtype.element_ty)
+        if NEED_BIAS:  # every column tile sums it (cheap); tile 0 stores it
+            bias_acc += tl.sum(a.to(tl.float32), axis=1)
+        # B = x[p, (tap, c)]: (BLOCK_K, BLOCK_N)
+        if PACKED:
+            ih = (oh * STRIDE_H - pad_h)[:, None] + dh[None, :]
+            iw = (ow * STRIDE_W - pad_w)[:, None] + dw[None, :]
+        else:
+            ih = (oh * STRIDE_H - pad_h + dh)[:, None]
+            iw = (ow * STRIDE_W - pad_w + dw)[:, None]
+        ok_b = p_ok[:, None] & n_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        ih = tl.where(ok_b, ih, 0)
+        iw = tl.where(ok_b, iw, 0)
+        b = tl.load(x_ptr + (img * sxn)[:, None] + c[None, :] * sxc + ih * sxh + iw * sxw,
+                    mask=ok_b, other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+
+    base = split * O
+    tl.store(dw_ptr + (base + o)[:, None] * KC + kc[None, :], acc, mask=m_ok[:, None] & n_ok[None, :])
+    if NEED_BIAS:
+        if pid_n == 0:
+            tl.store(db_ptr + base + o, bias_acc, mask=m_ok)
+
+
+# ----------------------------------------------------------------------------- configs
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). tl.dot needs every block >= 16.
+# Under the interpreter one small config (its programs run one after another in Python).
+# Each spill-free on sm_80 and sm_90 (python -m gpukernels.triton.aot); the first of each
+# kind is also compiled in every dtype and code variant (aot_specs).
+GPU_CONFIGS = {
+    "fwd": [(128, 64, 32, 8, 3), (64, 128, 32, 8, 3), (64, 64, 32, 8, 3), (64, 64, 64, 8, 3),
+            (128, 32, 32, 8, 3), (64, 32, 32, 8, 4), (64, 64, 32, 4, 4)],
+    "dgrad": [(64, 64, 32, 8, 3), (64, 128, 32, 8, 3), (64, 64, 64, 8, 2), (128, 32, 32, 8, 3),
+              (64, 32, 32, 4, 3)],  # 128x64 spills on sm_80 once dy' is masked in full fp32
+    "wgrad": [(64, 64, 32, 8, 3), (128, 64, 16, 8, 2), (64, 128, 16, 8, 3), (128, 32, 32, 8, 3),
+              (64, 32, 64, 8, 3), (32, 64, 64, 8, 2)],  # BLOCK_K | 64: split-K rounds to 64
+}
+INTERPRET_CONFIG = (64, 64, 32, 4, 1)  # big tiles: the interpreter pays per op, not per element
+GROUP_M = 8
+# PACKED when C*KH*KW fits in a few K steps but C alone would waste most of a BLOCK_K.
+PACKED_MAX_K = 64
+# Split-K: aim for this many programs; each split keeps at least this many pixels.
+TARGET_PROGRAMS = 264  # 2 waves of an H100's 132 SMs
+MIN_PIXELS_PER_SPLIT = 256
+
+
+_RAW = {"fwd": _conv2d_fwd_kernel, "dgrad": _conv2d_dgrad_kernel, "wgrad": _conv2d_wgrad_kernel}
+_SHAPE_KEY = ["N", "C", "H", "W", "O", "OH", "OW"]
+_KEYS = {"fwd": _SHAPE_KEY, "dgrad": _SHAPE_KEY + ["H_PH", "W_PH"], "wgrad": _SHAPE_KEY + ["p_per_split"]}
+_TUNED = {}
+
+#: kind -> (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) to run instead of autotuning
+#: (the `gpu` tests run every config this way: a miscompiled config cannot hide).
+FORCE_CONFIG: dict = {}
+
+
+def _config_kwargs(cfg):
+    bm, bn, bk, warps, stages = cfg
+    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages}
+
+
+def _launch(kind, grid, *args, **consts):
+    """Run kernel ``kind`` over ``grid``: one fixed config under the interpreter (its
+    programs run one after another in Python) or when FORCE_CONFIG names one, else
+    ``triton.autotune`` over GPU_CONFIGS[kind] (timed once per shape key)."""
+    if backend.interpreting() or kind in FORCE_CONFIG:
+        cfg = FORCE_CONFIG.get(kind, INTERPRET_CONFIG)
+        return _RAW[kind][grid](*args, **consts, **_config_kwargs(cfg))
+    if kind not in _TUNED:
+        configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=st)
+                   for bm, bn, bk, w, st in GPU_CONFIGS[kind]]
+        _TUNED[kind] = triton.autotune(configs, key=_KEYS[kind])(_RAW[kind])
+    return _TUNED[kind][grid](*args, **consts)
+
+
+def _block_k():
+    """BLOCK_K of the config the next grad-weight launch will use (split-K rounds to it)."""
+    if backend.interpreting() or "wgrad" in FORCE_CONFIG:
+        return FORCE_CONFIG.get("wgrad", INTERPRET_CONFIG)[2]
+    return max(c[2] for c in GPU_CONFIGS["wgrad"])
+
+
+# ----------------------------------------------------------------------------- launchers
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _check(x, weight, bias, groups):
+    xp = get_array_module(x, weight)
+    if x.ndim != 4 or weight.ndim != 4:
+        raise ValueError(f"conv2d: expected 4-d input and weight, got {x.shape} and {weight.shape}")
+    if x.dtype != weight.dtype or (bias is not None and bias.dtype != x.dtype):
+        raise TypeError(f"conv2d: input {x.dtype}, weight {weight.dtype}"
+                        + (f", bias {bias.dtype}" if bias is not None else "") + " must match")
+    if x.dtype not in (np.float32, np.float16, np.uint16):
+        raise TypeError(f"conv2d (Triton): float32, float16 or bfloat16 (as uint16) arrays, got {x.dtype}")
+    if backend.device_of(x) != backend.device_of(weight):
+        raise RuntimeError(f"conv2d: input on {backend.device_of(x)}, weight on {backend.device_of(weight)}")
+    if x.shape[1] != weight.shape[1] * groups:
+        raise ValueError(f"conv2d: weight {weight.shape} with groups={groups} does not fit input {x.shape}")
+    return xp
+
+
+def _precision(dtype):
+    return "tf32" if dtype == np.float32 and backend.get_allow_tf32() else "ieee"
+
+
+# bfloat16: neither NumPy nor CuPy has the dtype, so bf16 arrays travel as uint16 bit
+# patterns (what torch's .view(torch.int16) or ml_dtypes hold); the kernels see bf16.
+def _arg(a):
+    return kernel_arg(a, "bfloat16" if a.dtype == np.uint16 else None)
+
+
+def _from_float32(xp, a32, dtype):
+    """float32 values stored as ``dtype`` (bf16 bit patterns: round to nearest even)."""
+    if dtype != np.uint16:
+        return a32.astype(dtype)
+    bits = xp.ascontiguousarray(a32, dtype=np.float32).view(np.uint32)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def _to_float32(xp, a):
+    if a.dtype != np.uint16:
+        return a.astype(np.float32)
+    return (xp.ascontiguousarray(a).astype(np.uint32) << 16).view(np.float32)
+
+
+def _needs_int64(*arrays):
+    return any(a is not None and a.size >= 2**31 for a in arrays)
+
+
+def _out_size(size, k, s, p, d):
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _geometry(x, weight, stride, padding, dilation):
+    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    n, c, h, w = x.shape
+    o, _, kh, kw = weight.shape
+    return n, c, h, w, o, kh, kw, sh, sw, ph, pw, dh, dw, _out_size(h, kh, sh, ph, dh), _out_size(w, kw, sw, pw, dw)
+
+
+def _strides(a):
+    return tuple(s // a.itemsize for s in a.strides)
+
+
+def _forward_one(x, weight, bias, y, stride, padding, dilation, activation, slope):
+    """One groups=1 convolution into the preallocated (possibly strided) ``y``."""
+    xp = get_array_module(x)
+    n, c, h, w, o, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = _geometry(x, weight, stride, padding, dilation)
+    # (KH, KW, C, O): the GEMM's B matrix, contiguous along O
+    wk = xp.ascontiguousarray(weight.transpose(2, 3, 1, 0))
+    packed = c * kh * kw <= PACKED_MAX_K and c < 16
+    m = n * oh * ow
+
+    def grid(meta):
+        return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(o, meta["BLOCK_N"]),)
+
+    _launch(
+        "fwd", grid, _arg(x), _arg(wk), _arg(bias if bias is not None else wk), _arg(y),
+        n, c, h, w, o, oh, ow, *_strides(x), *_strides(y), ph, pw, float(slope),
+        KH=kh, KW=kw, STRIDE_H=sh, STRIDE_W=sw, DIL_H=dh, DIL_W=dw,
+        HAS_BIAS=bias is not None, ACTIVATION=_ACTIVATIONS[activation], PACKED=packed,
+        INT64=_needs_int64(x, y), PRECISION=_precision(x.dtype), GROUP_M=GROUP_M,
+    )
+
+
+def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activation=None, negative_slope=0.01):
+    """y = act(conv(x, w) + b) on the GPU (or Triton's interpreter).
+
+    Args:
+        x: (N, C, H, W) float32/float16 array (CuPy, or NumPy under ``interpret``); any strides.
+        weight: (O, C // groups, KH, KW), same dtype.
+        bias: (O,) or None.
+        stride, padding, dilation: ``(h, w)`` int pairs.
+        groups: int dividing C and O (one launch per group).
+        activation: None, ``'relu'`` or ``'leaky_relu'``, fused into the store.
+        negative_slope: leaky ReLU slope (>= 0).
+
+    Returns:
+        y (N, O, OH, OW), contiguous, same dtype as ``x``.
+    """
+    xp = _check(x, weight, bias, groups)
+    n, c, h, w, o, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = _geometry(x, weight, stride, padding, dilation)
+    y = xp.empty((n, o, oh, ow), dtype=x.dtype)
+    if y.size == 0:
+        return y
+    if x.size == 0:  # no input channels: only the bias remains
+        y32 = xp.zeros(y.shape, np.float32) + (0 if bias is None else _to_float32(xp, bias).reshape(1, o, 1, 1))
+        y[...] = _from_float32(xp, _activate_host(xp, y32, activation, negative_slope), x.dtype)
+        return y
+    cg, og = c // groups, o // groups
+    for g in range(groups):
+        _forward_one(x[:, g * cg:(g + 1) * cg], weight[g * og:(g + 1) * og],
+                     None if bias is None else bias[g * og:(g + 1) * og], y[:, g * og:(g + 1) * og],
+                     stride, padding, dilation, activation, negative_slope)
+    return y
+
+
+def _activate_host(xp, y, activation, slope):
+    if activation == "relu":
+        xp.maximum(y, 0, out=y)
+    elif activation == "leaky_relu":
+        y[...] = xp.where(y > 0, y, y * y.dtype.type(slope))
+    return y
+
+
+def _phases(size, k, s, p, d):
+    """Per phase r of (i + p) mod s: (first input index, count, first tap, taps, tap step)."""
+    step = s // math.gcd(s, d)
+    out = []
+    for r in range(s):
+        first = (r - p) % s
+        count = max(0, -(-(size - first) // s))
+        taps = [t for t in range(k) if (r - t * d) % s == 0]
+        out.append((first, count, taps[0] if taps else 0, len(taps), step))
+    return out
+
+
+def _dgrad_one(grad_y, y, weight, grad_x, stride, padding, dilation, activation, slope):
+    xp = get_array_module(grad_y)
+    n, c, h, w, o, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = _geometry(grad_x, weight, stride, padding, dilation)
+    # (KH, KW, O, C): B matrix of the transposed problem, contiguous along C
+    wt = xp.ascontiguousarray(weight.transpose(2, 3, 0, 1))
+    if y is not None and _strides(y) != _strides(grad_y):
+        y = xp.ascontiguousarray(y)
+        grad_y = xp.ascontiguousarray(grad_y)
+    int64 = _needs_int64(grad_y, grad_x)
+    for ih_first, h_ph, kh0, n_kh, step_h in _phases(h, kh, sh, ph, dh):
+        for iw_first, w_ph, kw0, n_kw, step_w in _phases(w, kw, sw, pw, dw):
+            m = n * h_ph * w_ph
+            if m == 0:
+                continue
+
+            def grid(meta, m=m):
+                return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(c, meta["BLOCK_N"]),)
+
+            _launch(
+                "dgrad", grid, _arg(grad_y), _arg(y if y is not None else grad_y), _arg(wt), _arg(grad_x),
+                n, c, h, w, o, oh, ow, *_strides(grad_y), *_strides(grad_x), ph, pw, float(slope),
+                ih_first, iw_first, h_ph, w_ph, kh0, n_kh, kw0, n_kw,
+                KH=kh, KW=kw, STRIDE_H=sh, STRIDE_W=sw, DIL_H=dh, DIL_W=dw,
+                TAP_STEP_H=step_h, TAP_STEP_W=step_w, ACTIVATION=_ACTIVATIONS[activation],
+                INT64=int64, PRECISION=_precision(grad_y.dtype), GROUP_M=GROUP_M,
+            )
+
+
+def _split_k(o, kc, p):
+    """How many programs share the N*OH*OW reduction of grad-weight."""
+    if backend.interpreting():
+        return SPLIT_K_INTERPRET or 1
+    tiles = triton.cdiv(o, 64) * triton.cdiv(kc, 64)
+    return max(1, min(TARGET_PROGRAMS // max(tiles, 1), p // MIN_PIXELS_PER_SPLIT, 64))
+
+
+#: Tests set this to exercise split-K under the interpreter (None: one split).
+SPLIT_K_INTERPRET = None
+
+
+def _wgrad_one(grad_y, y, x, weight, need_bias, stride, padding, dilation, activation, slope):
+    """Returns float32 (grad_weight (O, C, KH, KW), grad_bias (O,) or None)."""
+    xp = get_array_module(grad_y)
+    n, c, h, w, o, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = _geometry(x, weight, stride, padding, dilation)
+    if y is not None and _strides(y) != _strides(grad_y):
+        y = xp.ascontiguousarray(y)
+        grad_y = xp.ascontiguousarray(grad_y)
+    kc, p = c * kh * kw, n * oh * ow
+    packed = kc <= PACKED_MAX_K and c < 16
+    splits = _split_k(o, kc, p)
+    bk = _block_k()
+    per_split = triton.cdiv(triton.cdiv(p, splits), bk) * bk  # whole BLOCK_K steps per split
+    splits = triton.cdiv(p, per_split)
+    dw_part = xp.empty((splits, o, kc), dtype=np.float32)
+    db_part = xp.empty((splits, o), dtype=np.float32) if need_bias else dw_part
+
+    def grid(meta):
+        cols = triton.cdiv(kc, meta["BLOCK_N"]) if packed else kh * kw * triton.cdiv(c, meta["BLOCK_N"])
+        return (triton.cdiv(o, meta["BLOCK_M"]) * cols, splits)
+
+    _launch(
+        "wgrad", grid, _arg(grad_y), _arg(y if y is not None else grad_y), _arg(x),
+        kernel_arg(dw_part), kernel_arg(db_part),
+        n, c, h, w, o, oh, ow, *_strides(grad_y), *_strides(x), ph, pw, float(slope), per_split,
+        KH=kh, KW=kw, STRIDE_H=sh, STRIDE_W=sw, DIL_H=dh, DIL_W=dw,
+        ACTIVATION=_ACTIVATIONS[activation], NEED_BIAS=need_bias, PACKED=packed,
+        INT64=_needs_int64(grad_y, x), PRECISION=_precision(x.dtype), GROUP_M=GROUP_M,
+    )
+    gw = dw_part.sum(axis=0) if splits > 1 else dw_part[0]
+    gw = gw.reshape(o, kh, kw, c).transpose(0, 3, 1, 2)
+    gb = (db_part.sum(axis=0) if splits > 1 else db_part[0]) if need_bias else None
+    return gw, gb
+
+
+def conv2d_backward(grad_y, x, weight, y, stride, padding, dilation, groups, activation=None,
+                    negative_slope=0.01, needs=(True, True, True)):
+    """Gradients of ``conv2d_forward`` with respect to x, weight and bias.
+
+    The activation's derivative is applied to ``grad_y`` as it is loaded, from the saved
+    output ``y`` (only read when ``activation`` is set). grad-weight and grad-bias come
+    from one kernel (float32 partial sums, cast to the input dtype at the end).
+
+    Returns:
+        ``(grad_x, grad_weight, grad_bias)``; an entry is None when ``needs[i]`` is False.
+    """
+    xp = _check(x, weight, None, groups)
+    needs = tuple(bool(v) for v in needs)
+    if activation is None:
+        y = None
+    o, c = weight.shape[0], x.shape[1]
+    cg, og = c // groups, o // groups
+    grad_x = xp.empty(x.shape, dtype=x.dtype) if needs[0] else None
+    gw = xp.zeros(weight.shape, dtype=x.dtype) if needs[1] else None
+    gb = xp.zeros((o,), dtype=x.dtype) if needs[2] else None
+    if grad_y.size == 0 or x.size == 0:
+        if grad_x is not None:
+            grad_x[...] = 0
+        return grad_x, gw, gb
+    for g in range(groups):
+        xs, cs = slice(g * og, (g + 1) * og), slice(g * cg, (g + 1) * cg)
+        gy_g = grad_y[:, xs]
+        y_g = None if y is None else y[:, xs]
+        if needs[0]:
+            _dgrad_one(gy_g, y_g, weight[xs], grad_x[:, cs], stride, padding, dilation,
+                       activation, negative_slope)
+        if needs[1] or needs[2]:
+            w32, b32 = _wgrad_one(gy_g, y_g, x[:, cs], weight[xs], needs[2], stride, padding,
+                                  dilation, activation, negative_slope)
+            if needs[1]:
+                gw[xs] = _from_float32(xp, w32, x.dtype)
+            if needs[2]:
+                gb[xs] = _from_float32(xp, b32, x.dtype)
+    return grad_x, gw, gb
+
+
+# ----------------------------------------------------------------------------- ahead-of-time specs
+
+
+def aot_specs():
+    """Every kernel x config (float32/TF32, 3x3, stride 1, ReLU), plus, on the first config
+    of each kernel, the variants that change the generated code: fp16, bf16, full-fp32,
+    PACKED small-C, 1x1, stride/dilation 2, leaky ReLU, INT64 offsets."""
+    from .aot import KernelSpec, signature_for  # noqa: PLC0415
+
+    kernels = {
+        "fwd": ("_conv2d_fwd_kernel", ("x_ptr", "w_ptr", "b_ptr", "y_ptr"),
+                dict(HAS_BIAS=True, PACKED=False)),
+        "dgrad": ("_conv2d_dgrad_kernel", ("g_ptr", "y_ptr", "w_ptr", "dx_ptr"),
+                  dict(TAP_STEP_H=1, TAP_STEP_W=1)),
+        "wgrad": ("_conv2d_wgrad_kernel", ("g_ptr", "y_ptr", "x_ptr", "dw_ptr", "db_ptr"),
+                  dict(NEED_BIAS=True, PACKED=False)),
+    }
+    variants = [  # (label, dtype, constexpr overrides, tensor cores expected)
+        ("fp16", "fp16", {}, True),
+        ("bf16", "bf16", {}, True),
+        ("fp32 ieee", "fp32", {"PRECISION": "ieee"}, False),
+        ("1x1 s2", "fp32", {"KH": 1, "KW": 1, "STRIDE_H": 2, "STRIDE_W": 2}, True),
+        ("5x5 d2 leaky", "fp32", {"KH": 5, "KW": 5, "DIL_H": 2, "DIL_W": 2, "ACTIVATION": 2}, True),
+        ("int64", "fp32", {"INT64": True}, True),
+        ("packed", "fp32", {"PACKED": True}, True),
+    ]
+    specs = []
+    for kind, (name, pointers, own) in kernels.items():
+        fn = globals()[name]
+        for i, (bm, bn, bk, warps, stages) in enumerate(GPU_CONFIGS[kind]):
+            runs = [("fp32 tf32", "fp32", {}, True)] + (variants if i == 0 else [])
+            for label, dtype, over, tensor_cores in runs:
+                if label == "packed" and "PACKED" not in own:
+                    continue
+                const = dict(KH=3, KW=3, STRIDE_H=1, STRIDE_W=1, DIL_H=1, DIL_W=1, ACTIVATION=1,
+                             INT64=False, PRECISION="tf32" if dtype == "fp32" else "ieee",
+                             BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=GROUP_M, **own)
+                const.update(over)
+                ptrs = {p: dtype for p in pointers}
+                if kind == "wgrad":  # float32 partial sums whatever the input dtype
+                    ptrs.update(dw_ptr="fp32", db_ptr="fp32")
+                if kind == "dgrad" and over.get("STRIDE_H") == 2:
+                    const.update(TAP_STEP_H=2, TAP_STEP_W=2)
+                specs.append(KernelSpec(
+                    name=f"conv.{kind}[{bm}x{bn}x{bk} w{warps} s{stages} {label}]",
+                    module=__name__, kernel=name,
+                    signature=signature_for(fn, const, ptrs), constexprs=const,
+                    num_warps=warps, num_stages=stages, tensor_cores=tensor_cores,
+                ))
+    return specs
