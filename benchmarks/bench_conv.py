@@ -23,6 +23,9 @@ QUICK = [("small 16x16x16 k3", 8, 16, 16, 16, 16, 3, 1, 1)]
 
 
 def run(quick: bool = False, repeat: int = 10) -> list[Result]:
+    """On a GPU the Triton kernels vs cuDNN (run_gpu); else the NumPy backend vs torch CPU."""
+    if gk.get_backend() == "cuda":
+        return run_gpu(quick, repeat)
     results = []
     rng = np.random.default_rng(0)
     for name, n, c, h, w, o, k, s, p in QUICK if quick else CASES:
@@ -64,4 +67,99 @@ def run(quick: bool = False, repeat: int = 10) -> list[Result]:
                               timeit(torch_fwd, repeat=repeat), flops=flops))
         results.append(Result("conv2d fwd+bwd", name, timeit(ours_fb, repeat=repeat),
                               timeit(torch_fb, repeat=repeat), flops=3 * flops))
+    return results
+
+
+# ----------------------------------------------------------------------------- GPU
+
+# ResNet-18 on CIFAR (batch 128): every distinct conv shape, and the digits CNN's two.
+# (name, N, C, H, W, O, K, stride, padding)
+GPU_CASES = [
+    ("r18 stem 3->64 32x32", 128, 3, 32, 32, 64, 3, 1, 1),
+    ("r18 64->64 32x32", 128, 64, 32, 32, 64, 3, 1, 1),
+    ("r18 64->128 s2", 128, 64, 32, 32, 128, 3, 2, 1),
+    ("r18 128->128 16x16", 128, 128, 16, 16, 128, 3, 1, 1),
+    ("r18 1x1 64->128 s2", 128, 64, 32, 32, 128, 1, 2, 0),
+    ("r18 128->256 s2", 128, 128, 16, 16, 256, 3, 2, 1),
+    ("r18 256->256 8x8", 128, 256, 8, 8, 256, 3, 1, 1),
+    ("r18 256->512 s2", 128, 256, 8, 8, 512, 3, 2, 1),
+    ("r18 512->512 4x4", 128, 512, 4, 4, 512, 3, 1, 1),
+    ("digits 1->16 8x8", 512, 1, 8, 8, 16, 3, 1, 1),
+    ("digits 16->32 4x4", 512, 16, 4, 4, 32, 3, 1, 1),
+]
+GPU_QUICK = [GPU_CASES[1], GPU_CASES[2], GPU_CASES[9]]
+
+
+def run_gpu(quick: bool = False, repeat: int = 100) -> list[Result]:
+    """conv+bias+ReLU forward and forward+backward, ours (Triton, CuPy arrays) vs PyTorch
+    eager (cuDNN) in NCHW and channels-last (the faster of the two is the baseline), in
+    TF32 (both sides allow it, cuDNN's default) and bf16 with float32 accumulation."""
+    import cupy
+    import triton.testing
+
+    from gpukernels.triton import conv
+
+    def bench(fn):
+        return triton.testing.do_bench(fn, warmup=25, rep=max(repeat, 20), return_mode="median") / 1e3
+
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True  # cuDNN picks its fastest algorithm per shape
+    results = []
+    for name, n, c, h, w, o, k, s, p in GPU_QUICK if quick else GPU_CASES:
+        for dtype in (torch.float32, torch.bfloat16):
+            label = f"{name} {'tf32' if dtype == torch.float32 else 'bf16'}"
+            gen = torch.Generator(device="cuda").manual_seed(0)
+            x = torch.randn(n, c, h, w, device="cuda", generator=gen).to(dtype)
+            wt = (torch.randn(o, c, k, k, device="cuda", generator=gen) / (c * k * k) ** 0.5).to(dtype)
+            b = torch.randn(o, device="cuda", generator=gen).to(dtype)
+            oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+            gy = torch.randn(n, o, oh, ow, device="cuda", generator=gen).to(dtype)
+            flops = 2.0 * n * oh * ow * o * c * k * k
+
+            def as_cupy(t):
+                return (cupy.from_dlpack(t.view(torch.int16)).view(cupy.uint16)
+                        if t.dtype == torch.bfloat16 else cupy.from_dlpack(t))
+
+            cx, cw, cb, cg = (as_cupy(t.contiguous()) for t in (x, wt, b, gy))
+            args = ((s, s), (p, p), (1, 1), 1, "relu", 0.01)
+
+            def ours_fwd():
+                return conv.conv2d_forward(cx, cw, cb, *args)
+
+            y_saved = ours_fwd()
+
+            def ours_fb():
+                y = conv.conv2d_forward(cx, cw, cb, *args)
+                return conv.conv2d_backward(cg, cx, cw, y, *args)
+
+            layouts = {"NCHW": torch.contiguous_format, "NHWC": torch.channels_last}
+            theirs_fwd, theirs_fb = {}, {}
+            for lname, fmt in layouts.items():
+                tx = x.contiguous(memory_format=fmt).requires_grad_(True)
+                tw = wt.contiguous(memory_format=fmt).requires_grad_(True)
+                tb = b.clone().requires_grad_(True)
+                tg = gy.contiguous(memory_format=fmt)
+
+                def t_fwd(tx=tx, tw=tw, tb=tb):
+                    with torch.no_grad():
+                        return torch.relu(torch.nn.functional.conv2d(tx, tw, tb, s, p))
+
+                def t_fb(tx=tx, tw=tw, tb=tb, tg=tg):
+                    tx.grad = tw.grad = tb.grad = None
+                    torch.relu(torch.nn.functional.conv2d(tx, tw, tb, s, p)).backward(tg)
+
+                if lname == "NCHW":  # correctness first
+                    ref = t_fwd().float()
+                    ours = torch.from_dlpack(y_saved.view(cupy.int16) if y_saved.dtype == cupy.uint16 else y_saved)
+                    ours = (ours.view(torch.bfloat16) if dtype == torch.bfloat16 else ours).float()
+                    tol = 2e-2 if dtype == torch.bfloat16 else 5e-3
+                    check_close(f"conv2d {label} forward", ours.cpu().numpy(), ref.cpu().numpy(),
+                                tol * float(ref.abs().max()), tol)
+                theirs_fwd[lname], theirs_fb[lname] = bench(t_fwd), bench(t_fb)
+            best_f = min(theirs_fwd, key=theirs_fwd.get)
+            best_b = min(theirs_fb, key=theirs_fb.get)
+            results.append(Result("conv+bias+relu", label, bench(ours_fwd), theirs_fwd[best_f], flops=flops,
+                                  extra={"baseline": f"cuDNN {best_f}", **{f"cudnn_{k}_s": v for k, v in theirs_fwd.items()}}))
+            results.append(Result("conv fwd+bwd", label, bench(ours_fb), theirs_fb[best_b], flops=3 * flops,
+                                  extra={"baseline": f"cuDNN {best_b}", **{f"cudnn_{k}_s": v for k, v in theirs_fb.items()}}))
     return results

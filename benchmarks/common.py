@@ -52,8 +52,28 @@ class Ceilings:
     device: str
 
 
-def measure_ceilings(quick: bool = False) -> Ceilings:
-    """Copy bandwidth (a 256 MB float32 copy) and float32 GEMM GFLOP/s (2048^3) with NumPy."""
+def measure_gpu_ceilings(quick: bool = False) -> Ceilings:
+    """Device copy bandwidth (a 1 GiB copy, read + write) and bf16 GEMM GFLOP/s (8192^3,
+    float32 accumulation) with PyTorch on the current GPU."""
+    import torch  # noqa: PLC0415
+    import triton.testing  # noqa: PLC0415
+
+    n = (64 if quick else 256) * 1024 * 1024
+    src = torch.ones(n, device="cuda", dtype=torch.float32)
+    dst = torch.empty_like(src)
+    t = triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median") / 1e3
+    copy = 2 * src.numel() * 4 / t / 1e9
+    m = 4096 if quick else 8192
+    a = torch.randn(m, m, device="cuda", dtype=torch.bfloat16)
+    t = triton.testing.do_bench(lambda: a @ a, return_mode="median") / 1e3
+    return Ceilings(copy, 2 * m**3 / t / 1e9, f"{torch.cuda.get_device_name()} (cuda backend)")
+
+
+def measure_ceilings(quick: bool = False, gpu: bool = False) -> Ceilings:
+    """Copy bandwidth (a 256 MB float32 copy) and float32 GEMM GFLOP/s (2048^3) with NumPy;
+    the GPU's (bf16 GEMM) with ``gpu``."""
+    if gpu:
+        return measure_gpu_ceilings(quick)
     n = (16 if quick else 64) * 1024 * 1024
     src = np.ones(n, np.float32)
     dst = np.empty_like(src)
@@ -71,7 +91,7 @@ def format_table(results: list[Result], ceilings: Ceilings) -> str:
     head = f"{'entry':<16} {'case':<44} {'ours ms':>9} {'torch ms':>9} {'ratio':>6} {'rate':>24}"
     lines = [
         f"device: {ceilings.device}; ceilings: copy {ceilings.copy_gbps:.1f} GB/s, "
-        f"float32 GEMM {ceilings.gemm_gflops:.0f} GFLOP/s",
+        f"GEMM {ceilings.gemm_gflops:.0f} GFLOP/s (float32 on a CPU, bf16 on a GPU)",
         "ratio = torch time / our time (> 1: ours faster)",
         head,
         "-" * len(head),

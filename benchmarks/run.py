@@ -15,6 +15,8 @@ import time
 
 import torch
 
+import gpukernels as gk
+
 from . import bench_conv, bench_cross_entropy, bench_train
 from .common import format_table, measure_ceilings
 
@@ -27,6 +29,8 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default=",".join(ENTRIES),
                         help=f"comma-separated entries among {', '.join(ENTRIES)}")
     parser.add_argument("--repeat", type=int, default=None, help="timed repeats per measurement")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="cuda: our Triton kernels vs cuDNN; cpu: the NumPy backend vs torch CPU")
     parser.add_argument("--threads", type=int, default=None,
                         help="PyTorch CPU threads (default: all cores, as our NumPy BLAS uses)")
     args = parser.parse_args(argv)
@@ -38,9 +42,14 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     repeat = args.repeat or (3 if args.quick else 10)
     start = time.perf_counter()
-    ceilings = measure_ceilings(args.quick)
+    on_gpu = args.device == "cuda" or (args.device == "auto" and gk.cuda_available())
+    gk.set_backend("cuda" if on_gpu else "numpy")
+    ceilings = measure_ceilings(args.quick, gpu=on_gpu)
     results = []
     for name in names:
+        if on_gpu and not hasattr(ENTRIES[name], "run_gpu"):
+            print(f"skipping {name}: no GPU entry yet (its Triton kernels are not written)", file=sys.stderr)
+            continue
         print(f"running {name} ...", file=sys.stderr, flush=True)
         results += ENTRIES[name].run(quick=args.quick, repeat=repeat)
     print(format_table(results, ceilings))

@@ -9,7 +9,7 @@ pytest.importorskip("torch")
 def test_quick_benchmark_run_checks_and_prints_every_entry(capsys):
     from benchmarks import run
 
-    assert run.main(["--quick", "--repeat", "1"]) == 0
+    assert run.main(["--quick", "--repeat", "1", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     for entry in ("conv2d fwd+bwd", "cross_entropy", "train step"):
         assert entry in out
