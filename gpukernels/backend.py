@@ -44,10 +44,22 @@ import numpy as np
 
 BACKENDS = ("numpy", "cuda", "interpret")
 
-#: Op families with Triton kernels (``gpukernels.triton.<family>``). Under ``cuda`` and
-#: ``interpret`` they run those kernels; the families not listed yet run the xp-generic
-#: reference on the backend's own arrays (CuPy / NumPy). ``last_dispatch`` records which.
-TRITON_FAMILIES = frozenset({"conv"})
+
+
+def _triton_families() -> frozenset:
+    """The op families with a module in gpukernels/triton/ (found without importing it)."""
+    import pkgutil  # noqa: PLC0415
+
+    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "triton")
+    return frozenset(m.name for m in pkgutil.iter_modules([folder])
+                     if not m.name.startswith("_") and m.name != "aot")
+
+
+#: Op families with Triton kernels: a module ``gpukernels/triton/<family>.py`` with the
+#: functions of ``gpukernels/reference/<family>.py``. Under ``cuda`` and ``interpret``
+#: they run those kernels; the families without one yet run the xp-generic reference on
+#: the backend's own arrays (CuPy / NumPy). ``last_dispatch`` records which ran.
+TRITON_FAMILIES = _triton_families()
 
 _state = {"name": None}
 

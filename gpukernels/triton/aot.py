@@ -26,7 +26,13 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
-FAMILIES = ("conv",)
+def _families():
+    from ..backend import TRITON_FAMILIES  # noqa: PLC0415
+
+    return tuple(sorted(TRITON_FAMILIES))
+
+
+FAMILIES = _families()  # every module of gpukernels/triton/ (each has aot_specs())
 
 
 @dataclass

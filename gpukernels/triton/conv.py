@@ -52,6 +52,8 @@ import triton.language as tl
 
 from .. import backend
 from ..backend import get_array_module, kernel_arg
+from ..reference.conv import conv2d_output_size  # noqa: F401 - the family's shared formula, re-exported
+from ._common import Tuned, arg, check_float, from_float32, needs_int64, strides, to_float32
 
 _ACTIVATIONS = {None: 0, "relu": 1, "leaky_relu": 2}
 
@@ -349,40 +351,22 @@ TARGET_PROGRAMS = 264  # 2 waves of an H100's 132 SMs
 MIN_PIXELS_PER_SPLIT = 256
 
 
-_RAW = {"fwd": _conv2d_fwd_kernel, "dgrad": _conv2d_dgrad_kernel, "wgrad": _conv2d_wgrad_kernel}
 _SHAPE_KEY = ["N", "C", "H", "W", "O", "OH", "OW"]
-_KEYS = {"fwd": _SHAPE_KEY, "dgrad": _SHAPE_KEY + ["H_PH", "W_PH"], "wgrad": _SHAPE_KEY + ["p_per_split"]}
-_TUNED = {}
-
-#: kind -> (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) to run instead of autotuning
-#: (the `gpu` tests run every config this way: a miscompiled config cannot hide).
-FORCE_CONFIG: dict = {}
-
-
-def _config_kwargs(cfg):
-    bm, bn, bk, warps, stages = cfg
-    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages}
-
-
-def _launch(kind, grid, *args, **consts):
-    """Run kernel ``kind`` over ``grid``: one fixed config under the interpreter (its
-    programs run one after another in Python) or when FORCE_CONFIG names one, else
-    ``triton.autotune`` over GPU_CONFIGS[kind] (timed once per shape key)."""
-    if backend.interpreting() or kind in FORCE_CONFIG:
-        cfg = FORCE_CONFIG.get(kind, INTERPRET_CONFIG)
-        return _RAW[kind][grid](*args, **consts, **_config_kwargs(cfg))
-    if kind not in _TUNED:
-        configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=st)
-                   for bm, bn, bk, w, st in GPU_CONFIGS[kind]]
-        _TUNED[kind] = triton.autotune(configs, key=_KEYS[kind])(_RAW[kind])
-    return _TUNED[kind][grid](*args, **consts)
+_BLOCKS = ("BLOCK_M", "BLOCK_N", "BLOCK_K")
+#: The three kernels with their configs; ``KERNELS[kind].force = cfg`` pins one (tests).
+KERNELS = {
+    "fwd": Tuned(_conv2d_fwd_kernel, _BLOCKS, GPU_CONFIGS["fwd"], _SHAPE_KEY, INTERPRET_CONFIG),
+    "dgrad": Tuned(_conv2d_dgrad_kernel, _BLOCKS, GPU_CONFIGS["dgrad"], _SHAPE_KEY + ["H_PH", "W_PH"],
+                   INTERPRET_CONFIG),
+    "wgrad": Tuned(_conv2d_wgrad_kernel, _BLOCKS, GPU_CONFIGS["wgrad"], _SHAPE_KEY + ["p_per_split"],
+                   INTERPRET_CONFIG),
+}
 
 
 def _block_k():
     """BLOCK_K of the config the next grad-weight launch will use (split-K rounds to it)."""
-    if backend.interpreting() or "wgrad" in FORCE_CONFIG:
-        return FORCE_CONFIG.get("wgrad", INTERPRET_CONFIG)[2]
-    return max(c[2] for c in GPU_CONFIGS["wgrad"])
+    cfg = KERNELS["wgrad"].fixed_config()
+    return cfg[2] if cfg is not None else max(c[2] for c in GPU_CONFIGS["wgrad"])
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -396,13 +380,7 @@ def _check(x, weight, bias, groups):
     xp = get_array_module(x, weight)
     if x.ndim != 4 or weight.ndim != 4:
         raise ValueError(f"conv2d: expected 4-d input and weight, got {x.shape} and {weight.shape}")
-    if x.dtype != weight.dtype or (bias is not None and bias.dtype != x.dtype):
-        raise TypeError(f"conv2d: input {x.dtype}, weight {weight.dtype}"
-                        + (f", bias {bias.dtype}" if bias is not None else "") + " must match")
-    if x.dtype not in (np.float32, np.float16, np.uint16):
-        raise TypeError(f"conv2d (Triton): float32, float16 or bfloat16 (as uint16) arrays, got {x.dtype}")
-    if backend.device_of(x) != backend.device_of(weight):
-        raise RuntimeError(f"conv2d: input on {backend.device_of(x)}, weight on {backend.device_of(weight)}")
+    check_float("conv2d", x, weight, bias)
     if x.shape[1] != weight.shape[1] * groups:
         raise ValueError(f"conv2d: weight {weight.shape} with groups={groups} does not fit input {x.shape}")
     return xp
@@ -412,43 +390,14 @@ def _precision(dtype):
     return "tf32" if dtype == np.float32 and backend.get_allow_tf32() else "ieee"
 
 
-# bfloat16: neither NumPy nor CuPy has the dtype, so bf16 arrays travel as uint16 bit
-# patterns (what torch's .view(torch.int16) or ml_dtypes hold); the kernels see bf16.
-def _arg(a):
-    return kernel_arg(a, "bfloat16" if a.dtype == np.uint16 else None)
-
-
-def _from_float32(xp, a32, dtype):
-    """float32 values stored as ``dtype`` (bf16 bit patterns: round to nearest even)."""
-    if dtype != np.uint16:
-        return a32.astype(dtype)
-    bits = xp.ascontiguousarray(a32, dtype=np.float32).view(np.uint32)
-    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-
-
-def _to_float32(xp, a):
-    if a.dtype != np.uint16:
-        return a.astype(np.float32)
-    return (xp.ascontiguousarray(a).astype(np.uint32) << 16).view(np.float32)
-
-
-def _needs_int64(*arrays):
-    return any(a is not None and a.size >= 2**31 for a in arrays)
-
-
-def _out_size(size, k, s, p, d):
-    return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
 def _geometry(x, weight, stride, padding, dilation):
     (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
     n, c, h, w = x.shape
     o, _, kh, kw = weight.shape
-    return n, c, h, w, o, kh, kw, sh, sw, ph, pw, dh, dw, _out_size(h, kh, sh, ph, dh), _out_size(w, kw, sw, pw, dw)
-
-
-def _strides(a):
-    return tuple(s // a.itemsize for s in a.strides)
+    oh, ow = conv2d_output_size(h, w, (kh, kw), (sh, sw), (ph, pw), (dh, dw))
+    return n, c, h, w, o, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow
 
 
 def _forward_one(x, weight, bias, y, stride, padding, dilation, activation, slope):
@@ -463,12 +412,12 @@ def _forward_one(x, weight, bias, y, stride, padding, dilation, activation, slop
     def grid(meta):
         return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(o, meta["BLOCK_N"]),)
 
-    _launch(
-        "fwd", grid, _arg(x), _arg(wk), _arg(bias if bias is not None else wk), _arg(y),
-        n, c, h, w, o, oh, ow, *_strides(x), *_strides(y), ph, pw, float(slope),
+    KERNELS["fwd"][grid](
+        arg(x), arg(wk), arg(bias if bias is not None else wk), arg(y),
+        n, c, h, w, o, oh, ow, *strides(x), *strides(y), ph, pw, float(slope),
         KH=kh, KW=kw, STRIDE_H=sh, STRIDE_W=sw, DIL_H=dh, DIL_W=dw,
         HAS_BIAS=bias is not None, ACTIVATION=_ACTIVATIONS[activation], PACKED=packed,
-        INT64=_needs_int64(x, y), PRECISION=_precision(x.dtype), GROUP_M=GROUP_M,
+        INT64=needs_int64(x, y), PRECISION=_precision(x.dtype), GROUP_M=GROUP_M,
     )
 
 
@@ -493,8 +442,8 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activatio
     if y.size == 0:
         return y
     if x.size == 0:  # no input channels: only the bias remains
-        y32 = xp.zeros(y.shape, np.float32) + (0 if bias is None else _to_float32(xp, bias).reshape(1, o, 1, 1))
-        y[...] = _from_float32(xp, _activate_host(xp, y32, activation, negative_slope), x.dtype)
+        y32 = xp.zeros(y.shape, np.float32) + (0 if bias is None else to_float32(xp, bias).reshape(1, o, 1, 1))
+        y[...] = from_float32(xp, _activate_host(xp, y32, activation, negative_slope), x.dtype)
         return y
     cg, og = c // groups, o // groups
     for g in range(groups):
@@ -529,10 +478,10 @@ def _dgrad_one(grad_y, y, weight, grad_x, stride, padding, dilation, activation,
     n, c, h, w, o, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = _geometry(grad_x, weight, stride, padding, dilation)
     # (KH, KW, O, C): B matrix of the transposed problem, contiguous along C
     wt = xp.ascontiguousarray(weight.transpose(2, 3, 0, 1))
-    if y is not None and _strides(y) != _strides(grad_y):
+    if y is not None and strides(y) != strides(grad_y):
         y = xp.ascontiguousarray(y)
         grad_y = xp.ascontiguousarray(grad_y)
-    int64 = _needs_int64(grad_y, grad_x)
+    int64 = needs_int64(grad_y, grad_x)
     for ih_first, h_ph, kh0, n_kh, step_h in _phases(h, kh, sh, ph, dh):
         for iw_first, w_ph, kw0, n_kw, step_w in _phases(w, kw, sw, pw, dw):
             m = n * h_ph * w_ph
@@ -542,9 +491,9 @@ def _dgrad_one(grad_y, y, weight, grad_x, stride, padding, dilation, activation,
             def grid(meta, m=m):
                 return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(c, meta["BLOCK_N"]),)
 
-            _launch(
-                "dgrad", grid, _arg(grad_y), _arg(y if y is not None else grad_y), _arg(wt), _arg(grad_x),
-                n, c, h, w, o, oh, ow, *_strides(grad_y), *_strides(grad_x), ph, pw, float(slope),
+            KERNELS["dgrad"][grid](
+                arg(grad_y), arg(y if y is not None else grad_y), arg(wt), arg(grad_x),
+                n, c, h, w, o, oh, ow, *strides(grad_y), *strides(grad_x), ph, pw, float(slope),
                 ih_first, iw_first, h_ph, w_ph, kh0, n_kh, kw0, n_kw,
                 KH=kh, KW=kw, STRIDE_H=sh, STRIDE_W=sw, DIL_H=dh, DIL_W=dw,
                 TAP_STEP_H=step_h, TAP_STEP_W=step_w, ACTIVATION=_ACTIVATIONS[activation],
@@ -568,7 +517,7 @@ def _wgrad_one(grad_y, y, x, weight, need_bias, stride, padding, dilation, activ
     """Returns float32 (grad_weight (O, C, KH, KW), grad_bias (O,) or None)."""
     xp = get_array_module(grad_y)
     n, c, h, w, o, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = _geometry(x, weight, stride, padding, dilation)
-    if y is not None and _strides(y) != _strides(grad_y):
+    if y is not None and strides(y) != strides(grad_y):
         y = xp.ascontiguousarray(y)
         grad_y = xp.ascontiguousarray(grad_y)
     kc, p = c * kh * kw, n * oh * ow
@@ -584,13 +533,13 @@ def _wgrad_one(grad_y, y, x, weight, need_bias, stride, padding, dilation, activ
         cols = triton.cdiv(kc, meta["BLOCK_N"]) if packed else kh * kw * triton.cdiv(c, meta["BLOCK_N"])
         return (triton.cdiv(o, meta["BLOCK_M"]) * cols, splits)
 
-    _launch(
-        "wgrad", grid, _arg(grad_y), _arg(y if y is not None else grad_y), _arg(x),
+    KERNELS["wgrad"][grid](
+        arg(grad_y), arg(y if y is not None else grad_y), arg(x),
         kernel_arg(dw_part), kernel_arg(db_part),
-        n, c, h, w, o, oh, ow, *_strides(grad_y), *_strides(x), ph, pw, float(slope), per_split,
+        n, c, h, w, o, oh, ow, *strides(grad_y), *strides(x), ph, pw, float(slope), per_split,
         KH=kh, KW=kw, STRIDE_H=sh, STRIDE_W=sw, DIL_H=dh, DIL_W=dw,
         ACTIVATION=_ACTIVATIONS[activation], NEED_BIAS=need_bias, PACKED=packed,
-        INT64=_needs_int64(grad_y, x), PRECISION=_precision(x.dtype), GROUP_M=GROUP_M,
+        INT64=needs_int64(grad_y, x), PRECISION=_precision(x.dtype), GROUP_M=GROUP_M,
     )
     gw = dw_part.sum(axis=0) if splits > 1 else dw_part[0]
     gw = gw.reshape(o, kh, kw, c).transpose(0, 3, 1, 2)
@@ -633,9 +582,9 @@ def conv2d_backward(grad_y, x, weight, y, stride, padding, dilation, groups, act
             w32, b32 = _wgrad_one(gy_g, y_g, x[:, cs], weight[xs], needs[2], stride, padding,
                                   dilation, activation, negative_slope)
             if needs[1]:
-                gw[xs] = _from_float32(xp, w32, x.dtype)
+                gw[xs] = from_float32(xp, w32, x.dtype)
             if needs[2]:
-                gb[xs] = _from_float32(xp, b32, x.dtype)
+                gb[xs] = from_float32(xp, b32, x.dtype)
     return grad_x, gw, gb
 
 

@@ -86,7 +86,7 @@ def test_every_config_is_correct_in_full_float32(env, kind, monkeypatch):
     backend.set_allow_tf32(False)
     try:
         for cfg in conv.GPU_CONFIGS[kind]:
-            monkeypatch.setitem(conv.FORCE_CONFIG, kind, cfg)
+            monkeypatch.setattr(conv.KERNELS[kind], "force", cfg)
             for case in CASES:
                 _assert_close(*_run_both(env, case, torch.float32), 1e-4, f"{kind} {cfg} {case}")
     finally:

@@ -101,7 +101,7 @@ def test_grad_weight_split_k_sums_the_partials(tri, monkeypatch):
 
 def test_int64_offsets_give_the_same_result(tri, monkeypatch):
     # tensors of 2**31 elements do not fit a test; the INT64 code path runs on small ones
-    monkeypatch.setattr(tri, "_needs_int64", lambda *arrays: True)
+    monkeypatch.setattr(tri, "needs_int64", lambda *arrays: True)
     x, wt, b, geom = _problem(CASES[2], np.float32, seed=6)
     _check(tri, x, wt, b, geom, "relu", np.float32, name="int64")
 
@@ -152,7 +152,8 @@ def test_float64_is_a_clear_error_on_the_triton_path(tri):
 
 def test_small_tiles_cover_many_programs_and_tails(tri, monkeypatch):
     # 16x16x16 tiles: several row and column tiles, grouped ordering, K tails per tap
-    monkeypatch.setattr(tri, "INTERPRET_CONFIG", (16, 16, 16, 4, 1))
+    for kernel in tri.KERNELS.values():
+        monkeypatch.setattr(kernel, "force", (16, 16, 16, 4, 1))
     x, wt, b, geom = _problem((3, 17, 8, 8, 33, 3, 1, 1, 1), np.float32, seed=11)
     _check(tri, x, wt, b, geom, "relu", np.float32, name="16x16x16 tiles")
     x, wt, b, geom = _problem((2, 3, 7, 7, 20, 3, 2, 1, 1), np.float32, seed=12)  # packed K

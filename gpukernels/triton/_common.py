@@ -1,0 +1,112 @@
+"""What every Triton launcher shares: kernel arguments (bf16 as uint16), float32 <-> storage
+conversions, int64 decisions, and ``Tuned``: a kernel with its GPU configs, autotuned on
+a GPU, one fixed config under the interpreter, any one config forced by the tests.
+
+Config tuples: the kernel's block sizes in the order of ``Tuned.blocks``, then
+``num_warps`` and ``num_stages``, e.g. ``(128, 64, 32, 8, 3)`` for (BLOCK_M, BLOCK_N,
+BLOCK_K, warps, stages).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import triton
+
+from .. import backend
+from ..backend import kernel_arg
+
+#: Element types the Triton launchers take. bfloat16 exists in neither NumPy nor CuPy, so
+#: bf16 arrays travel as uint16 bit patterns (what torch's ``.view(torch.int16)`` or
+#: ml_dtypes hold); the kernels see bf16.
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.uint16))
+
+
+def arg(a):
+    """``a`` as a kernel argument: uint16 arrays are bf16 to the kernel."""
+    return kernel_arg(a, "bfloat16" if a.dtype == np.uint16 else None)
+
+
+def dtype_name(dtype) -> str:
+    return "bfloat16" if np.dtype(dtype) == np.uint16 else np.dtype(dtype).name
+
+
+def check_float(op: str, *arrays) -> None:
+    """float32 / float16 / bf16-as-uint16 only, all the same, all on one device."""
+    dtypes = {a.dtype for a in arrays if a is not None}
+    for a in arrays:
+        if a is not None and a.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{op} (Triton): float32, float16 or bfloat16 (as uint16) arrays, got {a.dtype}")
+    if len(dtypes) > 1:
+        raise TypeError(f"{op}: arrays must share one dtype, got {sorted(map(dtype_name, dtypes))}")
+    devices = {backend.device_of(a) for a in arrays if a is not None}
+    if len(devices) > 1:
+        raise RuntimeError(f"{op}: expected arrays on one device, got {sorted(devices)}")
+
+
+def from_float32(xp, a32, dtype):
+    """float32 values stored as ``dtype`` (bf16 bit patterns: round to nearest even)."""
+    if np.dtype(dtype) != np.uint16:
+        return a32.astype(dtype)
+    bits = xp.ascontiguousarray(a32, dtype=np.float32).view(np.uint32)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def to_float32(xp, a):
+    """The float32 values of ``a`` (bf16 bit patterns widened exactly)."""
+    if a.dtype != np.uint16:
+        return a.astype(np.float32)
+    return (xp.ascontiguousarray(a).astype(np.uint32) << 16).view(np.float32)
+
+
+def strides(a) -> tuple:
+    """Strides in elements (Triton's convention), not bytes (NumPy's)."""
+    return tuple(s // a.itemsize for s in a.strides)
+
+
+def needs_int64(*arrays) -> bool:
+    """Offsets overflow int32 once a tensor reaches 2**31 elements: compile with int64."""
+    return any(a is not None and a.size >= 2**31 for a in arrays)
+
+
+class Tuned:
+    """A ``@triton.jit`` kernel with its tile configs.
+
+    Args:
+        kernel: the jit function; its block-size parameters are named in ``blocks``.
+        blocks: names of the constexpr block sizes, in config order.
+        configs: GPU configs ``(*block sizes, num_warps, num_stages)``; autotuned over
+            ``key`` (argument names) the first time each key value is seen.
+        interpret: the one config used under Triton's interpreter, whose programs run
+            one after another in Python: big tiles, few programs.
+
+    ``force`` (a config) replaces autotuning: the ``gpu`` tests run every config this way,
+    so a config that miscompiles cannot hide behind the autotuner's choice.
+    """
+
+    def __init__(self, kernel, blocks, configs, key, interpret):
+        self.kernel, self.blocks, self.configs = kernel, tuple(blocks), list(configs)
+        self.key, self.interpret, self.force = list(key), tuple(interpret), None
+        self._tuned = None
+
+    def meta(self, cfg) -> dict:
+        *sizes, warps, stages = cfg
+        return {**dict(zip(self.blocks, sizes)), "num_warps": warps, "num_stages": stages}
+
+    def fixed_config(self):
+        """The config a launch uses without autotuning (interpreter or forced), else None."""
+        if self.force is not None:
+            return self.force
+        return self.interpret if backend.interpreting() else None
+
+    def __getitem__(self, grid):
+        def launch(*args, **consts):
+            cfg = self.fixed_config()
+            if cfg is not None:
+                return self.kernel[grid](*args, **consts, **self.meta(cfg))
+            if self._tuned is None:
+                configs = [triton.Config(dict(zip(self.blocks, c[:-2])), num_warps=c[-2], num_stages=c[-1])
+                           for c in self.configs]
+                self._tuned = triton.autotune(configs, key=self.key)(self.kernel)
+            return self._tuned[grid](*args, **consts)
+
+        return launch
