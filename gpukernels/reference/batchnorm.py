@@ -4,33 +4,207 @@ Training: the batch mean and biased variance normalise x; the running statistics
 by ``momentum`` towards the batch mean and the UNBIASED variance (PyTorch's rule).
 Eval: the running statistics normalise x.
 
-Both directions are a per-channel affine map of whole arrays, so each costs a few
-passes and no saved normalised copy:
+Formulas (per channel; x viewed as (N, C, L), L = H*W, n = N*L values per channel)
+---------------------------------------------------------------------------------
+Both directions are a per-channel affine map of whole arrays, so nothing but x, mean
+and inv_std is saved:
   forward   y = a x + c,  a = gamma * inv_std,  c = beta - a * mean
-  backward  dbeta = sum(g),  dgamma = inv_std * (sum(g x) - mean * dbeta)
-            dx = a g + k x + k0   (training: k = -a inv_std dgamma / M,
-                                   k0 = -a dbeta / M - k mean;  eval: k = k0 = 0)
-with M = N*H*W values per channel. Forward traffic: 2 reads of x (mean, variance of the
-centred values) + the in-place map; backward: 2 reads of g and x (two dot products) +
-one write of dx.
+  backward  dbeta = sum(g),  dgamma = inv_std * sum(g (x - mean))
+            training: dx = a (g + k x + k0),  k = -inv_std dgamma / n,
+                                              k0 = -dbeta / n - k mean
+            eval:     dx = a g
+The statistics and coefficients are formed in float64 from float64 partial sums and
+rounded once to x's dtype; the affine form ``a x + c`` (PyTorch's CPU kernel uses it
+too) errs by a few ulps of ``a |x|``, the order of the mean's own rounding.
+
+Statistics: sums of x and x^2 in one read, shifted when that would cancel
+----------------------------------------------------------------------------
+Row sums over L run in x's dtype (on NumPy a BLAS dot per row, with ones for the sum:
+SIMD accumulators over at most a few hundred values) and the row results are added in
+float64, so float32 sums keep ~1e-8 relative error. The variance
+``sum(x^2)/n - mean^2`` then loses a factor ``1 + mean^2/var`` to cancellation
+(measured in float32: 2e-7 relative at |mean| = 3 std, 2e-5 at 30 std). So when
+|mean| > SHIFT_RATIO * std for some channel, the sums are redone on ``t = x - shift``
+(the mean rounded to x's dtype, written into y: the "shifted sums", mean = shift +
+sum(t)/n, var = sum(t^2)/n - (sum(t)/n)^2, ~1e-8 again) and y is formed from t in
+place. The backward's ``sum(g x) - mean sum(g)`` (error ~eps |mean| / std relative)
+likewise goes through ``t = x - mean``, written into dx's buffer, past that ratio.
+
+Memory traffic (S = bytes of x)
+-------------------------------
+NumPy has no fused multiply-add, so each affine map is two passes:
+  training forward  sum(x), sum(x^2) | y = a x, y += c            4 passes
+  eval forward      y = a x, y += c                                2 passes
+  training backward sum(g), sum(g x) | d = k x, d += g, d += k0, d *= a   6 passes
+  eval backward     [sum(g), sum(g x)] | dx = a g                  1-3 passes
+Large arrays are worked in pieces of ~1-2 MiB (below), so a piece's second and later
+passes find it in L2: memory sees 3 S / 2 S / 5 S / 2 S, what a fused kernel needs,
+and the extra passes cost L2 time (~80 GB/s per core). This machine moves ~30 GB/s
+(read + write counted) per core between L3 and a core and ~58 GB/s with both cores,
+so (128, 16, 32, 32) float32 (S = 8.4 MB) needs at least ~0.43 / 0.29 / 0.72 ms on two
+cores (0.85 / 0.57 / 1.42 on one).
+
+Threads, pieces and CuPy
+------------------------
+``_run`` cuts the batch into pieces and, when a call moves at least
+MIN_PARALLEL_BYTES, works them on two threads (conv's pool, lock and thread count:
+NumPy releases the GIL in ufuncs and in vecdot). Measured costs that shaped it: a
+hand-off to the pool thread and back is two futex wake-ups, ~100 us in all on this VM,
+so small calls stay on the calling thread; every piece costs a few Python-level GIL
+transitions, so pieces are few (PIECES_PER_THREAD per thread); einsum's reductions
+barely run in parallel with another thread, vecdot with a ones vector does; and a
+gufunc such as vecdot only releases the GIL past 500 outer iterations (``_split_rows``).
+Per-channel coefficients are broadcast as contiguous (C, L) rows: a
+``(b, C, L) op (C, L)`` ufunc runs ~1.5x faster than one against a (C, 1) column.
+CuPy runs the same code as one piece on the calling thread (einsum for the row dots).
 """
 
 from __future__ import annotations
 
+import threading
+
+import numpy as np
+
 from ..backend import get_array_module
+from .conv import NUM_THREADS, _executor, _parallel_lock, _split
+
+#: Array bytes times NumPy operations over them (``sweeps``) from which a call is split
+#: across NUM_THREADS threads. Handing work to the pool's thread and waiting for it costs
+#: ~100 us on this VM (two futex wake-ups), about one operation over a 3 MiB array on
+#: one core; measured, a second core starts to pay at ~8 MiB of operations (one ReLU
+#: over 8 MiB, the two of an affine map over 4 MiB, the four of dx over 2 MiB).
+MIN_PARALLEL_BYTES = 8 << 20
+#: Pieces per thread (see ``_run``), each of at least PIECE_BYTES where the array allows.
+PIECES_PER_THREAD = 2
+PIECE_BYTES = 1 << 20
+#: |mean| / std above which the one-read sums would cancel: shifted sums instead.
+SHIFT_RATIO = 4.0
 
 
 def _view(x):
-    """x as (N, C, M) with M the flattened spatial size (1 for (N, C) inputs)."""
+    """x as (N, C, L) with L the flattened spatial size (1 for (N, C) inputs)."""
     return x.reshape(x.shape[0], x.shape[1], -1)
 
 
-def _channel_sum(x3, xp):
-    return xp.einsum("ncm->c", x3)
+def _run(x3, work, sweeps):
+    """``work(n0, n1)`` over the images ``[0, N)``; returns the results in range order.
+    ``sweeps``: how many NumPy operations ``work`` runs over its range.
+
+    Calls on NumPy arrays with at least MIN_PARALLEL_BYTES of operations are cut into
+    up to NUM_THREADS * PIECES_PER_THREAD ranges of at least PIECE_BYTES, worked on two
+    threads: the calling thread takes pieces from the front, conv's pool threads from
+    the back, until they meet. So with two threads each works one contiguous part of the
+    batch, the same part in every call (conv splits the batch the same way), while a
+    worker descheduled on a shared machine only delays the piece it holds. Other calls
+    (smaller, on CuPy, or while another op holds conv's lock) run on the calling thread,
+    in pieces of ~PIECE_BYTES when ``work`` runs several operations (the later ones then
+    find their piece in L2: 5-15% faster for 2-4 MiB arrays)."""
+    n = x3.shape[0]
+    size = max(1, min(n, x3.nbytes // PIECE_BYTES))  # pieces of at least PIECE_BYTES
+    threads = max(1, NUM_THREADS)
+    if (isinstance(x3, np.ndarray) and threads > 1 and size > 1
+            and x3.nbytes * sweeps >= MIN_PARALLEL_BYTES and _parallel_lock.acquire(blocking=False)):
+        pieces = _split(n, min(size, threads * PIECES_PER_THREAD))
+    else:  # pieces only help where a later operation finds its piece in L2
+        pieces = _split(n, size) if isinstance(x3, np.ndarray) and sweeps > 1 else [(0, n)]
+        return [work(a, b) for a, b in pieces]
+    results = [None] * len(pieces)
+    ends = [0, len(pieces)]  # next piece from the front, one past the next from the back
+    lock = threading.Lock()
+
+    def drain(front):
+        while True:
+            with lock:
+                if ends[0] >= ends[1]:
+                    return
+                if front:
+                    i = ends[0]
+                    ends[0] += 1
+                else:
+                    ends[1] -= 1
+                    i = ends[1]
+            results[i] = work(*pieces[i])
+
+    try:
+        futures = [_executor().submit(drain, False) for _ in range(threads - 1)]
+        try:
+            drain(True)
+        finally:
+            for f in futures:  # one not started yet has nothing left to take
+                if not f.cancel():
+                    f.result()
+    finally:
+        _parallel_lock.release()
+    return results
 
 
-def _channel_dot(a3, b3, xp):
-    return xp.einsum("ncm,ncm->c", a3, b3)
+def _rows(v, x3, xp):
+    """Per-channel values ``v`` (C,) as a contiguous (C, L) array of x's dtype."""
+    c, l = x3.shape[1:]
+    return xp.ascontiguousarray(xp.broadcast_to(v.astype(x3.dtype)[:, None], (c, l)))
+
+
+def _split_rows(a3):
+    """a3 (b, C, L) as (b, C, k, L/k), k a power of two making at least 512 rows of at
+    least 64 values where L allows. NumPy releases the GIL in a gufunc such as vecdot
+    only when its outer loop runs more than 500 times, and a 1 MiB piece of a 16-channel
+    32x32 array is only 256 rows of 1024: without the split the other thread waits."""
+    b, c, l = a3.shape
+    k = 1
+    while b * c * k < 512 and l % (2 * k) == 0 and l // (2 * k) >= 64:
+        k *= 2
+    return a3.reshape(b, c, k, l // k)
+
+
+def _sums(a3, xp):
+    """float64 (C,) sums of a3 (b, C, L): rows summed in a3's dtype (on NumPy a BLAS dot
+    with ones per row: ~2x faster than a pairwise ``sum`` over short rows, and unlike
+    einsum's reduction it runs in parallel with other threads), rows added in float64."""
+    if xp is np and a3.shape[2] >= 16:
+        a4 = _split_rows(a3)
+        return np.vecdot(a4, np.ones(a4.shape[3], dtype=a4.dtype)).sum((0, 2), dtype=np.float64)
+    return a3.sum(axis=2).sum(0, dtype=xp.float64)
+
+
+def _dots(a3, b3, xp):
+    """float64 (C,) sums of a3 * b3, likewise (a BLAS dot per row on NumPy; einsum for
+    short rows, where a call per few-element row would dominate)."""
+    if xp is np and a3.shape[2] >= 16:
+        return np.vecdot(_split_rows(a3), _split_rows(b3)).sum((0, 2), dtype=np.float64)
+    return xp.einsum("ncl,ncl->nc", a3, b3).sum(0, dtype=xp.float64)
+
+
+def _reduce(a3, b3, shift, out, xp):
+    """float64 per-channel (sum(a), sum(a * b)) over the batch, where ``a3`` is summed
+    as is and ``b3`` is first shifted: ``b3 - shift`` is written to ``out`` and used
+    (``shift`` None: ``b3`` itself). ``a3`` None stands for the shifted ``b3``."""
+    shift_rows = None if shift is None else _rows(shift, b3, xp)
+
+    def work(n0, n1):
+        b = b3[n0:n1]
+        if shift is not None:
+            b = xp.subtract(b, shift_rows, out=out[n0:n1])
+        a = b if a3 is None else a3[n0:n1]
+        return _sums(a, xp), _dots(a, b, xp)
+
+    parts = _run(b3, work, 2 if shift is None else 3)
+    return sum(p[0] for p in parts), sum(p[1] for p in parts)
+
+
+def _affine(src3, a, c, out3, xp):
+    """out = a * src + c per channel (``out3`` may be ``src3``)."""
+    a_rows, c_rows = _rows(a, src3, xp), _rows(c, src3, xp)
+
+    def work(n0, n1):
+        xp.multiply(src3[n0:n1], a_rows, out=out3[n0:n1])
+        xp.add(out3[n0:n1], c_rows, out=out3[n0:n1])
+
+    _run(src3, work, 2)
+    return out3
+
+
+def _f64(v, xp):
+    return None if v is None else v.astype(xp.float64)
 
 
 def batch_norm_forward(x, running_mean, running_var, weight, bias, training, momentum, eps):
@@ -39,46 +213,81 @@ def batch_norm_forward(x, running_mean, running_var, weight, bias, training, mom
     xp = get_array_module(x)
     x3 = _view(x)
     dt = x.dtype
+    y3 = xp.empty(x3.shape, dtype=dt)
+    src, shift = x3, None
     if training:
         count = x3.shape[0] * x3.shape[2]
-        mean = _channel_sum(x3, xp) / dt.type(count)
-        y3 = x3 - mean[None, :, None]  # centred: the variance in a second, stable pass
-        var = _channel_dot(y3, y3, xp) / dt.type(count)
+        s1, s2 = _reduce(None, x3, None, None, xp)
+        mean = s1 / count
+        var = s2 / count - mean * mean
+        if bool((mean * mean > SHIFT_RATIO**2 * var).any()):
+            # Cancellation (see the module docstring): shifted sums of t = x - mean into y.
+            shift = mean.astype(dt)
+            s1, s2 = _reduce(None, x3, shift, y3, xp)
+            d = s1 / count
+            mean = shift.astype(xp.float64) + d
+            var = s2 / count - d * d
+            src = y3
+        var = xp.maximum(var, 0)
         if running_mean is not None:
             running_mean *= 1 - momentum
-            running_mean += momentum * mean.astype(running_mean.dtype)
+            running_mean += (momentum * mean).astype(running_mean.dtype)
             running_var *= 1 - momentum
-            running_var += momentum * (var * (count / max(count - 1, 1))).astype(running_var.dtype)
-        inv_std = (1.0 / xp.sqrt(var + eps)).astype(dt)
-        a = inv_std if weight is None else inv_std * weight
-        y3 *= a[None, :, None]
-        if bias is not None:
-            y3 += bias[None, :, None]
+            running_var += (momentum * var * (count / max(count - 1, 1))).astype(running_var.dtype)
     else:
-        mean = running_mean.astype(dt)
-        inv_std = (1.0 / xp.sqrt(running_var.astype(dt) + eps)).astype(dt)
-        a = inv_std if weight is None else inv_std * weight
-        c = -a * mean if bias is None else bias - a * mean
-        y3 = x3 * a[None, :, None]
-        y3 += c[None, :, None]
-    return y3.reshape(x.shape), mean, inv_std
+        mean, var = _f64(running_mean, xp), _f64(running_var, xp)
+    inv_std = 1.0 / xp.sqrt(var + eps)
+    a = inv_std if weight is None else inv_std * _f64(weight, xp)
+    # y = a (x - mean) + beta; from the shifted t = x - shift (already in y) when present.
+    c = -a * (mean if shift is None else mean - shift.astype(xp.float64))
+    if bias is not None:
+        c = c + _f64(bias, xp)
+    _affine(src, a, c, y3, xp)
+    return y3.reshape(x.shape), mean.astype(dt), inv_std.astype(dt)
 
 
 def batch_norm_backward(grad_y, x, mean, inv_std, weight, training, needs=(True, True, True)):
     """Returns (dx, dgamma, dbeta); entries are None where ``needs`` says so."""
     xp = get_array_module(grad_y)
     g3, x3 = _view(grad_y), _view(x)
-    dbeta = _channel_sum(g3, xp)
-    dgamma = inv_std * (_channel_dot(g3, x3, xp) - mean * dbeta)
-    dx = None
+    dt = grad_y.dtype
+    mean64, inv64 = _f64(mean, xp), _f64(inv_std, xp)
+    a = inv64 if weight is None else inv64 * _f64(weight, xp)
+    dx3 = xp.empty(g3.shape, dtype=dt) if needs[0] else None
+    dgamma = dbeta = None
+    src = x3
+    if needs[1] or needs[2] or (training and needs[0]):
+        # sum(g (x - mean)) = sum(g x) - mean sum(g), unless that cancels: then from
+        # t = x - mean (written into dx's buffer, reused below).
+        if bool((xp.abs(mean64) * inv64 > SHIFT_RATIO).any()):
+            buf = dx3 if dx3 is not None else xp.empty(g3.shape, dtype=dt)
+            dbeta, sgx = _reduce(g3, x3, mean, buf, xp)
+            src, shift = buf, mean64
+        else:
+            dbeta, sgx = _reduce(g3, x3, None, None, xp)
+            sgx = sgx - mean64 * dbeta
+            shift = 0.0
+        dgamma = inv64 * sgx
     if needs[0]:
-        a = inv_std if weight is None else inv_std * weight
-        dx = g3 * a[None, :, None]
+        a_rows = _rows(a, g3, xp)
         if training:
-            m = grad_y.dtype.type(g3.shape[0] * g3.shape[2])
-            k = -a * inv_std * dgamma / m
-            k0 = -a * dbeta / m - k * mean
-            dx += x3 * k[None, :, None]
-            dx += k0[None, :, None]
-        dx = dx.reshape(grad_y.shape)
-    return dx, (dgamma if needs[1] else None), (dbeta if needs[2] else None)
+            count = g3.shape[0] * g3.shape[2]
+            k = -inv64 * dgamma / count
+            k_rows = _rows(k, g3, xp)
+            k0_rows = _rows(-dbeta / count - k * (mean64 - shift), g3, xp)
+
+            def work(n0, n1):  # dx = a (g + k src + k0), src = x or x - mean
+                d = dx3[n0:n1]
+                xp.multiply(src[n0:n1], k_rows, out=d)
+                xp.add(d, g3[n0:n1], out=d)
+                xp.add(d, k0_rows, out=d)
+                xp.multiply(d, a_rows, out=d)
+        else:
+
+            def work(n0, n1):
+                xp.multiply(g3[n0:n1], a_rows, out=dx3[n0:n1])
+
+        _run(g3, work, 4 if training else 1)
+    return (None if dx3 is None else dx3.reshape(grad_y.shape),
+            dgamma.astype(dt) if needs[1] else None,
+            dbeta.astype(dt) if needs[2] else None)
