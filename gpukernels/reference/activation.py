@@ -7,9 +7,8 @@ and writes the input gradient. Works on numpy and cupy arrays.
 
 ReLU, on every training step's path, splits NumPy's contiguous arrays of 8 MiB (forward:
 one operation) or 4 MiB (backward: the mask, then a bool * float multiply) and up into
-pieces of the flattened array shared by the calling thread and conv's pool thread, with
-batch norm's driver (``batchnorm._run``): two cores move ~2x the bytes of one, but the
-hand-off costs ~100 us, so smaller arrays take the plain expressions.
+pieces of the flattened array worked on two threads by ``_parallel.run_pieces`` (why,
+and why smaller arrays take the plain expressions: ``_parallel``'s module docstring).
 """
 
 from __future__ import annotations
@@ -17,16 +16,16 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_array_module
-from . import batchnorm
+from . import _parallel
 
 
 def _large_flat(sweeps, *arrays):
     """The arrays flattened (views) when ``sweeps`` operations over them are worth
-    ``batchnorm._run``'s threads (NumPy, C-contiguous, one shape, at least
-    ``batchnorm.MIN_PARALLEL_BYTES`` of operations), else None: then the plain
+    ``_parallel.run_pieces``'s threads (NumPy, C-contiguous, one shape, at least
+    ``_parallel.MIN_PARALLEL_BYTES`` of operations), else None: then the plain
     expression is the cheapest."""
     a = arrays[0]
-    if (isinstance(a, np.ndarray) and a.nbytes * sweeps >= batchnorm.MIN_PARALLEL_BYTES
+    if (isinstance(a, np.ndarray) and a.nbytes * sweeps >= _parallel.MIN_PARALLEL_BYTES
             and all(isinstance(b, np.ndarray) and b.shape == a.shape and b.flags.c_contiguous
                     for b in arrays)):
         return [b.reshape(-1) for b in arrays]
@@ -41,7 +40,7 @@ def relu_forward(x):
     (xf,) = flat
     y = np.empty_like(x)
     yf = y.reshape(-1)
-    batchnorm._run(xf, lambda a, b: np.maximum(xf[a:b], 0, out=yf[a:b]), 1)
+    _parallel.run_pieces(xf, lambda a, b: np.maximum(xf[a:b], 0, out=yf[a:b]), 1)
     return y
 
 
@@ -53,7 +52,7 @@ def relu_backward(grad_y, y):
     gf, yf = flat
     dx = np.empty(grad_y.shape, dtype=np.result_type(grad_y.dtype, np.bool_))
     df = dx.reshape(-1)
-    batchnorm._run(gf, lambda a, b: np.multiply(gf[a:b], yf[a:b] > 0, out=df[a:b]), 2)
+    _parallel.run_pieces(gf, lambda a, b: np.multiply(gf[a:b], yf[a:b] > 0, out=df[a:b]), 2)
     return dx
 
 

@@ -46,37 +46,24 @@ cores (0.85 / 0.57 / 1.42 on one).
 
 Threads, pieces and CuPy
 ------------------------
-``_run`` cuts the batch into pieces and, when a call moves at least
-MIN_PARALLEL_BYTES, works them on two threads (conv's pool, lock and thread count:
-NumPy releases the GIL in ufuncs and in vecdot). Measured costs that shaped it: a
-hand-off to the pool thread and back is two futex wake-ups, ~100 us in all on this VM,
-so small calls stay on the calling thread; every piece costs a few Python-level GIL
-transitions, so pieces are few (PIECES_PER_THREAD per thread); einsum's reductions
-barely run in parallel with another thread, vecdot with a ones vector does; and a
-gufunc such as vecdot only releases the GIL past 500 outer iterations (``_split_rows``).
-Per-channel coefficients are broadcast as contiguous (C, L) rows: a
-``(b, C, L) op (C, L)`` ufunc runs ~1.5x faster than one against a (C, 1) column.
-CuPy runs the same code as one piece on the calling thread (einsum for the row dots).
+Every whole-array pass goes through ``_parallel.run_pieces``, which cuts the batch into
+pieces and, for large calls, works them on two threads (why threads, the ~100 us
+hand-off and the shared lock: ``_parallel``'s module docstring). What is batch norm's
+own: einsum's reductions barely run in parallel with another thread, vecdot with a
+ones vector does; and a gufunc such as vecdot only releases the GIL past 500 outer
+iterations (``_split_rows``). Per-channel coefficients are broadcast as contiguous
+(C, L) rows: a ``(b, C, L) op (C, L)`` ufunc runs ~1.5x faster than one against a
+(C, 1) column. CuPy runs the same code as one piece on the calling thread (einsum for
+the row dots).
 """
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
 from ..backend import get_array_module
-from .conv import NUM_THREADS, _executor, _parallel_lock, _split
+from . import _parallel
 
-#: Array bytes times NumPy operations over them (``sweeps``) from which a call is split
-#: across NUM_THREADS threads. Handing work to the pool's thread and waiting for it costs
-#: ~100 us on this VM (two futex wake-ups), about one operation over a 3 MiB array on
-#: one core; measured, a second core starts to pay at ~8 MiB of operations (one ReLU
-#: over 8 MiB, the two of an affine map over 4 MiB, the four of dx over 2 MiB).
-MIN_PARALLEL_BYTES = 8 << 20
-#: Pieces per thread (see ``_run``), each of at least PIECE_BYTES where the array allows.
-PIECES_PER_THREAD = 2
-PIECE_BYTES = 1 << 20
 #: |mean| / std above which the one-read sums would cancel: shifted sums instead.
 SHIFT_RATIO = 4.0
 
@@ -84,58 +71,6 @@ SHIFT_RATIO = 4.0
 def _view(x):
     """x as (N, C, L) with L the flattened spatial size (1 for (N, C) inputs)."""
     return x.reshape(x.shape[0], x.shape[1], -1)
-
-
-def _run(x3, work, sweeps):
-    """``work(n0, n1)`` over the images ``[0, N)``; returns the results in range order.
-    ``sweeps``: how many NumPy operations ``work`` runs over its range.
-
-    Calls on NumPy arrays with at least MIN_PARALLEL_BYTES of operations are cut into
-    up to NUM_THREADS * PIECES_PER_THREAD ranges of at least PIECE_BYTES, worked on two
-    threads: the calling thread takes pieces from the front, conv's pool threads from
-    the back, until they meet. So with two threads each works one contiguous part of the
-    batch, the same part in every call (conv splits the batch the same way), while a
-    worker descheduled on a shared machine only delays the piece it holds. Other calls
-    (smaller, on CuPy, or while another op holds conv's lock) run on the calling thread,
-    in pieces of ~PIECE_BYTES when ``work`` runs several operations (the later ones then
-    find their piece in L2: 5-15% faster for 2-4 MiB arrays)."""
-    n = x3.shape[0]
-    size = max(1, min(n, x3.nbytes // PIECE_BYTES))  # pieces of at least PIECE_BYTES
-    threads = max(1, NUM_THREADS)
-    if (isinstance(x3, np.ndarray) and threads > 1 and size > 1
-            and x3.nbytes * sweeps >= MIN_PARALLEL_BYTES and _parallel_lock.acquire(blocking=False)):
-        pieces = _split(n, min(size, threads * PIECES_PER_THREAD))
-    else:  # pieces only help where a later operation finds its piece in L2
-        pieces = _split(n, size) if isinstance(x3, np.ndarray) and sweeps > 1 else [(0, n)]
-        return [work(a, b) for a, b in pieces]
-    results = [None] * len(pieces)
-    ends = [0, len(pieces)]  # next piece from the front, one past the next from the back
-    lock = threading.Lock()
-
-    def drain(front):
-        while True:
-            with lock:
-                if ends[0] >= ends[1]:
-                    return
-                if front:
-                    i = ends[0]
-                    ends[0] += 1
-                else:
-                    ends[1] -= 1
-                    i = ends[1]
-            results[i] = work(*pieces[i])
-
-    try:
-        futures = [_executor().submit(drain, False) for _ in range(threads - 1)]
-        try:
-            drain(True)
-        finally:
-            for f in futures:  # one not started yet has nothing left to take
-                if not f.cancel():
-                    f.result()
-    finally:
-        _parallel_lock.release()
-    return results
 
 
 def _rows(v, x3, xp):
@@ -187,7 +122,7 @@ def _reduce(a3, b3, shift, out, xp):
         a = b if a3 is None else a3[n0:n1]
         return _sums(a, xp), _dots(a, b, xp)
 
-    parts = _run(b3, work, 2 if shift is None else 3)
+    parts = _parallel.run_pieces(b3, work, 2 if shift is None else 3)
     return sum(p[0] for p in parts), sum(p[1] for p in parts)
 
 
@@ -199,7 +134,7 @@ def _affine(src3, a, c, out3, xp):
         xp.multiply(src3[n0:n1], a_rows, out=out3[n0:n1])
         xp.add(out3[n0:n1], c_rows, out=out3[n0:n1])
 
-    _run(src3, work, 2)
+    _parallel.run_pieces(src3, work, 2)
     return out3
 
 
@@ -287,7 +222,7 @@ def batch_norm_backward(grad_y, x, mean, inv_std, weight, training, needs=(True,
             def work(n0, n1):
                 xp.multiply(g3[n0:n1], a_rows, out=dx3[n0:n1])
 
-        _run(g3, work, 4 if training else 1)
+        _parallel.run_pieces(g3, work, 4 if training else 1)
     return (None if dx3 is None else dx3.reshape(grad_y.shape),
             dgamma.astype(dt) if needs[1] else None,
             dbeta.astype(dt) if needs[2] else None)

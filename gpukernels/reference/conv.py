@@ -83,27 +83,27 @@ M, N <= 32 ~1.5x faster that way round than as ``grad_y @ cols^T``.
 
 Threads
 -------
-On NumPy, a call with at least ``MIN_PARALLEL_FLOPS`` of work splits the batch into
-``NUM_THREADS`` contiguous chunks, each worked tile by tile on its own Python thread
-(NumPy releases the GIL in copies and GEMMs), while OpenBLAS is limited to one thread
-for the duration of the call (``threadpoolctl``, ~6 us per call; BLAS's own threads
-would compete with ours: 2 Python threads alone give no gain). Each thread owns its
-buffers and its ``grad_w``/``grad_b`` accumulator, summed at the end. ``threadpoolctl``
-is optional: without it, or while another thread is inside a parallel conv call, the
-tiles run serially on the calling thread with BLAS's own threading, which is also what
-small calls do (below ~1e8 flops the thread hand-off costs more than it saves).
+The pool, the lock and the thread count are shared with batch norm and ReLU; why and
+what they cost: ``_parallel``'s module docstring. On NumPy, a call with at least
+``MIN_PARALLEL_FLOPS`` of work splits the batch into ``_parallel.NUM_THREADS``
+contiguous chunks, each worked tile by tile on its own Python thread (NumPy releases
+the GIL in copies and GEMMs), while OpenBLAS is limited to one thread for the duration
+of the call (``threadpoolctl``, ~6 us per call; BLAS's own threads would compete with
+ours: 2 Python threads alone give no gain). Each thread owns its buffers and its
+``grad_w``/``grad_b`` accumulator, summed at the end. ``threadpoolctl`` is optional:
+without it, or while another thread is inside a threaded reference op (``_parallel``'s
+lock), the tiles run serially on the calling thread with BLAS's own threading, which is
+also what small calls do (below ~1e8 flops the thread hand-off costs more than it
+saves).
 """
 
 from __future__ import annotations
-
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..backend import get_array_module
+from . import _parallel
 
 __all__ = ["conv2d_output_size", "conv2d_forward", "conv2d_backward"]
 
@@ -129,11 +129,6 @@ BATCH_INNER_MAX_OW = 12
 FORCE_PATH = None
 #: Input channels per group from which stride-1 convs use one GEMM per kernel tap.
 SHIFT_MIN_CHANNELS = 32
-#: Worker threads for large calls (the calling thread counts as one).
-NUM_THREADS = max(
-    1,
-    min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)),
-)
 #: Column-buffer budget per tile on CuPy (device memory, no cache argument there).
 CUPY_TILE_BYTES = 256 << 20
 
@@ -229,40 +224,6 @@ def _masked_grad(xp, gy, y, activation, slope, work=None):
 
 # ----------------------------------------------------------------------------- threads
 
-_pool = {"executor": None, "pid": None, "controller": None, "checked": False}
-_parallel_lock = threading.Lock()
-
-
-def _blas_limiter():
-    """A context manager limiting BLAS to one thread, or None without threadpoolctl."""
-    if not _pool["checked"]:
-        _pool["checked"] = True
-        try:
-            import threadpoolctl  # noqa: PLC0415 - optional dependency
-
-            _pool["controller"] = threadpoolctl.ThreadpoolController()
-        except Exception:  # noqa: BLE001 - missing or broken: run serially
-            _pool["controller"] = None
-    ctl = _pool["controller"]
-    return None if ctl is None else ctl.limit(limits=1, user_api="blas")
-
-
-def _executor():
-    """The worker pool, created on first use and again in a forked child (a child
-    inherits the pool object but not its threads: work submitted there would never run)."""
-    if _pool["executor"] is None or _pool.get("pid") != os.getpid():
-        workers = max(1, NUM_THREADS - 1)
-        _pool["executor"] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gk-conv")
-        _pool["pid"] = os.getpid()
-    return _pool["executor"]
-
-
-def _split(n, parts):
-    """``parts`` contiguous near-equal ranges covering ``range(n)``."""
-    bounds = [round(i * n / parts) for i in range(parts + 1)]
-    return [(bounds[i], bounds[i + 1]) for i in range(parts) if bounds[i + 1] > bounds[i]]
-
-
 def _tiles(n0, n1, per_image_bytes, budget):
     """Near-equal tiles of ``[n0, n1)`` whose column buffers fit ``budget`` bytes."""
     n = n1 - n0
@@ -275,21 +236,22 @@ def _tiles(n0, n1, per_image_bytes, budget):
 def _run_chunks(g, work):
     """Run ``work(n0, n1)`` over the batch: threaded chunks for big calls, else one call.
     Returns the list of the chunks' results."""
-    nthreads = min(NUM_THREADS, g.N)
-    if nthreads > 1 and g.flops >= MIN_PARALLEL_FLOPS and _parallel_lock.acquire(blocking=False):
+    nthreads = min(_parallel.NUM_THREADS, g.N)
+    lock = _parallel.lock
+    if nthreads > 1 and g.flops >= MIN_PARALLEL_FLOPS and lock.acquire(blocking=False):
         try:
-            limiter = _blas_limiter()
+            limiter = _parallel.blas_limiter()
             if limiter is not None:
-                chunks = _split(g.N, nthreads)
+                chunks = _parallel.split(g.N, nthreads)
                 with limiter:
-                    futures = [_executor().submit(work, a, b) for a, b in chunks[1:]]
+                    futures = [_parallel.executor().submit(work, a, b) for a, b in chunks[1:]]
                     try:
                         first = work(*chunks[0])
                     finally:
                         rest = [f.result() for f in futures]
                 return [first, *rest]
         finally:
-            _parallel_lock.release()
+            lock.release()
     return [work(0, g.N)]
 
 

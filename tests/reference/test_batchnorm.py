@@ -13,8 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpukernels.reference import activation, batchnorm
-from gpukernels.reference.conv import _parallel_lock
+from gpukernels.reference import _parallel, activation, batchnorm
 from tests.helpers import assert_close
 
 torch = pytest.importorskip("torch")
@@ -37,12 +36,12 @@ def driver(request, monkeypatch):
     """Run on the calling thread only, or force the piece driver on for every size
     (pieces of uneven length, more pieces than some batches have images)."""
     if request.param == "serial":
-        monkeypatch.setattr(batchnorm, "MIN_PARALLEL_BYTES", 1 << 62)
+        monkeypatch.setattr(_parallel, "MIN_PARALLEL_BYTES", 1 << 62)
     else:
-        monkeypatch.setattr(batchnorm, "MIN_PARALLEL_BYTES", 0)
-        monkeypatch.setattr(batchnorm, "PIECE_BYTES", 1)
-        monkeypatch.setattr(batchnorm, "PIECES_PER_THREAD", 3)
-        monkeypatch.setattr(batchnorm, "NUM_THREADS", 2)
+        monkeypatch.setattr(_parallel, "MIN_PARALLEL_BYTES", 0)
+        monkeypatch.setattr(_parallel, "PIECE_BYTES", 1)
+        monkeypatch.setattr(_parallel, "PIECES_PER_THREAD", 3)
+        monkeypatch.setattr(_parallel, "NUM_THREADS", 2)
     return request.param
 
 
@@ -210,12 +209,12 @@ def test_shifted_sums_are_used_for_a_large_offset(monkeypatch):
 
 
 def test_lock_held_runs_serially():
-    """A call made while another op holds the threads (conv's lock) runs on the calling
-    thread and gives the same result."""
+    """A call made while another op holds the threads (``_parallel.lock``) runs on the
+    calling thread and gives the same result."""
     rng = np.random.default_rng(7)
     x = rng.standard_normal((64, 8, 32, 32)).astype(np.float32)
     free = batchnorm.batch_norm_forward(x, None, None, None, None, True, 0.1, 1e-5)[0]
-    with _parallel_lock:
+    with _parallel.lock:
         held = batchnorm.batch_norm_forward(x, None, None, None, None, True, 0.1, 1e-5)[0]
     assert_close(held, free, atol=1e-6, rtol=1e-6)
 
@@ -227,8 +226,8 @@ def test_lock_held_runs_serially():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_relu_matches_plain_expressions(monkeypatch, forced, dtype):
     if forced:
-        monkeypatch.setattr(batchnorm, "MIN_PARALLEL_BYTES", 0)
-        monkeypatch.setattr(batchnorm, "PIECE_BYTES", 1)
+        monkeypatch.setattr(_parallel, "MIN_PARALLEL_BYTES", 0)
+        monkeypatch.setattr(_parallel, "PIECE_BYTES", 1)
     rng = np.random.default_rng(8)
     x = rng.standard_normal((33, 7, 17, 19)).astype(dtype)
     x[0, 0, 0, :4] = [0.0, -0.0, np.nan, -np.inf]

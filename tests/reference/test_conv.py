@@ -14,7 +14,7 @@ import threading
 import numpy as np
 import pytest
 
-from gpukernels.reference import conv
+from gpukernels.reference import _parallel, conv
 from tests.helpers import assert_close
 
 torch = pytest.importorskip("torch")
@@ -191,7 +191,7 @@ def test_conv_matches_torch_float64(case, monkeypatch):
 def threaded(monkeypatch):
     """Force the multi-threaded driver with small tiles (so chunks have tile tails)."""
     monkeypatch.setattr(conv, "MIN_PARALLEL_FLOPS", 0)
-    monkeypatch.setattr(conv, "NUM_THREADS", 2)
+    monkeypatch.setattr(_parallel, "NUM_THREADS", 2)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -249,14 +249,14 @@ def test_path_choice(shape, stride, groups, expected):
 def test_tiles_cover_batch_with_tails():
     b, tiles = conv._tiles(0, 5, 100, 250)
     assert b == 2 and tiles == [(0, 2), (2, 4), (4, 5)]
-    assert conv._split(9, 2) == [(0, 4), (4, 9)] or conv._split(9, 2) == [(0, 5), (5, 9)]
-    assert conv._split(1, 2) == [(0, 1)]
+    assert _parallel.split(9, 2) == [(0, 4), (4, 9)] or _parallel.split(9, 2) == [(0, 5), (5, 9)]
+    assert _parallel.split(1, 2) == [(0, 1)]
 
 
 def test_serial_fallback_without_threadpoolctl(threaded, monkeypatch):
     """No threadpoolctl: the tiles run serially and the result is the same."""
-    monkeypatch.setitem(conv._pool, "checked", True)
-    monkeypatch.setitem(conv._pool, "controller", None)
+    monkeypatch.setitem(_parallel._pool, "checked", True)
+    monkeypatch.setitem(_parallel._pool, "controller", None)
     rng = np.random.default_rng(3)
     x, wt, b = make_inputs(rng, 4, 8, 16, 16, 8, 3, 3, 1, True)
     y = conv.conv2d_forward(x, wt, b, (1, 1), (1, 1), (1, 1), 1)
@@ -284,7 +284,7 @@ def test_concurrent_callers(threaded):
         t.join()
     for got, ref in zip(results, refs):
         assert_rel_close(got, np.maximum(ref, 0), rtol=RTOL64, name="y")
-    assert not conv._parallel_lock.locked()
+    assert not _parallel.lock.locked()
 
 
 # ----------------------------------------------------------------------------- details

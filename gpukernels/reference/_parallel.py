@@ -1,0 +1,152 @@
+"""Threads for the NumPy reference ops: one pool, one lock, two drivers.
+
+Why threads in a NumPy reference
+--------------------------------
+The CPU training path runs on this reference, and its big operations are GEMMs
+(conv) and passes over whole activations (batch norm, ReLU). NumPy releases the GIL
+inside ufunc loops, copies, gufuncs such as vecdot and BLAS calls, so Python threads
+working disjoint slices of one array really run on separate cores: this machine moves
+~30 GB/s (read + write counted) per core between L3 and a core and ~58 GB/s with both
+cores, and OpenBLAS runs two single-threaded GEMMs side by side at twice the rate of
+one. Two users split the batch:
+
+* conv's ``_run_chunks``: one contiguous chunk of the batch per thread (``split``),
+  worked tile by tile with per-thread buffers and accumulators, with BLAS limited to
+  one thread for the call (``blas_limiter``: BLAS's own threads would compete with
+  ours);
+* ``run_pieces``: batch norm's and ReLU's piece driver (below).
+
+What a hand-off costs
+---------------------
+Handing work to the pool thread and waiting for it is two futex wake-ups, ~100 us in
+all on the 2-core dev VM (measured for batch norm, whose module docstring has the
+memory-traffic figures), about one operation over a 3 MiB array on one core. So small
+calls stay on the calling thread (conv below ``MIN_PARALLEL_FLOPS``, the piece driver
+below MIN_PARALLEL_BYTES), and every piece costs a few Python-level GIL transitions,
+so pieces are few (PIECES_PER_THREAD per thread).
+
+One lock, one pool
+------------------
+``lock`` is taken, without blocking, by whichever call goes parallel; a call that
+finds it held (another op is running threaded, e.g. a second user thread) runs on its
+own calling thread instead, so two ops never put 2 * NUM_THREADS busy threads on the
+cores. The pool holds NUM_THREADS - 1 workers (the calling thread is the other one)
+and is created on first use, and again in a forked child: the child inherits the pool
+object but not its threads, so work submitted there would never run.
+
+NUM_THREADS, MIN_PARALLEL_BYTES, PIECES_PER_THREAD, PIECE_BYTES, ``lock`` and ``_pool``
+are read as globals of this module at call time by every user: tests patch them here.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+#: Worker threads for large calls (the calling thread counts as one).
+NUM_THREADS = max(
+    1,
+    min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)),
+)
+#: Array bytes times NumPy operations over them (``sweeps``) from which ``run_pieces``
+#: splits a call across NUM_THREADS threads. Handing work to the pool's thread and
+#: waiting for it costs ~100 us on this VM (two futex wake-ups), about one operation
+#: over a 3 MiB array on one core; measured, a second core starts to pay at ~8 MiB of
+#: operations (one ReLU over 8 MiB, the two of an affine map over 4 MiB, the four of
+#: batch norm's dx over 2 MiB).
+MIN_PARALLEL_BYTES = 8 << 20
+#: Pieces per thread (see ``run_pieces``), each of at least PIECE_BYTES where the array
+#: allows.
+PIECES_PER_THREAD = 2
+PIECE_BYTES = 1 << 20
+
+_pool = {"executor": None, "pid": None, "controller": None, "checked": False}
+#: Held by the one call running threaded; others run on their calling thread.
+lock = threading.Lock()
+
+
+def blas_limiter():
+    """A context manager limiting BLAS to one thread, or None without threadpoolctl
+    (``threadpoolctl`` is optional; ~6 us per use)."""
+    if not _pool["checked"]:
+        _pool["checked"] = True
+        try:
+            import threadpoolctl  # noqa: PLC0415 - optional dependency
+
+            _pool["controller"] = threadpoolctl.ThreadpoolController()
+        except Exception:  # noqa: BLE001 - missing or broken: run serially
+            _pool["controller"] = None
+    ctl = _pool["controller"]
+    return None if ctl is None else ctl.limit(limits=1, user_api="blas")
+
+
+def executor():
+    """The worker pool, created on first use and again in a forked child (a child
+    inherits the pool object but not its threads: work submitted there would never run)."""
+    if _pool["executor"] is None or _pool.get("pid") != os.getpid():
+        workers = max(1, NUM_THREADS - 1)
+        _pool["executor"] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gk-conv")
+        _pool["pid"] = os.getpid()
+    return _pool["executor"]
+
+
+def split(n, parts):
+    """``parts`` contiguous near-equal ranges covering ``range(n)``."""
+    bounds = [round(i * n / parts) for i in range(parts + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(parts) if bounds[i + 1] > bounds[i]]
+
+
+def run_pieces(x3, work, sweeps):
+    """``work(n0, n1)`` over the images ``[0, N)`` of ``x3`` (any array whose first axis
+    is cut); returns the results in range order. ``sweeps``: how many NumPy operations
+    ``work`` runs over its range.
+
+    Calls on NumPy arrays with at least MIN_PARALLEL_BYTES of operations are cut into
+    up to NUM_THREADS * PIECES_PER_THREAD ranges of at least PIECE_BYTES, worked on two
+    threads: the calling thread takes pieces from the front, the pool threads from the
+    back, until they meet. So with two threads each works one contiguous part of the
+    batch, the same part in every call (conv splits the batch the same way), while a
+    worker descheduled on a shared machine only delays the piece it holds. Other calls
+    (smaller, on CuPy, or while another op holds ``lock``) run on the calling thread,
+    in pieces of ~PIECE_BYTES when ``work`` runs several operations (the later ones then
+    find their piece in L2: 5-15% faster for 2-4 MiB arrays)."""
+    n = x3.shape[0]
+    size = max(1, min(n, x3.nbytes // PIECE_BYTES))  # pieces of at least PIECE_BYTES
+    threads = max(1, NUM_THREADS)
+    if (isinstance(x3, np.ndarray) and threads > 1 and size > 1
+            and x3.nbytes * sweeps >= MIN_PARALLEL_BYTES and lock.acquire(blocking=False)):
+        pieces = split(n, min(size, threads * PIECES_PER_THREAD))
+    else:  # pieces only help where a later operation finds its piece in L2
+        pieces = split(n, size) if isinstance(x3, np.ndarray) and sweeps > 1 else [(0, n)]
+        return [work(a, b) for a, b in pieces]
+    results = [None] * len(pieces)
+    ends = [0, len(pieces)]  # next piece from the front, one past the next from the back
+    ends_lock = threading.Lock()
+
+    def drain(front):
+        while True:
+            with ends_lock:
+                if ends[0] >= ends[1]:
+                    return
+                if front:
+                    i = ends[0]
+                    ends[0] += 1
+                else:
+                    ends[1] -= 1
+                    i = ends[1]
+            results[i] = work(*pieces[i])
+
+    try:
+        futures = [executor().submit(drain, False) for _ in range(threads - 1)]
+        try:
+            drain(True)
+        finally:
+            for f in futures:  # one not started yet has nothing left to take
+                if not f.cancel():
+                    f.result()
+    finally:
+        lock.release()
+    return results
