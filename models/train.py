@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=DATASETS, default="digits")
     p.add_argument("--data-dir", help="directory with the MNIST IDX files or CIFAR-10 batches")
     p.add_argument("--train-size", type=int, help="train on the first N examples (seeded order)")
+    p.add_argument("--test-size", type=int, help="evaluate on the first N test examples")
     p.add_argument("--epochs", type=int, default=30, help="total epochs (a resumed run counts the done ones)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam")
@@ -134,8 +135,9 @@ def _check_args(p, args):
         p.error(f"--weight-decay must be >= 0, got {args.weight_decay}")
     if args.log_every < 0:
         p.error(f"--log-every must be >= 0, got {args.log_every}")
-    if args.train_size is not None and args.train_size < 1:
-        p.error(f"--train-size must be >= 1, got {args.train_size}")
+    for flag, value in (("--train-size", args.train_size), ("--test-size", args.test_size)):
+        if value is not None and value < 1:
+            p.error(f"{flag} must be >= 1, got {value}")
     if args.resume and not args.checkpoint:
         p.error("--resume needs --checkpoint PATH (the checkpoint to continue from)")
     for flag, path in (("--checkpoint", args.checkpoint), ("--plot", args.plot)):
@@ -322,6 +324,8 @@ def run(args) -> dict:
     if args.train_size is not None:
         keep = np.random.default_rng(args.seed).permutation(len(x_train))[: args.train_size]
         x_train, y_train = x_train[keep], y_train[keep]
+    if args.test_size is not None:
+        x_test, y_test = x_test[: args.test_size], y_test[: args.test_size]
     num_classes = int(max(y_train.max(), y_test.max())) + 1
     augment = random_crop_flip(4) if args.dataset == "cifar10" and not args.no_augment else None
     train = DataLoader(x_train, y_train, args.batch_size, shuffle=True, seed=args.seed, augment=augment)

@@ -47,6 +47,9 @@ class KernelSpec:
     num_warps: int
     num_stages: int
     tensor_cores: bool = True  # must the PTX contain mma/wgmma?
+    # Arguments a launch sees as multiples of 16 (aligned pointers, sizes): Triton
+    # specialises on that at run time, so the vectorised code a GPU runs is compiled.
+    aligned: tuple = ()
     extra: dict = field(default_factory=dict)
 
 
@@ -106,7 +109,8 @@ def compile_spec(spec: KernelSpec, cap: int) -> dict:
 
     fn = getattr(importlib.import_module(spec.module), spec.kernel)
     start = time.perf_counter()
-    compiled = triton.compile(ASTSource(fn, spec.signature, spec.constexprs), target=GPUTarget("cuda", cap, 32),
+    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a in spec.aligned}
+    compiled = triton.compile(ASTSource(fn, spec.signature, spec.constexprs, attrs), target=GPUTarget("cuda", cap, 32),
                               options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
     ptx = compiled.asm["ptx"]
     stats = ptxas_stats(ptx, cap)

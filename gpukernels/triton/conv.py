@@ -636,5 +636,6 @@ def aot_specs():
                     module=__name__, kernel=name,
                     signature=signature_for(fn, const, ptrs), constexprs=const,
                     num_warps=warps, num_stages=stages, tensor_cores=tensor_cores,
+                    aligned=pointers,  # allocations are 256-byte aligned
                 ))
     return specs

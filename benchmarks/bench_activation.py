@@ -1,0 +1,139 @@
+"""Elementwise activations (ReLU, leaky ReLU, sigmoid, tanh), forward and backward from
+the saved output, ours vs PyTorch on the same machine.
+
+Each is one pass over memory, so the rate that matters is bytes moved against the copy
+ceiling (the issue's goal: >= 80% of copy bandwidth on the GPU). Bytes per element:
+forward reads x and writes y (2 x itemsize), backward reads g and y and writes dx
+(3 x itemsize). The PyTorch side is its own eager kernel for the same pass
+(``torch.relu`` ..., and for the backward ``aten.threshold_backward`` /
+``leaky_relu_backward`` / ``sigmoid_backward`` / ``tanh_backward``, which autograd
+runs), so neither side pays autograd overhead; on a GPU also ``torch.compile`` of the
+same function, reported in ``extra`` (or why it was unavailable).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import gpukernels as gk
+from gpukernels.reference import activation as ref
+
+from .common import Result, check_close, timeit
+
+ACTS = ["relu", "leaky_relu", "sigmoid", "tanh"]
+SLOPE = 0.01
+
+
+def _params(name):
+    return (SLOPE,) if name == "leaky_relu" else ()
+
+
+def _torch_forward(name):
+    f = torch.nn.functional
+    return {"relu": torch.relu, "leaky_relu": lambda x: f.leaky_relu(x, SLOPE),
+            "sigmoid": torch.sigmoid, "tanh": torch.tanh}[name]
+
+
+def _torch_backward(name):
+    """PyTorch's backward kernel of ``name`` from the saved output (what autograd runs)."""
+    aten = torch.ops.aten
+    return {"relu": lambda g, y: aten.threshold_backward(g, y, 0.0),
+            "leaky_relu": lambda g, y: aten.leaky_relu_backward(g, y, SLOPE, True),
+            "sigmoid": aten.sigmoid_backward, "tanh": aten.tanh_backward}[name]
+
+
+def run(quick: bool = False, repeat: int = 10) -> list[Result]:
+    """On a GPU ours (Triton) vs PyTorch eager (run_gpu); else the NumPy backend's
+    reference vs torch CPU, float32, 1M (quick) or 16M elements."""
+    if gk.get_backend() == "cuda":
+        return run_gpu(quick, repeat)
+    n = (1 if quick else 16) * 1024 * 1024
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(n, dtype=np.float32)
+    g = rng.standard_normal(n, dtype=np.float32)
+    tx, tg = torch.from_numpy(x), torch.from_numpy(g)
+    results = []
+    for name in ACTS:
+        params = _params(name)
+        fwd, bwd = getattr(ref, f"{name}_forward"), getattr(ref, f"{name}_backward")
+        t_fwd, t_bwd = _torch_forward(name), _torch_backward(name)
+        y = fwd(x, *params)
+        ty = torch.from_numpy(y)
+        # correctness first
+        check_close(f"{name} forward", y, t_fwd(tx).numpy(), 1e-6, 1e-5)
+        check_close(f"{name} backward", bwd(g, y, *params), t_bwd(tg, ty).numpy(), 1e-6, 1e-5)
+        results.append(Result(f"{name} fwd", f"{n >> 20}M float32", timeit(lambda: fwd(x, *params), repeat=repeat),
+                              timeit(lambda: t_fwd(tx), repeat=repeat), bytes=2 * n * 4))
+        results.append(Result(f"{name} bwd", f"{n >> 20}M float32",
+                              timeit(lambda: bwd(g, y, *params), repeat=repeat),
+                              timeit(lambda: t_bwd(tg, ty), repeat=repeat), bytes=3 * n * 4))
+    return results
+
+
+# ----------------------------------------------------------------------------- GPU
+
+
+def run_gpu(quick: bool = False, repeat: int = 100) -> list[Result]:
+    """64M elements (quick: 4M) in float32 and bf16: ours on CuPy arrays vs PyTorch eager
+    on the same GPU, correctness checked on the device first; ``torch.compile`` of the
+    same function timed too where it runs (``extra["torch_compile_s"]``)."""
+    import cupy
+    import triton.testing
+
+    from gpukernels.triton import activation
+
+    def bench(fn):
+        return triton.testing.do_bench(fn, warmup=25, rep=max(repeat, 20), return_mode="median") / 1e3
+
+    def as_cupy(t):
+        return (cupy.from_dlpack(t.view(torch.int16)).view(cupy.uint16)
+                if t.dtype == torch.bfloat16 else cupy.from_dlpack(t))
+
+    def as_torch(a, dtype):
+        t = torch.from_dlpack(a.view(cupy.int16) if a.dtype == cupy.uint16 else a)
+        return t.view(torch.bfloat16) if dtype == torch.bfloat16 else t
+
+    def compiled(fn, *args):
+        """(seconds, None) for torch.compile(fn), or (None, why) when it does not run here."""
+        try:
+            cfn = torch.compile(fn)
+            cfn(*args)  # compile outside the timing
+            return bench(lambda: cfn(*args)), None
+        except Exception as exc:  # noqa: BLE001 - no compiler toolchain, unsupported op: report it
+            return None, f"unavailable: {type(exc).__name__}: {str(exc)[:120]}"
+
+    n = (4 if quick else 64) * 1024 * 1024
+    results = []
+    for dtype in (torch.float32, torch.bfloat16):
+        label = f"{n >> 20}M {'fp32' if dtype == torch.float32 else 'bf16'}"
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        x = (torch.randn(n, device="cuda", generator=gen) * 3).to(dtype)
+        g = torch.randn(n, device="cuda", generator=gen).to(dtype)
+        cx, cg = as_cupy(x), as_cupy(g)
+        size = x.element_size()
+        tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
+        for name in ACTS:
+            params = _params(name)
+            fwd, bwd = getattr(activation, f"{name}_forward"), getattr(activation, f"{name}_backward")
+            t_fwd, t_bwd = _torch_forward(name), _torch_backward(name)
+            y_ref = t_fwd(x)
+            cy = fwd(cx, *params)
+            # correctness first, on the device (64M elements: no host round trip)
+            for what, ours, theirs in (("forward", as_torch(cy, dtype), y_ref),
+                                       ("backward", as_torch(bwd(cg, as_cupy(y_ref), *params), dtype),
+                                        t_bwd(g, y_ref))):
+                err = ((ours.float() - theirs.float()).abs() - tol * theirs.float().abs()).max().item()
+                if err > tol:
+                    raise AssertionError(f"{name} {what} {label}: max error {err:.3g} beyond tolerance")
+            cy_ref = as_cupy(y_ref)
+            for kind, ours_fn, theirs_fn, args, nbytes in (
+                ("fwd", lambda: fwd(cx, *params), lambda: t_fwd(x), (x,), 2 * n * size),
+                ("bwd", lambda: bwd(cg, cy_ref, *params), lambda: t_bwd(g, y_ref), (g, y_ref), 3 * n * size),
+            ):
+                compile_s, why = compiled(t_fwd if kind == "fwd" else t_bwd, *args)
+                extra = {"baseline": "torch eager"}
+                extra.update({"torch_compile_s": compile_s} if compile_s is not None else {"torch_compile": why})
+                results.append(Result(f"{name} {kind}", label, bench(ours_fn), bench(theirs_fn),
+                                      bytes=nbytes, extra=extra))
+    return results

@@ -1,0 +1,509 @@
+"""Elementwise activations in Triton: ReLU, leaky ReLU, sigmoid, tanh and Heaviside
+forward, and the backward of the first four from the saved OUTPUT.
+
+The reference (the oracle every kernel is tested against) is
+``gpukernels.reference.activation``: the same function names, arguments and results.
+
+Formulas (float32 math whatever the storage dtype; one rounding to it at the store):
+
+    relu        y = x < 0 ? 0 : x                 dx = g * [y > 0]
+    leaky_relu  y = x > 0 ? x : s x               dx = y > 0 ? g : s g      (s >= 0)
+    sigmoid     e = exp(-|x|),  y = x >= 0 ? 1 / (1 + e) : e / (1 + e)
+                                                  dx = g y (1 - y)
+    tanh        |x| < 0.625: x P(x^2)  (Taylor series, 10 terms: no cancellation near 0)
+                otherwise:   sign(x) (1 - 2 / (exp(2|x|) + 1))   (exp overflow gives +-1)
+                                                  dx = g (1 - y^2)
+    heaviside   y = x > 0 ? 1 : (x < 0 ? 0 : values)   (NaN -> values, as the reference)
+
+The backward never needs the input: ReLU and leaky ReLU (s >= 0) keep the sign of their
+input, sigmoid' = y (1 - y), tanh' = 1 - y^2, so a layer keeps one tensor. Special values
+follow the reference's arithmetic, not a shortcut: relu's gradient is a product with
+the 0/1 mask (inf * 0 = NaN, as NumPy), NaN inputs propagate (``tl.maximum`` would
+drop them on a GPU, so relu is a ``where`` that keeps x unless x < 0). The slope, the
+Heaviside value and every other constant are first rounded to the storage dtype, as
+the reference's ``x.dtype.type(slope)``, so float16 results match it bit for bit where
+its arithmetic is exact.
+
+tanh has no portable Triton builtin (libdevice's does not run under the interpreter):
+the two-branch form above, evaluated in float32 NumPy, is within 1.7 ulp of float64 tanh
+on 2.2M points spanning float32 (the GPU's approximate exp and division add an ulp or
+two; the gpu tests compare with torch.tanh), and costs ~12 FMAs, nothing against the
+memory time.
+
+Memory traffic, one pass each: forward reads x and writes y (2 x itemsize bytes per
+element), backward reads g and y and writes dx (3 x itemsize); nothing else. Every
+kernel runs flat over the buffer in BLOCK-wide pieces: a full piece is loaded and stored
+without a mask, so Triton emits 16-byte vector accesses (it specialises a launch on
+16-byte aligned pointers, which CuPy's allocations are); only the last, partial piece
+is masked (its indices clamped into the buffer, so no lane ever addresses past it).
+
+Layouts: any *dense* layout (C-contiguous, channels-last, any permutation of the axes,
+no gaps) runs in place over its memory, and the result keeps that layout; arrays with
+gaps, broadcast (stride 0) or negative strides, or two operands laid out differently,
+are first copied to C order (one extra pass, never a misread). ``heaviside_forward``
+with an array ``values`` broadcasts it as NumPy does, reading x and values through up
+to 4 (collapsed) strided dimensions without copying them.
+
+int64 offsets once a tensor nears 2**31 elements (``INT64``, from ``INT32_SAFE``: the
+block arithmetic must not wrap either); float32, float16 and bfloat16 (as uint16 bit
+patterns) storage; float64 is refused (TypeError), as by every Triton family. Configs
+are autotuned per element count ``n`` (and dtype) on a GPU. The layout and launch
+helpers (``flat_operands``, ``empty_in_order``, ``flat_grid``, ``storage_round``,
+``GPU_CONFIGS``) are shared with ``dropout`` and ``loss``.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+import triton
+import triton.language as tl
+
+from .. import backend
+from ..backend import get_array_module
+from ._common import Tuned, arg, check_float, from_float32, needs_int64, strides, to_float32
+
+_ACT = {"relu": 0, "leaky_relu": 1, "sigmoid": 2, "tanh": 3, "heaviside": 4}
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+@triton.jit
+def _tanh(x):
+    """tanh in float32 within 2 ulp: for |x| < 0.625 x P(x^2), P the first 10 Taylor
+    coefficients of tanh(x) / x (from the Bernoulli numbers); beyond, no cancellation."""
+    a = tl.abs(x)
+    z = x * x
+    p = -0.00023912911424355248 * z + 0.000590027440945586
+    p = p * z - 0.0014558343870513183
+    p = p * z + 0.003592128036572481
+    p = p * z - 0.008863235529902197
+    p = p * z + 0.021869488536155203
+    p = p * z - 0.05396825396825397
+    p = p * z + 0.13333333333333333
+    p = p * z - 0.3333333333333333
+    p = p * z + 1.0
+    big = 1.0 - 2.0 / (tl.exp(2.0 * a) + 1.0)  # exp overflow: 2 / inf = 0, y = 1
+    big = tl.where(x < 0, -big, big)
+    return tl.where(a < 0.625, x * p, big)  # NaN fails a < 0.625: NaN from the big branch
+
+
+@triton.jit
+def _forward(x, slope, value, ACT: tl.constexpr):
+    """y of activation ACT on float32 x (see the module docstring)."""
+    if ACT == 0:
+        y = tl.where(x < 0, 0.0, x)  # keeps NaN, as np.maximum
+    elif ACT == 1:
+        y = tl.where(x > 0, x, x * slope)
+    elif ACT == 2:
+        e = tl.exp(-tl.abs(x))  # in (0, 1]: never overflows
+        y = tl.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    elif ACT == 3:
+        y = _tanh(x)
+    else:
+        y = tl.where(x > 0, 1.0, tl.where(x < 0, 0.0, value))
+    return y
+
+
+@triton.jit
+def _backward(g, y, slope, ACT: tl.constexpr):
+    """dL/dx from dL/dy and the saved float32 output y."""
+    if ACT == 0:
+        dx = g * (y > 0).to(tl.float32)  # a product, as the reference: inf * 0 = NaN
+    elif ACT == 1:
+        dx = tl.where(y > 0, g, g * slope)
+    elif ACT == 2:
+        dx = g * y * (1.0 - y)
+    else:
+        dx = g * (1.0 - y * y)
+    return dx
+
+
+@triton.jit
+def _act_fwd_kernel(x_ptr, y_ptr, n, slope, value,
+                    ACT: tl.constexpr, INT64: tl.constexpr, BLOCK: tl.constexpr):
+    """y[i] = act(x[i]) over the flat buffer; program p owns [p BLOCK, (p + 1) BLOCK)."""
+    pid = tl.program_id(0)
+    if INT64:
+        pid = pid.to(tl.int64)
+    start = pid * BLOCK
+    offs = start + tl.arange(0, BLOCK)
+    if start + BLOCK <= n:  # a full block: unmasked, so the accesses vectorise
+        x = tl.load(x_ptr + offs).to(tl.float32)
+        tl.store(y_ptr + offs, _forward(x, slope, value, ACT).to(y_ptr.dtype.element_ty))
+    else:  # the tail: masked, indices clamped into the buffer
+        ok = offs < n
+        offs = tl.where(ok, offs, 0)
+        x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+        tl.store(y_ptr + offs, _forward(x, slope, value, ACT).to(y_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _act_bwd_kernel(g_ptr, y_ptr, dx_ptr, n, slope,
+                    ACT: tl.constexpr, INT64: tl.constexpr, BLOCK: tl.constexpr):
+    """dx[i] = g[i] act'(y[i]) over the flat buffers (g, y and dx share one layout)."""
+    pid = tl.program_id(0)
+    if INT64:
+        pid = pid.to(tl.int64)
+    start = pid * BLOCK
+    offs = start + tl.arange(0, BLOCK)
+    if start + BLOCK <= n:
+        g = tl.load(g_ptr + offs).to(tl.float32)
+        y = tl.load(y_ptr + offs).to(tl.float32)
+        tl.store(dx_ptr + offs, _backward(g, y, slope, ACT).to(dx_ptr.dtype.element_ty))
+    else:
+        ok = offs < n
+        offs = tl.where(ok, offs, 0)
+        g = tl.load(g_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+        y = tl.load(y_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+        tl.store(dx_ptr + offs, _backward(g, y, slope, ACT).to(dx_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _heaviside_kernel(x_ptr, v_ptr, y_ptr, n, D1, D2, D3,
+                      sx0, sx1, sx2, sx3, sv0, sv1, sv2, sv3,
+                      INT64: tl.constexpr, BLOCK: tl.constexpr):
+    """y[i] = heaviside(x[i], values[i]) for y C-contiguous of shape (D0, D1, D2, D3);
+    x and values are read through their (broadcast: stride 0) strides."""
+    pid = tl.program_id(0)
+    if INT64:
+        pid = pid.to(tl.int64)
+        sx0, sx1, sx2, sx3 = sx0.to(tl.int64), sx1.to(tl.int64), sx2.to(tl.int64), sx3.to(tl.int64)
+        sv0, sv1, sv2, sv3 = sv0.to(tl.int64), sv1.to(tl.int64), sv2.to(tl.int64), sv3.to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < n
+    offs = tl.where(ok, offs, 0)
+    i3 = offs % D3
+    r = offs // D3
+    i2 = r % D2
+    r = r // D2
+    i1 = r % D1
+    i0 = r // D1
+    x = tl.load(x_ptr + i0 * sx0 + i1 * sx1 + i2 * sx2 + i3 * sx3, mask=ok, other=0.0).to(tl.float32)
+    v = tl.load(v_ptr + i0 * sv0 + i1 * sv1 + i2 * sv2 + i3 * sv3, mask=ok, other=0.0).to(tl.float32)
+    y = tl.where(x > 0, 1.0, tl.where(x < 0, 0.0, v))
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=ok)
+
+
+# ----------------------------------------------------------------------------- configs
+
+# (BLOCK, num_warps, num_stages): 8 or 16 elements per thread, so every thread has 2
+# to 4 independent 16-byte loads (fp32) per stream in flight, with few enough registers
+# for 50-100% occupancy (32 per thread needed ~128 registers and spilled in leaky's
+# backward). No loop, so num_stages is 1. Every BLOCK is a multiple of 1024 (the loss
+# kernel's partial-sum grid). Each spill-free on sm_80 and sm_90 (aot_specs).
+GPU_CONFIGS = [(1024, 4, 1), (2048, 4, 1), (2048, 8, 1), (4096, 8, 1)]
+HEAVISIDE_CONFIGS = [(1024, 4, 1), (2048, 8, 1)]
+# Under the interpreter: 1024, so the tests' 1023 / 1025 / 2048 elements exercise the
+# masked tail alone, a full block plus a tail, and full blocks alone.
+INTERPRET_CONFIG = (1024, 4, 1)
+
+#: ``KERNELS[kind].force = cfg`` pins one config (the gpu tests run each).
+KERNELS = {
+    "fwd": Tuned(_act_fwd_kernel, ("BLOCK",), GPU_CONFIGS, ["n"], INTERPRET_CONFIG),
+    "bwd": Tuned(_act_bwd_kernel, ("BLOCK",), GPU_CONFIGS, ["n"], INTERPRET_CONFIG),
+    "heaviside": Tuned(_heaviside_kernel, ("BLOCK",), HEAVISIDE_CONFIGS, ["n"], INTERPRET_CONFIG),
+}
+
+
+#: Flat kernels compute ``start + BLOCK`` and ``start + arange(BLOCK)``: past this many
+#: elements those overflow int32 before the tensor reaches 2**31 elements, so the
+#: launchers switch to INT64 here already (needs_int64 alone waits for 2**31).
+INT32_SAFE = 2**31 - 2**16
+
+
+def flat_grid(n):
+    """Launch grid of a flat kernel over ``n`` elements in BLOCK pieces."""
+    return lambda meta: (triton.cdiv(n, meta["BLOCK"]),)
+
+
+# ----------------------------------------------------------------------------- layouts
+
+
+def _dense_order(a):
+    """The axes of ``a`` outermost first, if its memory is that permutation of a
+    C-contiguous array (no gaps, no stride-0 broadcast, no negative stride); else None."""
+    dims = sorted(((s, i) for i, (s, size) in enumerate(zip(strides(a), a.shape)) if size != 1),
+                  reverse=True)
+    expect = 1
+    for s, i in reversed(dims):
+        if s != expect:
+            return None
+        expect *= a.shape[i]
+    return tuple(i for _, i in dims) + tuple(i for i, size in enumerate(a.shape) if size == 1)
+
+
+def flat_operands(xp, *arrays):
+    """The arrays (same shape) laid out so that a flat kernel can walk their buffers in
+    step, and the axis order of that layout (outermost first).
+
+    Arrays that are all dense in one axis order stay as they are (C order, channels-last,
+    ...); otherwise every one that is not C-contiguous is copied to C order."""
+    orders = [_dense_order(a) for a in arrays]
+    ref = arrays[0]
+    if orders[0] is not None and all(
+        o is not None and all(sa == sr for sa, sr, size in zip(strides(a), strides(ref), ref.shape) if size != 1)
+        for o, a in zip(orders, arrays)
+    ):
+        return arrays, orders[0]
+    return tuple(xp.ascontiguousarray(a) for a in arrays), tuple(range(ref.ndim))
+
+
+def empty_in_order(xp, shape, dtype, order):
+    """An empty array of ``shape`` whose memory runs over the axes in ``order``."""
+    buf = xp.empty(tuple(shape[i] for i in order), dtype=dtype)
+    return buf.transpose(tuple(int(i) for i in np.argsort(order))) if len(order) > 1 else buf
+
+
+def storage_round(dtype, value) -> float:
+    """``value`` rounded to the storage dtype (bf16 for uint16), as a Python float: the
+    constants the reference computes in its dtype (``x.dtype.type(slope)``)."""
+    dtype = np.dtype(dtype)
+    if dtype == np.uint16:
+        bits = from_float32(np, np.asarray(value, dtype=np.float32).reshape(1), dtype)
+        return float(to_float32(np, bits)[0])
+    return float(dtype.type(value))
+
+
+# ----------------------------------------------------------------------------- launchers
+
+
+def _check_array(op, name, a):
+    if not hasattr(a, "dtype") or not hasattr(a, "shape"):
+        raise TypeError(f"{op}: {name} must be a NumPy or CuPy array, got {type(a).__name__}")
+    check_float(op, a)
+
+
+def _check_slope(op, negative_slope):
+    if not isinstance(negative_slope, numbers.Real) or isinstance(negative_slope, bool) or not negative_slope >= 0:
+        # the backward reads the saved output, whose sign is the input's only for slope >= 0
+        raise ValueError(f"{op}: negative_slope must be a real number >= 0, got {negative_slope!r}")
+    return float(negative_slope)
+
+
+def _forward_launch(op, x, slope=0.0, value=0.0):
+    _check_array(op, "x", x)
+    xp = get_array_module(x)
+    (x,), order = flat_operands(xp, x)
+    y = empty_in_order(xp, x.shape, x.dtype, order)
+    n = x.size
+    if n:
+        KERNELS["fwd"][flat_grid(n)](arg(x), arg(y), n, slope, value,
+                                      ACT=_ACT[op.split("_forward")[0]], INT64=needs_int64(x) or n >= INT32_SAFE)
+    return y
+
+
+def _backward_launch(op, grad_y, y, slope=0.0):
+    _check_array(op, "grad_y", grad_y)
+    _check_array(op, "y", y)
+    check_float(op, grad_y, y)
+    if tuple(grad_y.shape) != tuple(y.shape):
+        raise ValueError(f"{op}: grad_y shape {tuple(grad_y.shape)} differs from y shape {tuple(y.shape)}")
+    xp = get_array_module(grad_y, y)
+    (grad_y, y), order = flat_operands(xp, grad_y, y)
+    dx = empty_in_order(xp, y.shape, y.dtype, order)
+    n = y.size
+    if n:
+        KERNELS["bwd"][flat_grid(n)](arg(grad_y), arg(y), arg(dx), n, slope,
+                                      ACT=_ACT[op.split("_backward")[0]], INT64=needs_int64(y) or n >= INT32_SAFE)
+    return dx
+
+
+def relu_forward(x):
+    """y = max(x, 0) (NaN stays NaN).
+
+    Args:
+        x: float32 / float16 / bf16-as-uint16 array (CuPy, or NumPy under ``interpret``),
+            any shape and strides (dense layouts kept, others copied to C order).
+
+    Returns:
+        y, same shape, dtype and (dense) layout as x.
+    """
+    return _forward_launch("relu_forward", x)
+
+
+def relu_backward(grad_y, y):
+    """dx = g * [y > 0], from the saved output y.
+
+    Args:
+        grad_y: dL/dy, same shape and dtype as y.
+        y: the output of ``relu_forward``.
+    """
+    return _backward_launch("relu_backward", grad_y, y)
+
+
+def leaky_relu_forward(x, negative_slope):
+    """y = x if x > 0 else negative_slope * x (slope rounded to x's dtype first).
+
+    Args:
+        x: float array, any strides.
+        negative_slope: real number >= 0 (the backward reads the sign of y).
+    """
+    slope = _check_slope("leaky_relu_forward", negative_slope)
+    _check_array("leaky_relu_forward", "x", x)
+    return _forward_launch("leaky_relu_forward", x, storage_round(x.dtype, slope))
+
+
+def leaky_relu_backward(grad_y, y, negative_slope):
+    """dx = g if y > 0 else negative_slope * g (slope >= 0, so sign(y) = sign(x)).
+
+    Args:
+        grad_y: dL/dy, same shape and dtype as y.
+        y: the output of ``leaky_relu_forward``.
+        negative_slope: the forward's slope.
+    """
+    slope = _check_slope("leaky_relu_backward", negative_slope)
+    _check_array("leaky_relu_backward", "y", y)
+    return _backward_launch("leaky_relu_backward", grad_y, y, storage_round(y.dtype, slope))
+
+
+def sigmoid_forward(x):
+    """y = 1 / (1 + exp(-x)), as 1 / (1 + e) or e / (1 + e) with e = exp(-|x|) (no overflow).
+
+    Args:
+        x: float array, any strides.
+    """
+    return _forward_launch("sigmoid_forward", x)
+
+
+def sigmoid_backward(grad_y, y):
+    """dx = g * y * (1 - y), from the saved output y."""
+    return _backward_launch("sigmoid_backward", grad_y, y)
+
+
+def tanh_forward(x):
+    """y = tanh(x) (series near 0, 1 - 2 / (exp(2|x|) + 1) elsewhere; within 2 ulp).
+
+    Args:
+        x: float array, any strides.
+    """
+    return _forward_launch("tanh_forward", x)
+
+
+def tanh_backward(grad_y, y):
+    """dx = g * (1 - y^2), from the saved output y."""
+    return _backward_launch("tanh_backward", grad_y, y)
+
+
+def _collapse(shape, *stride_sets):
+    """Merge neighbouring axes that every stride set walks as one (and drop size-1
+    axes): the fewest dimensions that address the same elements."""
+    dims = [(size, [s[i] for s in stride_sets]) for i, size in enumerate(shape) if size != 1]
+    out = []
+    for size, sts in dims:
+        if out and all(ps == s * size for ps, s in zip(out[-1][1], sts)):
+            out[-1] = (out[-1][0] * size, sts)
+        else:
+            out.append((size, sts))
+    return out
+
+
+def _span(a):
+    """The largest element offset inside ``a`` (what its int32 addressing must reach)."""
+    return sum((size - 1) * abs(s) for size, s in zip(a.shape, strides(a)))
+
+
+def heaviside_forward(x, values):
+    """y = 0 for x < 0, ``values`` at x == 0, 1 for x > 0 (``torch.heaviside``).
+
+    NaN in x gives ``values`` (as the reference: NaN is neither < 0 nor > 0; note that
+    torch.heaviside gives 0 there).
+
+    Args:
+        x: float array, any strides.
+        values: a real number, or an array broadcastable with x (NumPy broadcasting:
+            the result takes the broadcast shape), converted to x's dtype. A 0-d host
+            NumPy array is a number.
+
+    Returns:
+        y in x's dtype: x's (dense) layout for a number ``values``, else C-contiguous.
+    """
+    op = "heaviside_forward"
+    _check_array(op, "x", x)
+    if isinstance(values, np.ndarray) and values.ndim == 0:
+        values = values.item()
+    if isinstance(values, (numbers.Real, np.generic)):
+        if isinstance(values, np.generic) and values.dtype.kind not in "fiub":
+            raise TypeError(f"{op}: values must be a real number or a real array, got {values.dtype}")
+        return _forward_launch(op, x, value=storage_round(x.dtype, float(values)))
+    if not hasattr(values, "dtype") or not hasattr(values, "shape") or values.dtype.kind not in "fiub":
+        raise TypeError(f"{op}: values must be a real number or a real array, got "
+                        f"{getattr(values, 'dtype', type(values).__name__)}")
+    if backend.device_of(values) != backend.device_of(x):
+        raise RuntimeError(f"{op}: x is on {backend.device_of(x)}, values on {backend.device_of(values)}")
+    xp = get_array_module(x)
+    try:
+        shape = tuple(np.broadcast_shapes(tuple(x.shape), tuple(values.shape)))
+    except ValueError:
+        raise ValueError(f"{op}: values shape {tuple(values.shape)} does not broadcast with x shape "
+                         f"{tuple(x.shape)}") from None
+    if values.dtype != x.dtype:  # the reference casts the chosen values to x's dtype
+        if x.dtype == np.uint16:
+            values = from_float32(xp, values.astype(np.float32), x.dtype)
+        else:
+            values = values.astype(x.dtype)
+    y = xp.empty(shape, dtype=x.dtype)
+    n = y.size
+    if n == 0:
+        return y
+    if any(s < 0 for s in strides(x)):  # kernel_arg would copy it to another layout
+        x = xp.ascontiguousarray(x)
+    if any(s < 0 for s in strides(values)):
+        values = xp.ascontiguousarray(values)
+    # the kernel reads x and values themselves (a broadcast view is read-only, which
+    # kernel_arg would copy) through the strides of their broadcast views
+    xb, vb = xp.broadcast_to(x, shape), xp.broadcast_to(values, shape)
+    dims = _collapse(shape, strides(xb), strides(vb))
+    if len(dims) > 4:  # more than 4 independent axes: read C-ordered copies instead
+        x, values = xp.ascontiguousarray(xb), xp.ascontiguousarray(vb)
+        dims = _collapse(shape, strides(x), strides(values))
+    dims = [(1, [0, 0])] * (4 - len(dims)) + dims
+    sizes = [d[0] for d in dims]
+    sx = [d[1][0] for d in dims]
+    sv = [d[1][1] for d in dims]
+    KERNELS["heaviside"][flat_grid(n)](
+        arg(x), arg(values), arg(y), n, sizes[1], sizes[2], sizes[3], *sx, *sv,
+        INT64=needs_int64(y) or n >= INT32_SAFE or max(_span(x), _span(values)) >= 2**31,
+    )
+    return y
+
+
+# ----------------------------------------------------------------------------- ahead-of-time specs
+
+
+def aot_specs():
+    """Every activation x every config of the forward and backward kernels (fp32), and on
+    the first config the fp16 / bf16 / INT64 variants; heaviside's strided kernel per config."""
+    from .aot import KernelSpec, signature_for  # noqa: PLC0415
+
+    specs = []
+    kinds = [("fwd", "_act_fwd_kernel", ("x_ptr", "y_ptr"), ("slope", "value"), range(5)),
+             ("bwd", "_act_bwd_kernel", ("g_ptr", "y_ptr", "dx_ptr"), ("slope",), range(4))]
+    for kind, name, pointers, floats, acts in kinds:
+        fn = globals()[name]
+        for i, (block, warps, stages) in enumerate(GPU_CONFIGS):
+            for act in acts:
+                runs = [("fp32", {})] + ([("fp16", {}), ("bf16", {}), ("fp32 int64", {"INT64": True})] if i == 0 else [])
+                for label, over in runs:
+                    dtype = label.split()[0]
+                    const = {"ACT": act, "INT64": False, "BLOCK": block, **over}
+                    act_name = [k for k, v in _ACT.items() if v == act][0]
+                    specs.append(KernelSpec(
+                        name=f"activation.{kind}[{act_name} {block} w{warps} {label}]", module=__name__,
+                        kernel=name, signature=signature_for(fn, const, pointers, dtype, floats=floats,
+                                                             i64=("n",) if over.get("INT64") else ()),
+                        constexprs=const, num_warps=warps, num_stages=stages, tensor_cores=False))
+    fn = _heaviside_kernel
+    for i, (block, warps, stages) in enumerate(HEAVISIDE_CONFIGS):
+        for label, over in [("fp32", {})] + ([("bf16", {}), ("fp32 int64", {"INT64": True})] if i == 0 else []):
+            const = {"INT64": False, "BLOCK": block, **over}
+            specs.append(KernelSpec(
+                name=f"activation.heaviside[{block} w{warps} {label}]", module=__name__,
+                kernel="_heaviside_kernel",
+                signature=signature_for(fn, const, ("x_ptr", "v_ptr", "y_ptr"), label.split()[0], floats=(),
+                                        i64=("n",) if over.get("INT64") else ()),
+                constexprs=const, num_warps=warps, num_stages=stages, tensor_cores=False))
+    return specs
+
