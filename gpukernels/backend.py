@@ -266,8 +266,12 @@ def kernel_arg(array, dtype: str | None = None):
         return DevicePointer(array.data.ptr, dtype or array.dtype.name)
     import torch  # noqa: PLC0415 - only the Triton backends get here
 
-    if any(s < 0 for s in array.strides) or not array.flags.writeable:
-        array = np.array(array)  # torch.from_numpy takes neither negative strides nor read-only memory
+    if any(st < 0 for st in array.strides) or not array.flags.writeable:
+        # a copy would change the strides the launcher passes with it: refuse, loudly
+        raise ValueError(
+            f"kernel_arg: a {'read-only' if not array.flags.writeable else 'negative-stride'} "
+            f"array (shape {array.shape}, strides {array.strides}) cannot be handed to a Triton "
+            "kernel as is; the launcher must pass triton._common.kernel_view(array)")
     t = torch.from_numpy(array)
     return t.view(getattr(torch, dtype)) if dtype else t
 

@@ -26,6 +26,15 @@ def arg(a):
     return kernel_arg(a, "bfloat16" if a.dtype == np.uint16 else None)
 
 
+def kernel_view(a):
+    """``a`` as memory a kernel may read with ``strides(a)``: NumPy arrays that are
+    read-only (``broadcast_to`` views) or have negative strides, which ``kernel_arg``
+    refuses, are copied to C order here, BEFORE the launcher reads their strides."""
+    if isinstance(a, np.ndarray) and (not a.flags.writeable or any(s < 0 for s in a.strides)):
+        return np.ascontiguousarray(a)
+    return a
+
+
 def dtype_name(dtype) -> str:
     return "bfloat16" if np.dtype(dtype) == np.uint16 else np.dtype(dtype).name
 
@@ -78,14 +87,16 @@ class Tuned:
             ``key`` (argument names) the first time each key value is seen.
         interpret: the one config used under Triton's interpreter, whose programs run
             one after another in Python: big tiles, few programs.
+        prune: optional ``early_config_prune(configs, named_args, **kwargs)`` for
+            ``triton.autotune``: keeps only the configs worth timing for a launch.
 
     ``force`` (a config) replaces autotuning: the ``gpu`` tests run every config this way,
     so a config that miscompiles cannot hide behind the autotuner's choice.
     """
 
-    def __init__(self, kernel, blocks, configs, key, interpret):
+    def __init__(self, kernel, blocks, configs, key, interpret, prune=None):
         self.kernel, self.blocks, self.configs = kernel, tuple(blocks), list(configs)
-        self.key, self.interpret, self.force = list(key), tuple(interpret), None
+        self.key, self.interpret, self.force, self.prune = list(key), tuple(interpret), None, prune
         self._tuned = None
 
     def meta(self, cfg) -> dict:
@@ -106,7 +117,8 @@ class Tuned:
             if self._tuned is None:
                 configs = [triton.Config(dict(zip(self.blocks, c[:-2])), num_warps=c[-2], num_stages=c[-1])
                            for c in self.configs]
-                self._tuned = triton.autotune(configs, key=self.key)(self.kernel)
+                prune = {"early_config_prune": self.prune} if self.prune else None
+                self._tuned = triton.autotune(configs, key=self.key, prune_configs_by=prune)(self.kernel)
             return self._tuned[grid](*args, **consts)
 
         return launch

@@ -53,7 +53,7 @@ import triton.language as tl
 from .. import backend
 from ..backend import get_array_module, kernel_arg
 from ..reference.conv import conv2d_output_size  # noqa: F401 - the family's shared formula, re-exported
-from ._common import Tuned, arg, check_float, from_float32, needs_int64, strides, to_float32
+from ._common import Tuned, arg, check_float, from_float32, kernel_view, needs_int64, strides, to_float32
 
 _ACTIVATIONS = {None: 0, "relu": 1, "leaky_relu": 2}
 
@@ -106,9 +106,9 @@ def _conv2d_fwd_kernel(
     """y[n, o, oh, ow] = act(b[o] + sum_{c,kh,kw} x[n, c, ih, iw] w[(kh, kw, c), o])."""
     M = N * OH * OW
     pid_m, pid_n = _grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(O, BLOCK_N), GROUP_M)
-    if INT64:
-        sxn, sxc, sxh, sxw = sxn.to(tl.int64), sxc.to(tl.int64), sxh.to(tl.int64), sxw.to(tl.int64)
-        syn, syc, syh, syw = syn.to(tl.int64), syc.to(tl.int64), syh.to(tl.int64), syw.to(tl.int64)
+    if INT64:  # tl.cast, not .to(): a stride of 1 arrives as a constexpr int
+        sxn, sxc, sxh, sxw = tl.cast(sxn, tl.int64), tl.cast(sxc, tl.int64), tl.cast(sxh, tl.int64), tl.cast(sxw, tl.int64)
+        syn, syc, syh, syw = tl.cast(syn, tl.int64), tl.cast(syc, tl.int64), tl.cast(syh, tl.int64), tl.cast(syw, tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok = offs_m < M
@@ -192,8 +192,8 @@ def _conv2d_dgrad_kernel(
     M = N * H_PH * W_PH
     pid_m, pid_n = _grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(C, BLOCK_N), GROUP_M)
     if INT64:
-        sgn, sgc, sgh, sgw = sgn.to(tl.int64), sgc.to(tl.int64), sgh.to(tl.int64), sgw.to(tl.int64)
-        sdn, sdc, sdh, sdw = sdn.to(tl.int64), sdc.to(tl.int64), sdh.to(tl.int64), sdw.to(tl.int64)
+        sgn, sgc, sgh, sgw = tl.cast(sgn, tl.int64), tl.cast(sgc, tl.int64), tl.cast(sgh, tl.int64), tl.cast(sgw, tl.int64)
+        sdn, sdc, sdh, sdw = tl.cast(sdn, tl.int64), tl.cast(sdc, tl.int64), tl.cast(sdh, tl.int64), tl.cast(sdw, tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok = offs_m < M
@@ -264,8 +264,8 @@ def _conv2d_wgrad_kernel(
     pid_m, pid_n = _grouped_tile(tl.program_id(0), tl.cdiv(O, BLOCK_M), num_n, GROUP_M)
     split = tl.program_id(1)
     if INT64:
-        sgn, sgc, sgh, sgw = sgn.to(tl.int64), sgc.to(tl.int64), sgh.to(tl.int64), sgw.to(tl.int64)
-        sxn, sxc, sxh, sxw = sxn.to(tl.int64), sxc.to(tl.int64), sxh.to(tl.int64), sxw.to(tl.int64)
+        sgn, sgc, sgh, sgw = tl.cast(sgn, tl.int64), tl.cast(sgc, tl.int64), tl.cast(sgh, tl.int64), tl.cast(sgw, tl.int64)
+        sxn, sxc, sxh, sxw = tl.cast(sxn, tl.int64), tl.cast(sxc, tl.int64), tl.cast(sxh, tl.int64), tl.cast(sxw, tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = offs_m < O
     o = tl.where(m_ok, offs_m, 0)
@@ -437,6 +437,7 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activatio
         y (N, O, OH, OW), contiguous, same dtype as ``x``.
     """
     xp = _check(x, weight, bias, groups)
+    x, weight, bias = kernel_view(x), kernel_view(weight), kernel_view(bias)
     n, c, h, w, o, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = _geometry(x, weight, stride, padding, dilation)
     y = xp.empty((n, o, oh, ow), dtype=x.dtype)
     if y.size == 0:
@@ -559,6 +560,7 @@ def conv2d_backward(grad_y, x, weight, y, stride, padding, dilation, groups, act
         ``(grad_x, grad_weight, grad_bias)``; an entry is None when ``needs[i]`` is False.
     """
     xp = _check(x, weight, None, groups)
+    grad_y, x, weight, y = kernel_view(grad_y), kernel_view(x), kernel_view(weight), kernel_view(y)
     needs = tuple(bool(v) for v in needs)
     if activation is None:
         y = None
@@ -594,9 +596,11 @@ def conv2d_backward(grad_y, x, weight, y, stride, padding, dilation, groups, act
 def aot_specs():
     """Every kernel x config (float32/TF32, 3x3, stride 1, ReLU), plus, on the first config
     of each kernel, the variants that change the generated code: fp16, bf16, full-fp32,
-    PACKED small-C, 1x1, stride/dilation 2, leaky ReLU, INT64 offsets."""
+    PACKED small-C, 1x1, stride/dilation 2, leaky ReLU, INT64 offsets (also with the unit
+    innermost strides Triton turns into constants at launch)."""
     from .aot import KernelSpec, signature_for  # noqa: PLC0415
 
+    unit_strides = {"fwd": ("sxw", "syw"), "dgrad": ("sgw", "sdw"), "wgrad": ("sgw", "sxw")}
     kernels = {
         "fwd": ("_conv2d_fwd_kernel", ("x_ptr", "w_ptr", "b_ptr", "y_ptr"),
                 dict(HAS_BIAS=True, PACKED=False)),
@@ -612,6 +616,8 @@ def aot_specs():
         ("1x1 s2", "fp32", {"KH": 1, "KW": 1, "STRIDE_H": 2, "STRIDE_W": 2}, True),
         ("5x5 d2 leaky", "fp32", {"KH": 5, "KW": 5, "DIL_H": 2, "DIL_W": 2, "ACTIVATION": 2}, True),
         ("int64", "fp32", {"INT64": True}, True),
+        # a stride of 1 is specialised to a constexpr at launch: the int64 widening must take it
+        ("int64 unit-stride", "fp32", {"INT64": True, "UNIT": 1}, True),
         ("packed", "fp32", {"PACKED": True}, True),
     ]
     specs = []
@@ -626,6 +632,8 @@ def aot_specs():
                              INT64=False, PRECISION="tf32" if dtype == "fp32" else "ieee",
                              BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=GROUP_M, **own)
                 const.update(over)
+                if const.pop("UNIT", None):  # NCHW's innermost strides, specialised to 1
+                    const.update(dict.fromkeys(unit_strides[kind], 1))
                 ptrs = {p: dtype for p in pointers}
                 if kind == "wgrad":  # float32 partial sums whatever the input dtype
                     ptrs.update(dw_ptr="fp32", db_ptr="fp32")
