@@ -542,10 +542,22 @@ def _accumulate(tensor: Tensor, g, handed_out: set) -> None:
     """Add ``g`` into ``tensor.grad``. A fresh gradient array becomes ``.grad`` as it is
     (no copy: for a conv input that is a whole activation's worth of memory traffic);
     one that another ``.grad`` or the caller holds, or a view, is copied, so a later
-    in-place accumulation can never change two gradients at once."""
+    in-place accumulation can never change two gradients at once.
+
+    A parameter an optimizer keeps in a flat buffer (``gpukernels.optim.flat``) carries
+    its slice of the flat gradient buffer as ``_grad_view``: with no ``.grad`` yet, ``g``
+    is copied into that slice and ``.grad`` wraps it, so the optimizer finds every
+    gradient in one contiguous array (one copy, the bytes a gather at step time would
+    move). ``zero_grad(set_to_none=True)`` drops ``.grad``; the next backward writes the
+    slice again."""
     g = g.astype(tensor.dtype, copy=False)
+    view = getattr(tensor, "_grad_view", None)
     if tensor.grad is not None:
         tensor.grad.data += g
+    elif (view is not None and view.shape == g.shape and view.dtype == g.dtype
+          and backend.device_of(view) == backend.device_of(g)):
+        view[...] = g
+        tensor.grad = Tensor(view)
     elif id(g) in handed_out or getattr(g, "base", None) is not None:
         tensor.grad = Tensor(g.copy())
     else:

@@ -153,10 +153,11 @@ class Module:
         if device is not None and not isinstance(device, str) and dtype is None:
             device, dtype = None, device
         device = backend.normalize_device(device) if device is not None else None
+        moved = self._move_flat_parameters(device, dtype)
         for _, module in self.named_modules():
             for store in (module._parameters, module._buffers):
                 for t in store.values():
-                    if t is None:
+                    if t is None or id(t) in moved:
                         continue
                     data = t.data
                     if dtype is not None and data.dtype.kind == "f":
@@ -168,6 +169,25 @@ class Module:
                         t.grad = None if data.shape != t.grad.shape else Tensor(
                             backend.to_device(t.grad.data.astype(data.dtype), backend.device_of(data)))
         return self
+
+    def _move_flat_parameters(self, device, dtype) -> set:
+        """Move the parameters an optimizer keeps as views of one flat buffer
+        (``gpukernels.optim.flat``) as that buffer, with its gradient and state buffers,
+        so they stay views of one buffer; returns the ids of the parameters moved. A
+        buffer only part of whose parameters belong to this module is left to the
+        per-tensor path (its optimizer rebuilds it at the next step)."""
+        params = list(self.parameters())
+        members = {id(p) for p in params}
+        moved, seen = set(), set()
+        for p in params:
+            ref = getattr(p, "_flat", None)
+            flat = ref() if ref is not None else None
+            if flat is None or id(flat) in seen:
+                continue
+            seen.add(id(flat))
+            if flat.move(members, device, dtype):
+                moved.update(id(q) for q in flat.params)
+        return moved
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -1,14 +1,18 @@
 """Optimizers with the interface and update rules of ``torch.optim``.
 
-``step()`` hands every parameter to the backend's update functions
-(``backend.kernels("optim", device)``: ``gpukernels.reference.optim`` today), which
-update ``param.data`` in place.
+Each param group's parameters, gradients and state live as views of one flat buffer
+per (device, dtype) (``flat.py``); ``step()`` makes one call of the backend's update
+function (``backend.kernels("optim", device)``: ``gpukernels.reference.optim`` on
+NumPy, ``gpukernels.triton.optim`` on the Triton backends, one kernel launch) per
+buffer, updating it in place. ``max_grad_norm=`` fuses global-norm gradient clipping
+into the step.
 """
 
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
+from .flat import FlatParams
 from .optimizer import Optimizer
 from .rmsprop import RMSprop
 from .sgd import SGD
 
-__all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW"]
+__all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "FlatParams"]

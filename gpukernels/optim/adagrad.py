@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from .. import backend
 from .optimizer import Optimizer, check_number
 
 
@@ -21,17 +20,20 @@ class Adagrad(Optimizer):
         initial_accumulator_value: start value of the sum of squares (default 0).
         eps: added to the denominator for stability (default 1e-10).
         maximize: maximize the objective instead of minimizing it.
+        max_grad_norm: clip the gradients to this global norm first (see ``Optimizer``).
     """
 
     def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0,
-                 initial_accumulator_value=0, eps=1e-10, *, maximize=False):
+                 initial_accumulator_value=0, eps=1e-10, *, maximize=False, max_grad_norm=None):
         defaults = {"lr": lr, "lr_decay": lr_decay, "eps": eps, "weight_decay": weight_decay,
                     "initial_accumulator_value": initial_accumulator_value,
                     "maximize": maximize}
-        super().__init__(params, defaults)
-        for group in self.param_groups:
-            for p in group["params"]:
-                self._init_state(p, group, self.state[p])
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm)
+        for index, group in enumerate(self.param_groups):  # eager state, as torch's Adagrad
+            for flat in self._group_flats(index):
+                fresh = {"sum": flat.ensure_state("sum", group["initial_accumulator_value"])}
+                for i, p in enumerate(flat.params):
+                    self._init_state(self.state[p], flat, i, fresh)
 
     def _validate(self, group):
         check_number("lr", group["lr"], label="learning rate")
@@ -41,17 +43,22 @@ class Adagrad(Optimizer):
         check_number("eps", group["eps"], label="epsilon value")
 
     @staticmethod
-    def _init_state(param, group, state):
+    def _init_state(state, flat, index, fresh):
         if not state:
-            xp = backend.get_array_module(param.data)
             state["step"] = 0
-            state["sum"] = xp.full_like(param.data, group["initial_accumulator_value"])
+            state["sum"] = flat.slot("sum", index, reset=not fresh["sum"])
 
-    def _update(self, param, grad, group, state):
-        self._init_state(param, group, state)
+    def _state_specs(self, group):
+        return {"sum": group["initial_accumulator_value"]}
+
+    def _prepare(self, param, state, group, flat, index, fresh):
+        self._init_state(state, flat, index, fresh)
         state["step"] += 1
-        self._kernels(param).adagrad_update(
-            param.data, grad, state["sum"], step=state["step"], lr=group["lr"],
+        return state["step"]
+
+    def _launch(self, kernels, flat, group, step, segments, grad_scale):
+        kernels.adagrad_update(
+            flat.data, flat.grad, flat.state["sum"], step=step, lr=group["lr"],
             lr_decay=group["lr_decay"], weight_decay=group["weight_decay"], eps=group["eps"],
-            maximize=group["maximize"],
+            maximize=group["maximize"], grad_scale=grad_scale, segments=segments,
         )

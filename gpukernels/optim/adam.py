@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from .. import backend
 from .optimizer import Optimizer, check_number
 
 
@@ -24,14 +23,15 @@ class Adam(Optimizer):
         maximize: maximize the objective instead of minimizing it.
         decoupled_weight_decay: decay the weights directly (AdamW) instead of adding
             an L2 term to the gradient.
+        max_grad_norm: clip the gradients to this global norm first (see ``Optimizer``).
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
-                 amsgrad=False, *, maximize=False, decoupled_weight_decay=False):
+                 amsgrad=False, *, maximize=False, decoupled_weight_decay=False, max_grad_norm=None):
         defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
                     "amsgrad": amsgrad, "maximize": maximize,
                     "decoupled_weight_decay": decoupled_weight_decay}
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm)
 
     def _validate(self, group):
         check_number("lr", group["lr"], label="learning rate")
@@ -44,22 +44,31 @@ class Adam(Optimizer):
         group["betas"] = tuple(float(b) for b in betas)
         check_number("weight_decay", group["weight_decay"])
 
-    def _update(self, param, grad, group, state):
-        xp = backend.get_array_module(param.data)
+    def _state_specs(self, group):
+        specs = {"exp_avg": 0.0, "exp_avg_sq": 0.0}
+        if group["amsgrad"]:
+            specs["max_exp_avg_sq"] = 0.0
+        return specs
+
+    def _prepare(self, param, state, group, flat, index, fresh):
         if not state:
             state["step"] = 0
-            state["exp_avg"] = xp.zeros_like(param.data)
-            state["exp_avg_sq"] = xp.zeros_like(param.data)
+            for name in ("exp_avg", "exp_avg_sq"):
+                state[name] = flat.slot(name, index, reset=not fresh[name])
         if group["amsgrad"] and "max_exp_avg_sq" not in state:
-            state["max_exp_avg_sq"] = xp.zeros_like(param.data)
+            state["max_exp_avg_sq"] = flat.slot("max_exp_avg_sq", index, reset=not fresh["max_exp_avg_sq"])
         state["step"] += 1
+        return state["step"]  # the bias corrections depend on it: one call per step count
+
+    def _launch(self, kernels, flat, group, step, segments, grad_scale):
         beta1, beta2 = group["betas"]
-        self._kernels(param).adam_update(
-            param.data, grad, state["exp_avg"], state["exp_avg_sq"],
-            state["max_exp_avg_sq"] if group["amsgrad"] else None,
-            step=state["step"], lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+        kernels.adam_update(
+            flat.data, flat.grad, flat.state["exp_avg"], flat.state["exp_avg_sq"],
+            flat.state["max_exp_avg_sq"] if group["amsgrad"] else None,
+            step=step, lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
             weight_decay=group["weight_decay"], decoupled=group["decoupled_weight_decay"],
             amsgrad=group["amsgrad"], maximize=group["maximize"],
+            grad_scale=grad_scale, segments=segments,
         )
 
 
@@ -71,9 +80,9 @@ class AdamW(Adam):
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-                 amsgrad=False, *, maximize=False):
+                 amsgrad=False, *, maximize=False, max_grad_norm=None):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize,
-                         decoupled_weight_decay=True)
+                         decoupled_weight_decay=True, max_grad_norm=max_grad_norm)
 
     def _validate(self, group):
         super()._validate(group)

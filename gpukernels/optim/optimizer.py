@@ -2,18 +2,43 @@
 
 An optimizer holds ``param_groups`` (a list of dicts: ``"params"`` plus the group's
 hyper-parameters) and ``state`` (a dict keyed by parameter with the per-parameter
-arrays: momentum buffers, moment estimates, step counts). ``step()`` walks the groups
-and hands each parameter that has a gradient to the backend's update function
-(``backend.kernels("optim", device)``), which updates ``param.data`` in place.
+arrays: momentum buffers, moment estimates, step counts).
+
+Flat buffers (``flat.py``): when a group is added, its parameters are copied into one
+contiguous buffer per (device, dtype) and each ``param.data`` becomes a view of it;
+gradients and state arrays get buffers of the same layout. ``step()`` then makes one
+call of the backend's update function (``backend.kernels("optim", device)``) per
+buffer: one Triton launch on the GPU whatever the number of parameter tensors. Take
+views of ``param.data`` after constructing the optimizer, not before (as with apex's
+and DeepSpeed's flat buffers).
+
+What ``step()`` does per buffer, in order:
+
+1. check (object identity) that every parameter still is its view, else rebuild the
+   buffer, copying values, gradients and state (``Module.to`` moves whole buffers, so
+   it needs no rebuild; ``p.data = ...`` does);
+2. copy in any gradient that is not its slice of the gradient buffer (one the user
+   assigned); parameters whose ``grad`` is ``None`` are left out, as ``torch.optim``
+   does: their parameter and state are neither read nor written and their step count
+   does not advance;
+3. with ``max_grad_norm``, one reduction over every gradient gives the global norm and
+   the clipping coefficient (left on the device: no host synchronisation), which each
+   update multiplies into the gradient it reads;
+4. one update call over the whole buffer; when some parameters have no gradient, over
+   the element ranges of those that have one (still one call: the Triton kernels take a
+   table of ranges); when parameters of one buffer have different step counts (one
+   joined later), one call per distinct step count.
 
 State arrays live on the device of their parameter, as raw arrays (``numpy.ndarray``
-or ``cupy.ndarray``); ``state_dict()`` copies them to host NumPy arrays, so a
-checkpoint pickles, and ``load_state_dict`` moves them back to the parameters' device.
+or ``cupy.ndarray``) that are views of the state buffers; ``state_dict()`` copies them
+to host NumPy arrays, so a checkpoint pickles, and ``load_state_dict`` copies them back
+into the buffers.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import numbers
 import warnings
 from collections import defaultdict
@@ -22,6 +47,7 @@ import numpy as np
 
 from .. import backend
 from ..tensor import Tensor, enable_grad, no_grad
+from .flat import FlatParams
 
 
 class _RequiredParameter:
@@ -62,14 +88,33 @@ class Optimizer:
             of dicts, each a parameter group: ``{"params": [...], "lr": ..., ...}``;
             hyper-parameters a group does not give come from ``defaults``.
         defaults: the default hyper-parameters of every group.
+        max_grad_norm: clip the gradients to this global 2-norm before each update, as
+            ``torch.nn.utils.clip_grad_norm_(params, max_norm)`` before ``step()`` would
+            (the name of Hugging Face's ``TrainingArguments.max_grad_norm``), but fused:
+            one reduction over the flat gradient buffers, the coefficient
+            ``min(1, max_norm / (norm + 1e-6))`` multiplied into the gradient the update
+            reads. Unlike ``clip_grad_norm_`` the ``.grad`` arrays are not modified. The
+            norm is over every parameter of every group that has a gradient; it is kept
+            (on the device, unsynchronised) as ``last_grad_norm``. ``None``: no clipping.
 
     Subclasses implement ``_validate(group)`` (raise ``ValueError`` for bad
-    hyper-parameters) and ``_update(param, grad, group, state)``.
+    hyper-parameters), ``_state_specs(group)`` (the state buffers and their initial
+    values), ``_prepare(param, state, group, flat, index, fresh)`` (create a parameter's
+    state, advance its step; returns the key of the launch it joins) and
+    ``_launch(kernels, flat, group, key, segments, grad_scale)`` (one update call).
     """
 
-    def __init__(self, params, defaults: dict):
+    def __init__(self, params, defaults: dict, *, max_grad_norm=None):
         self._validate(defaults)
         self.defaults = defaults
+        if max_grad_norm is not None:
+            check_number("max_grad_norm", max_grad_norm)
+            if max_grad_norm == 0:
+                raise ValueError("Invalid max_grad_norm: max_grad_norm=0 (must be > 0, or None)")
+        self.max_grad_norm = max_grad_norm
+        self.last_grad_norm = None
+        # per param group: (ids of its parameters, [FlatParams, one per device and dtype])
+        self._flat: list = []
         if isinstance(params, Tensor):
             raise TypeError(
                 "params argument given to the optimizer should be an iterable of Tensors "
@@ -91,8 +136,18 @@ class Optimizer:
     def _validate(self, group: dict) -> None:
         """Raise ``ValueError`` when a hyper-parameter of ``group`` is out of range."""
 
-    def _update(self, param: Tensor, grad, group: dict, state: dict) -> None:
-        """Update ``param.data`` (and ``state``) in place from the gradient array."""
+    def _state_specs(self, group: dict) -> dict:
+        """``{name: initial value}`` of the state buffers ``group``'s update needs."""
+        return {}
+
+    def _prepare(self, param, state: dict, group: dict, flat: FlatParams, index: int, fresh: dict):
+        """Create ``param``'s state entries (views: ``flat.slot(name, index, reset=not
+        fresh[name])``), advance its step; return the key of the launch it joins (the
+        parameters with equal keys are updated by one call)."""
+        raise NotImplementedError
+
+    def _launch(self, kernels, flat: FlatParams, group: dict, key, segments, grad_scale) -> None:
+        """One update call of ``kernels`` over ``flat`` (only ``segments`` when given)."""
         raise NotImplementedError
 
     # -- groups ----------------------------------------------------------------------------
@@ -155,6 +210,99 @@ class Optimizer:
                 f"{'with' if 'param_names' in group else 'without'} names"
             )
         self.param_groups.append(group)
+        self._group_flats(len(self.param_groups) - 1)
+
+    # -- flat buffers ----------------------------------------------------------------------
+    def _group_flats(self, index: int) -> list:
+        """The flat buffers of param group ``index``, rebuilt when a parameter no longer
+        is its view or the group's parameter list changed."""
+        params = list({id(p): p for p in self.param_groups[index]["params"]}.values())
+        key = tuple(map(id, params))
+        while len(self._flat) <= index:
+            self._flat.append(None)
+        entry = self._flat[index]
+        if entry is not None and entry[0] == key and all(f.valid() for f in entry[1]):
+            return entry[1]
+        parts: dict = {}
+        for p in params:  # one buffer per (device, dtype), in the group's order
+            parts.setdefault((p.device, p.data.dtype), []).append(p)
+        flats = [FlatParams(members, owner=self) for members in parts.values()]
+        for flat in flats:
+            self._load_flat_state(flat, self.param_groups[index])
+        self._flat[index] = (key, flats)
+        return flats
+
+    def _load_flat_state(self, flat: FlatParams, group: dict) -> None:
+        """(Re)allocate ``flat``'s state buffers for the state arrays its parameters
+        have, copy those arrays in and make the state hold the views; slots of
+        parameters without state start at the initial value."""
+        specs = self._state_specs(group)
+        names = []
+        for p in flat.params:
+            for name, value in self.state.get(p, {}).items():
+                if _is_array(value) and tuple(value.shape) == p.shape and name not in names:
+                    names.append(name)
+        flat.state.clear()
+        flat.state_views.clear()
+        for name in names:
+            flat.ensure_state(name, specs.get(name, 0.0))
+        flat.adopt(self.state, names)
+
+    def _gather_grads(self, flat: FlatParams) -> list:
+        """Indices of ``flat``'s parameters that have a gradient, after copying into the
+        gradient buffer those gradients that are not already their slice of it."""
+        members = []
+        for i, p in enumerate(flat.params):
+            if p.grad is None:
+                continue
+            grad = p.grad.data if isinstance(p.grad, Tensor) else p.grad
+            if grad is not flat.grad_views[i]:
+                if tuple(grad.shape) != p.shape:
+                    raise ValueError(
+                        f"{type(self).__name__}.step(): gradient has shape "
+                        f"{tuple(grad.shape)}, its parameter has shape {p.shape}"
+                    )
+                if backend.device_of(grad) != p.device:
+                    raise ValueError(
+                        f"{type(self).__name__}.step(): gradient is on "
+                        f"{backend.device_of(grad)}, its parameter on {p.device}"
+                    )
+                flat.grad_views[i][...] = grad
+            members.append(i)
+        return members
+
+    def _clip_scale(self, work):
+        """The clipping coefficient for ``max_grad_norm`` over the gradients of ``work``
+        (one reduction per device): a one-element array on the device, or a float when
+        the gradients span several devices (their norms are then combined on the host)."""
+        per_device: dict = {}
+        for _, flat, members in work:
+            grads, segments = per_device.setdefault(flat.device, ([], []))
+            grads.append(flat.grad)
+            segments.append(None if len(members) == len(flat.params) else flat.segments(members))
+        results = [backend.kernels("optim", device).clip_coefficient(grads, self.max_grad_norm, segments=segments)
+                   for device, (grads, segments) in per_device.items()]
+        if len(results) == 1:
+            self.last_grad_norm = results[0][0]
+            return results[0][1:]
+        norm = math.sqrt(sum(float(r[0]) ** 2 for r in results))
+        coef = self.max_grad_norm / (norm + 1e-6)
+        self.last_grad_norm = norm
+        return 1.0 if coef > 1 else coef  # NaN stays NaN, as torch.clamp(max=1)
+
+    def _step_flat(self, group: dict, flat: FlatParams, members: list, grad_scale) -> None:
+        specs = self._state_specs(group)
+        fresh = {name: flat.ensure_state(name, init) for name, init in specs.items()}
+        flat.adopt(self.state, list(specs))
+        launches: dict = {}
+        for i in members:
+            p = flat.params[i]
+            key = self._prepare(p, self.state[p], group, flat, i, fresh)
+            launches.setdefault(key, []).append(i)
+        kernels = backend.kernels("optim", flat.device)
+        whole = len(members) == len(flat.params) and len(launches) == 1
+        for key, indices in launches.items():
+            self._launch(kernels, flat, group, key, None if whole else flat.segments(indices), grad_scale)
 
     # -- updates ---------------------------------------------------------------------------
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -164,21 +312,31 @@ class Optimizer:
             set_to_none: set ``param.grad`` to ``None`` (the default, as in PyTorch)
                 instead of filling it with zeros.
         """
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
+            zeroed = set()
+            if not set_to_none and index < len(self._flat) and self._flat[index] is not None:
+                for flat in self._flat[index][1]:
+                    if flat.valid() and all(p.grad is None or p.grad.data is view
+                                            for p, view in zip(flat.params, flat.grad_views)):
+                        flat.grad.fill(0)  # one fill for the whole buffer, not one per tensor
+                        zeroed.update(id(p) for p in flat.params)
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 if set_to_none:
-                    p.grad = None
+                    p.grad = None  # the next backward writes the flat slice again
                 else:
                     p.grad = p.grad.detach()
-                    p.grad.zero_()
+                    if id(p) not in zeroed:
+                        p.grad.zero_()
 
     def step(self, closure=None):
         """Perform one optimization step on every parameter that has a gradient.
 
         Runs without recording autograd. Parameters whose ``grad`` is ``None`` are
-        skipped (their state is not created or advanced).
+        skipped (their state is not created or advanced). One update call per flat
+        buffer (see the module docstring), after one norm reduction with
+        ``max_grad_norm``.
 
         Args:
             closure: optional callable that re-evaluates the model and returns the
@@ -189,28 +347,21 @@ class Optimizer:
             with enable_grad():
                 loss = closure()
         with no_grad():
-            for group in self.param_groups:
-                for p in group["params"]:
-                    if p.grad is None:
-                        continue
-                    grad = p.grad.data if isinstance(p.grad, Tensor) else p.grad
-                    if tuple(grad.shape) != p.shape:
-                        raise ValueError(
-                            f"{type(self).__name__}.step(): gradient has shape "
-                            f"{tuple(grad.shape)}, its parameter has shape {p.shape}"
-                        )
-                    if backend.device_of(grad) != p.device:
-                        raise ValueError(
-                            f"{type(self).__name__}.step(): gradient is on "
-                            f"{backend.device_of(grad)}, its parameter on {p.device}"
-                        )
-                    self._update(p, grad, group, self.state[p])
+            work = []
+            for index, group in enumerate(self.param_groups):
+                for flat in self._group_flats(index):
+                    members = self._gather_grads(flat)
+                    if members:
+                        work.append((group, flat, members))
+            grad_scale = self._clip_scale(work) if self.max_grad_norm is not None and work else None
+            for group, flat, members in work:
+                self._step_flat(group, flat, members, grad_scale)
         return loss
 
-    @staticmethod
-    def _kernels(param):
-        """The optimizer update functions for the device of ``param``."""
-        return backend.kernels("optim", param.device)
+    def flat_buffers(self) -> list:
+        """The ``FlatParams`` of every param group (rebuilt first where needed): the
+        contiguous parameter, gradient and state buffers the updates run on."""
+        return [flat for index in range(len(self.param_groups)) for flat in self._group_flats(index)]
 
     # -- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -287,6 +438,9 @@ class Optimizer:
             new_groups.append(saved)
         self.state = state
         self.param_groups = new_groups
+        for index, group in enumerate(self.param_groups):
+            for flat in self._group_flats(index):  # the loaded arrays become views again
+                self._load_flat_state(flat, group)
 
     def __repr__(self) -> str:
         text = type(self).__name__ + " ("

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from .. import backend
 from .optimizer import Optimizer, check_number
 
 
@@ -23,13 +22,14 @@ class RMSprop(Optimizer):
         momentum: momentum factor (default 0).
         centered: normalize by an estimate of the gradient's variance.
         maximize: maximize the objective instead of minimizing it.
+        max_grad_norm: clip the gradients to this global norm first (see ``Optimizer``).
     """
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
-                 centered=False, *, maximize=False):
+                 centered=False, *, maximize=False, max_grad_norm=None):
         defaults = {"lr": lr, "momentum": momentum, "alpha": alpha, "eps": eps,
                     "centered": centered, "weight_decay": weight_decay, "maximize": maximize}
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm)
 
     def _validate(self, group):
         check_number("lr", group["lr"], label="learning rate")
@@ -38,21 +38,31 @@ class RMSprop(Optimizer):
         check_number("weight_decay", group["weight_decay"])
         check_number("alpha", group["alpha"])
 
-    def _update(self, param, grad, group, state):
-        xp = backend.get_array_module(param.data)
+    def _state_specs(self, group):
+        specs = {"square_avg": 0.0}
+        if group["momentum"] > 0:
+            specs["momentum_buffer"] = 0.0
+        if group["centered"]:
+            specs["grad_avg"] = 0.0
+        return specs
+
+    def _prepare(self, param, state, group, flat, index, fresh):
         if not state:
             state["step"] = 0
-            state["square_avg"] = xp.zeros_like(param.data)
-        if group["momentum"] > 0 and "momentum_buffer" not in state:
-            state["momentum_buffer"] = xp.zeros_like(param.data)
-        if group["centered"] and "grad_avg" not in state:
-            state["grad_avg"] = xp.zeros_like(param.data)
+            state["square_avg"] = flat.slot("square_avg", index, reset=not fresh["square_avg"])
+        for name, wanted in (("momentum_buffer", group["momentum"] > 0), ("grad_avg", group["centered"])):
+            if wanted and name not in state:
+                state[name] = flat.slot(name, index, reset=not fresh[name])
         state["step"] += 1
-        self._kernels(param).rmsprop_update(
-            param.data, grad, state["square_avg"],
-            state["grad_avg"] if group["centered"] else None,
-            state["momentum_buffer"] if group["momentum"] > 0 else None,
+        return None  # the update does not depend on the step: one call for all
+
+    def _launch(self, kernels, flat, group, key, segments, grad_scale):
+        kernels.rmsprop_update(
+            flat.data, flat.grad, flat.state["square_avg"],
+            flat.state["grad_avg"] if group["centered"] else None,
+            flat.state["momentum_buffer"] if group["momentum"] > 0 else None,
             lr=group["lr"], alpha=group["alpha"], eps=group["eps"],
             weight_decay=group["weight_decay"], momentum=group["momentum"],
             centered=group["centered"], maximize=group["maximize"],
+            grad_scale=grad_scale, segments=segments,
         )

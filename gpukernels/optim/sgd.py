@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from .. import backend
 from .optimizer import Optimizer, check_number
 
 
@@ -21,13 +20,14 @@ class SGD(Optimizer):
         weight_decay: L2 penalty (default 0).
         nesterov: Nesterov momentum; needs ``momentum > 0`` and ``dampening == 0``.
         maximize: maximize the objective instead of minimizing it.
+        max_grad_norm: clip the gradients to this global norm first (see ``Optimizer``).
     """
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0,
-                 nesterov=False, *, maximize=False):
+                 nesterov=False, *, maximize=False, max_grad_norm=None):
         defaults = {"lr": lr, "momentum": momentum, "dampening": dampening,
                     "weight_decay": weight_decay, "nesterov": nesterov, "maximize": maximize}
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, max_grad_norm=max_grad_norm)
 
     def _validate(self, group):
         check_number("lr", group["lr"], label="learning rate")
@@ -40,16 +40,23 @@ class SGD(Optimizer):
                 f"momentum={group['momentum']!r}, dampening={group['dampening']!r}"
             )
 
-    def _update(self, param, grad, group, state):
-        buffer, first = None, False
-        if group["momentum"] != 0:
-            first = "momentum_buffer" not in state or state["momentum_buffer"] is None
-            if first:
-                xp = backend.get_array_module(param.data)
-                state["momentum_buffer"] = xp.empty_like(param.data)  # set to the gradient
-            buffer = state["momentum_buffer"]
-        self._kernels(param).sgd_update(
-            param.data, grad, buffer, lr=group["lr"], momentum=group["momentum"],
-            dampening=group["dampening"], weight_decay=group["weight_decay"],
-            nesterov=group["nesterov"], maximize=group["maximize"], first_step=first,
+    def _state_specs(self, group):
+        return {"momentum_buffer": 0.0} if group["momentum"] != 0 else {}
+
+    def _prepare(self, param, state, group, flat, index, fresh):
+        # as torch: the buffer appears in the state after the first update with momentum
+        # and is the gradient then (first_step), so its slot's content does not matter
+        if group["momentum"] == 0:
+            return False
+        first = state.get("momentum_buffer") is None
+        if first:
+            state["momentum_buffer"] = flat.slot("momentum_buffer", index)
+        return first
+
+    def _launch(self, kernels, flat, group, first, segments, grad_scale):
+        kernels.sgd_update(
+            flat.data, flat.grad, flat.state["momentum_buffer"] if group["momentum"] != 0 else None,
+            lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
+            weight_decay=group["weight_decay"], nesterov=group["nesterov"],
+            maximize=group["maximize"], first_step=first, grad_scale=grad_scale, segments=segments,
         )

@@ -1,14 +1,27 @@
-"""NumPy/CuPy reference: per-parameter optimizer updates, the rules of ``torch.optim``.
+"""NumPy/CuPy reference: optimizer updates with the rules of ``torch.optim``, and the
+global-norm clipping coefficient of ``torch.nn.utils.clip_grad_norm_``.
 
-Every function updates the parameter array ``p`` and its state arrays IN PLACE (views
-of ``p`` stay valid) and never writes the gradient ``g``. The arithmetic follows the
-order of PyTorch's ``_single_tensor_*`` implementations, so float64 results agree with
-``torch.optim`` to rounding. Step-dependent scalars (bias corrections, the decayed
+Every update function updates the parameter array ``p`` and its state arrays IN PLACE
+(views of ``p`` stay valid) and never writes the gradient ``g``. The arithmetic follows
+the order of PyTorch's ``_single_tensor_*`` implementations, so float64 results agree
+with ``torch.optim`` to rounding. Step-dependent scalars (bias corrections, the decayed
 Adagrad rate) are computed on the host as Python floats. The same names and signatures
-are what a Triton backend (``gpukernels.triton.optim``) implements.
+are what the Triton backend (``gpukernels.triton.optim``) implements, each as one kernel.
+
+Two keyword arguments serve the optimizers' flat buffers (``gpukernels.optim.flat``),
+where every parameter of a group is a slice of one array:
+
+- ``grad_scale``: ``None``, a float, or a one-element array (on the arrays' device: a
+  clipping coefficient from ``clip_coefficient``, never read back to the host); the
+  update sees ``g * grad_scale`` (``g`` itself is not written).
+- ``segments``: ``None`` (every element) or ``(start, stop)`` pairs of element offsets
+  into the flattened (C-contiguous) arrays: only those elements are read or written.
+  The optimizers skip parameters without a gradient this way, as ``torch.optim`` does.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from ..backend import get_array_module
 
@@ -31,8 +44,46 @@ def _effective_grad(p, g, maximize, weight_decay):
     return g
 
 
+def _scaled(g, grad_scale):
+    """``g * grad_scale`` as a new array (the clipped gradient), or ``g`` itself."""
+    if grad_scale is None:
+        return g
+    if hasattr(grad_scale, "shape"):
+        if grad_scale.size != 1:
+            raise ValueError(f"grad_scale: expected one element, got shape {tuple(grad_scale.shape)}")
+        # same dtype as g, as torch's clip_grad_norm_ multiplies g by a coefficient of g's dtype
+        return g * grad_scale.reshape(()).astype(g.dtype, copy=False)
+    return g * grad_scale
+
+
+def _pieces(segments, **arrays):
+    """The arrays themselves (``segments is None``), or, per ``(start, stop)`` pair, the
+    slices ``[start:stop]`` of their flattened views (``None`` entries stay ``None``)."""
+    if segments is None:
+        yield arrays
+        return
+    flat = {}
+    size = None
+    for name, a in arrays.items():
+        if a is None:
+            flat[name] = None
+            continue
+        if not a.flags.c_contiguous:
+            raise ValueError(f"segments: {name} must be C-contiguous to be sliced in place, "
+                             f"got strides {a.strides} for shape {tuple(a.shape)}")
+        flat[name] = a.reshape(-1)
+        size = a.size if size is None else size
+    for start, stop in segments:
+        if not 0 <= start <= stop <= size:
+            raise ValueError(f"segments: ({start}, {stop}) is not a range inside the {size} elements")
+        yield {name: None if a is None else a[start:stop] for name, a in flat.items()}
+
+
+
+
 def sgd_update(p, g, momentum_buffer, *, lr, momentum=0.0, dampening=0.0,
-               weight_decay=0.0, nesterov=False, maximize=False, first_step=False):
+               weight_decay=0.0, nesterov=False, maximize=False, first_step=False,
+               grad_scale=None, segments=None):
     """Stochastic gradient descent with optional (Nesterov) momentum.
 
     ``g' = ±g + wd * p``;  with momentum: ``b = g'`` on the first step, else
@@ -48,7 +99,15 @@ def sgd_update(p, g, momentum_buffer, *, lr, momentum=0.0, dampening=0.0,
         nesterov: use Nesterov momentum.
         maximize: ascend instead of descend.
         first_step: the buffer is initialised with the gradient instead of decayed.
+        grad_scale, segments: see the module docstring.
     """
+    for a in _pieces(segments, p=p, g=g, b=momentum_buffer):
+        _sgd(a["p"], _scaled(a["g"], grad_scale), a["b"], lr, momentum, dampening,
+             weight_decay, nesterov, maximize, first_step)
+
+
+def _sgd(p, g, momentum_buffer, lr, momentum, dampening, weight_decay, nesterov, maximize,
+         first_step):
     g = _effective_grad(p, g, maximize, weight_decay)
     if momentum != 0:
         if first_step:
@@ -61,7 +120,7 @@ def sgd_update(p, g, momentum_buffer, *, lr, momentum=0.0, dampening=0.0,
 
 
 def adagrad_update(p, g, state_sum, *, step, lr, lr_decay=0.0, weight_decay=0.0,
-                   eps=1e-10, maximize=False):
+                   eps=1e-10, maximize=False, grad_scale=None, segments=None):
     """Adagrad.
 
     ``g' = ±g + wd * p``;  ``clr = lr / (1 + (step - 1) * lr_decay)``;
@@ -74,10 +133,16 @@ def adagrad_update(p, g, state_sum, *, step, lr, lr_decay=0.0, weight_decay=0.0,
         step: the step number, counting from 1 for the first update.
         lr, lr_decay, weight_decay, eps: as in ``torch.optim.Adagrad``.
         maximize: ascend instead of descend.
+        grad_scale, segments: see the module docstring.
     """
+    clr = lr / (1 + (step - 1) * lr_decay)
+    for a in _pieces(segments, p=p, g=g, s=state_sum):
+        _adagrad(a["p"], _scaled(a["g"], grad_scale), a["s"], clr, weight_decay, eps, maximize)
+
+
+def _adagrad(p, g, state_sum, clr, weight_decay, eps, maximize):
     xp = get_array_module(p)
     g = _effective_grad(p, g, maximize, weight_decay)
-    clr = lr / (1 + (step - 1) * lr_decay)
     state_sum += g * g
     std = xp.sqrt(state_sum)
     std += eps
@@ -86,7 +151,7 @@ def adagrad_update(p, g, state_sum, *, step, lr, lr_decay=0.0, weight_decay=0.0,
 
 def rmsprop_update(p, g, square_avg, grad_avg, momentum_buffer, *, lr, alpha=0.99,
                    eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
-                   maximize=False):
+                   maximize=False, grad_scale=None, segments=None):
     """RMSprop (Hinton), optionally centered and with momentum.
 
     ``g' = ±g + wd * p``;  ``v = alpha * v + (1 - alpha) * g'^2``;  centered:
@@ -102,7 +167,15 @@ def rmsprop_update(p, g, square_avg, grad_avg, momentum_buffer, *, lr, alpha=0.9
         momentum_buffer: ``b`` (zeros at start) when ``momentum > 0``, else ``None``.
         lr, alpha, eps, weight_decay, momentum, centered: as in ``torch.optim.RMSprop``.
         maximize: ascend instead of descend.
+        grad_scale, segments: see the module docstring.
     """
+    for a in _pieces(segments, p=p, g=g, v=square_avg, m=grad_avg, b=momentum_buffer):
+        _rmsprop(a["p"], _scaled(a["g"], grad_scale), a["v"], a["m"], a["b"], lr, alpha, eps,
+                 weight_decay, momentum, centered, maximize)
+
+
+def _rmsprop(p, g, square_avg, grad_avg, momentum_buffer, lr, alpha, eps, weight_decay,
+             momentum, centered, maximize):
     xp = get_array_module(p)
     g = _effective_grad(p, g, maximize, weight_decay)
     square_avg *= alpha
@@ -123,7 +196,7 @@ def rmsprop_update(p, g, square_avg, grad_avg, momentum_buffer, *, lr, alpha=0.9
 
 def adam_update(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, *, step, lr, beta1=0.9,
                 beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled=False, amsgrad=False,
-                maximize=False):
+                maximize=False, grad_scale=None, segments=None):
     """Adam / AdamW, optionally AMSGrad.
 
     ``g' = ±g`` (+ ``wd * p`` unless ``decoupled``; decoupled: ``p *= 1 - lr * wd``);
@@ -140,7 +213,19 @@ def adam_update(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, *, step, lr, beta1=0.
         lr, beta1, beta2, eps, weight_decay, amsgrad: as in ``torch.optim.Adam``.
         decoupled: AdamW's decoupled weight decay instead of the L2 term.
         maximize: ascend instead of descend.
+        grad_scale, segments: see the module docstring.
     """
+    bias_correction1 = 1 - beta1**step
+    bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+    step_size = lr / bias_correction1
+    for a in _pieces(segments, p=p, g=g, m=exp_avg, v=exp_avg_sq,
+                     vmax=max_exp_avg_sq if amsgrad else None):
+        _adam(a["p"], _scaled(a["g"], grad_scale), a["m"], a["v"], a["vmax"], lr, beta1, beta2,
+              eps, weight_decay, decoupled, amsgrad, maximize, step_size, bias_correction2_sqrt)
+
+
+def _adam(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
+          decoupled, amsgrad, maximize, step_size, bias_correction2_sqrt):
     xp = get_array_module(p)
     if decoupled:
         g = _effective_grad(p, g, maximize, 0.0)
@@ -151,9 +236,6 @@ def adam_update(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, *, step, lr, beta1=0.
     _lerp_(exp_avg, g, 1 - beta1)
     exp_avg_sq *= beta2
     exp_avg_sq += (1 - beta2) * g * g
-    bias_correction1 = 1 - beta1**step
-    bias_correction2_sqrt = (1 - beta2**step) ** 0.5
-    step_size = lr / bias_correction1
     if amsgrad:
         xp.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
         second = max_exp_avg_sq
@@ -163,3 +245,55 @@ def adam_update(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, *, step, lr, beta1=0.
     denom /= bias_correction2_sqrt
     denom += eps
     p -= step_size * exp_avg / denom
+
+
+def _norm_dtype(grads) -> np.dtype:
+    """The dtype a global gradient norm is computed in: float64 when a gradient is
+    float64, else float32 (float16 / bf16 gradients are summed in float32)."""
+    return np.dtype(np.float64 if any(g.dtype == np.float64 for g in grads) else np.float32)
+
+
+def clip_coefficient(grads, max_norm, *, segments=None):
+    """The global gradient norm and the clipping coefficient of
+    ``torch.nn.utils.clip_grad_norm_(params, max_norm)``, without touching the gradients.
+
+    ``norm = sqrt(sum_i sum_j g_i[j]^2)`` over every array of ``grads`` (only the given
+    segments of each); ``coef = min(1, max_norm / (norm + 1e-6))`` (NaN when the norm
+    is NaN, as ``torch.clamp``). Pass ``result[1:]`` as ``grad_scale`` to an update: the
+    update then sees the clipped gradient while the coefficient stays on the device.
+
+    Args:
+        grads: a non-empty list of gradient arrays on one device.
+        max_norm: the largest norm the clipped gradients may have (a float > 0).
+        segments: ``None``, or one entry per array: ``None`` or ``(start, stop)``
+            element ranges of that (C-contiguous) array.
+
+    Returns:
+        A two-element array ``[norm, coef]`` on the gradients' device, float32
+        (float64 when a gradient is float64).
+    """
+    grads, segments = _check_norm_args(grads, max_norm, segments)
+    xp = get_array_module(grads[0])
+    dtype = _norm_dtype(grads)
+    total = xp.zeros((), dtype=dtype)
+    for g, seg in zip(grads, segments):
+        for a in _pieces(seg, g=g):
+            x = a["g"].astype(dtype, copy=False)
+            total += (x * x).sum(dtype=dtype)
+    norm = xp.sqrt(total)
+    coef = dtype.type(max_norm) / (norm + dtype.type(1e-6))
+    coef = xp.where(coef > 1, dtype.type(1.0), coef)  # NaN stays NaN, as torch.clamp(max=1)
+    return xp.stack([norm, coef]).astype(dtype)
+
+
+def _check_norm_args(grads, max_norm, segments):
+    grads = list(grads)
+    if not grads:
+        raise ValueError("clip_coefficient: grads must hold at least one array, got none")
+    if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or not max_norm > 0:
+        raise ValueError(f"clip_coefficient: max_norm must be a number > 0, got {max_norm!r}")
+    segments = [None] * len(grads) if segments is None else list(segments)
+    if len(segments) != len(grads):
+        raise ValueError(f"clip_coefficient: segments must have one entry per gradient "
+                         f"({len(grads)}), got {len(segments)}")
+    return grads, segments

@@ -168,9 +168,13 @@ def test_params_without_grad_are_skipped(name):
 def test_step_updates_in_place_and_keeps_grad(case):
     name, kwargs = case
     params = [Parameter(a) for a in _init_arrays(4)]
+    opt = getattr(gko, name)(params, **kwargs)
+    # the optimizer moved the parameters into its flat buffer (gpukernels.optim.flat):
+    # from then on every step updates that buffer in place
+    (flat,) = opt.flat_buffers()
+    assert all(np.shares_memory(p.data, flat.data) for p in params)
     arrays = [p.data for p in params]
     views = [p.data.reshape(-1) for p in params]
-    opt = getattr(gko, name)(params, **kwargs)
     for _ in range(3):
         grads = []
         for p in params:

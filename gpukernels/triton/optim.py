@@ -1,0 +1,721 @@
+"""Optimizer updates in Triton: SGD (momentum, dampening, Nesterov, weight decay),
+Adagrad, RMSprop (momentum, centered), Adam / AdamW (AMSGrad, maximize), each ONE
+kernel over a flat buffer, plus the global gradient norm for clipping.
+
+The reference (the oracle every kernel is tested against) is
+``gpukernels.reference.optim``: the same function names and arguments. The optimizers
+(``gpukernels.optim``) call these with the flat parameter / gradient / state buffers
+of a param group (``gpukernels.optim.flat``), so a step is one launch whatever the
+number of parameter tensors.
+
+Per element, with ``g' = ±g * c`` (``c`` the clipping coefficient, 1 without clipping):
+
+    SGD      g' += wd p;  b = g' (first step) | momentum b + (1 - dampening) g';
+             d = g' + momentum b (Nesterov) | b;  p -= lr d
+    Adagrad  g' += wd p;  s += g'^2;  p -= clr g' / (sqrt(s) + eps),
+             clr = lr / (1 + (step - 1) lr_decay)
+    RMSprop  g' += wd p;  v = alpha v + (1 - alpha) g'^2;  centered: m = lerp(m, g', 1 - alpha),
+             a = sqrt(v - m^2) + eps, else a = sqrt(v) + eps;  momentum: b = momentum b + g'/a,
+             p -= lr b;  else p -= lr g' / a
+    Adam     g' += wd p (L2) | p *= 1 - lr wd (AdamW);  m = lerp(m, g', 1 - beta1);
+             v = beta2 v + (1 - beta2) g'^2;  AMSGrad: v_max = max(v_max, v) replaces v;
+             p -= (lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps),  bc_i = 1 - beta_i^step
+
+in the order of torch's single-tensor implementations (``lerp`` in its two-branch
+form). Step-dependent scalars (``lr / bc1``, ``sqrt(bc2)``, ``clr``) are computed on the
+host as Python floats, once per launch.
+
+Memory traffic per parameter (the minimum, which is what the kernels move: p and each
+state array read once and written once, 4 bytes each in float32, g read once in its own
+dtype, G bytes): SGD 8 + G, with momentum 16 + G (12 + G on the first step, which does
+not read the buffer); Adagrad 16 + G; RMSprop 16 + G, +8 per centered / momentum
+buffer; Adam 24 + G = 28 bytes for float32 gradients (AMSGrad +8). The clipping norm
+reads g once more (G bytes); its coefficient is a device scalar each program loads once.
+
+Numerics: every kernel loads p, g and the state in their storage dtype (bf16 travels as
+uint16 bit patterns, see ``_common.py``) and computes in float32, or float64 for float64
+parameters: float32 master weights with bf16 / fp16 gradients read the gradient in its
+own dtype, no conversion pass. Float hyper-parameters arrive as float64 kernel
+arguments (annotated) and are rounded once in the kernel to the compute dtype: float64
+parameters get the host's exact doubles, float32 ones the single rounding torch applies
+to a Python scalar.
+
+Known traps avoided:
+- Triton's ``/`` and ``tl.sqrt`` on float32 are approximate on NVIDIA GPUs
+  (``div.full.f32``, ``sqrt.approx.ftz.f32``: checked in the PTX); the float32 kernels
+  use ``tl.div_rn`` / ``tl.sqrt_rn`` (IEEE, as torch), so updates agree with torch to
+  rounding, not to 2 ulp;
+- the updates are in place, so they are never autotuned (the autotuner re-runs a
+  kernel to time it: it would apply the update several times). ``DEFAULT_CONFIG`` is
+  fixed; ``GPU_CONFIGS`` are compiled by ``aot_specs``, forced in turn by the gpu tests
+  and timed by ``benchmarks/bench_optim.run_gpu``;
+- parameters without a gradient are skipped inside the one launch: ``segments`` become a
+  table of (start, stop) chunks of at most ``TABLE_BLOCK`` elements, one program per
+  chunk (``FIXED_CONFIG``), cached on the device per distinct segment set (a
+  host-to-device copy the first time a set is seen, none after). The flat buffers'
+  bounds are multiples of 16 elements and the kernel is told so (``tl.multiple_of``),
+  so the masked accesses stay vectorised;
+- the global norm is deterministic: each program of the reduction writes its partial
+  sum of squares, and the last program to finish (a ticket from an atomic counter, the
+  only atomic) adds the partials in a fixed order and writes ``[norm, coef]``; no float
+  atomics, no host synchronisation; the counter is reset by that program;
+- offsets are int32 unless a buffer has 2**31 elements or more (``INT64``, launched
+  with ``FIXED_CONFIG``: 64-bit addresses take registers, 2048-element blocks spilled);
+- NaN propagates as in torch: ``max`` (AMSGrad) keeps NaN, a NaN norm gives a NaN
+  coefficient (``torch.clamp(max=1)`` keeps NaN).
+
+``LAUNCHES`` counts the kernel launches of this module (the tests count one per step).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import triton
+import triton.language as tl
+
+from .. import backend
+from ..backend import kernel_arg
+from ..reference.optim import _check_norm_args, _norm_dtype
+from ._common import Tuned, arg, dtype_name, needs_int64
+
+#: Kernel launches made by this module since import (tests read the difference).
+LAUNCHES = 0
+
+#: Elements per chunk of a segment table (and per program when one is used).
+TABLE_BLOCK = 1024
+#: Elements per loop step of the norm reduction; programs it uses at most.
+REDUCE_BLOCK = 1024
+MAX_REDUCE_PROGRAMS = 1024
+_INTERPRET_REDUCE_PROGRAMS = 3  # few programs under the interpreter, still more than one
+
+#: (BLOCK, num_warps, num_stages) of the update kernels: the one used on a GPU (in-place
+#: kernels are not autotuned), the candidates the gpu tests force and the benchmark
+#: times, and the interpreter's (few, big programs).
+DEFAULT_CONFIG = (2048, 8, 1)
+GPU_CONFIGS = [(1024, 4, 1), (2048, 4, 1), (2048, 8, 1), (4096, 8, 1)]
+INTERPRET_CONFIG = (4096, 4, 1)
+#: The config of launches over a segment table (its chunks are TABLE_BLOCK long) and of
+#: INT64 launches (64-bit addresses take registers: a smaller block per program).
+FIXED_CONFIG = (TABLE_BLOCK, 4, 1)
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.uint16), np.dtype(np.float64))
+_SCALE_NONE, _SCALE_VALUE, _SCALE_POINTER = 0, 1, 2
+
+
+# ----------------------------------------------------------------------------- helpers
+# Few helpers on purpose: under the interpreter every call of a jit function re-patches
+# triton.language (about 2 ms), so loads, stores and casts are written inline.
+
+
+@triton.jit
+def _sqrt(x, CDT: tl.constexpr):
+    if CDT == tl.float64:
+        return tl.sqrt(x)  # sqrt.rn.f64: IEEE already
+    else:
+        return tl.sqrt_rn(x)
+
+
+@triton.jit
+def _div(a, b, CDT: tl.constexpr):
+    if CDT == tl.float64:
+        return a / b  # div.rn.f64: IEEE already
+    else:
+        return tl.div_rn(a, b)
+
+
+@triton.jit
+def _lerp(a, b, w):
+    """torch.lerp: ``a + w (b - a)`` for ``w < 0.5``, else ``b - (b - a)(1 - w)``."""
+    if w < 0.5:
+        out = a + w * (b - a)
+    else:
+        out = b - (b - a) * (1.0 - w)
+    return out
+
+
+@triton.jit
+def _prologue(table_ptr, n, g_ptr, scale_ptr, gscale, SCALE: tl.constexpr, MAXIMIZE: tl.constexpr,
+              HAS_TABLE: tl.constexpr, INT64: tl.constexpr, CDT: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's offsets and mask (the BLOCK after ``pid * BLOCK`` of an
+    ``n``-element buffer, or chunk ``pid`` of the (start, stop) table: HAS_TABLE 1; 2
+    when every bound is a multiple of 16, as the flat buffers' are, so that the masked
+    accesses vectorise), and the gradient the update sees: times the clipping
+    coefficient (a host value, SCALE 1, or a device scalar, SCALE 2), negated when
+    maximizing, in the compute dtype CDT."""
+    pid = tl.program_id(0)
+    if INT64:
+        pid = pid.to(tl.int64)
+    if HAS_TABLE:
+        start = tl.load(table_ptr + 2 * pid)
+        stop = tl.load(table_ptr + 2 * pid + 1)
+        if HAS_TABLE == 2:
+            start = tl.multiple_of(start, 16)
+            stop = tl.multiple_of(stop, 16)
+    else:
+        start = pid * BLOCK
+        stop = n
+    offs = start + tl.arange(0, BLOCK)
+    mask = offs < stop
+    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(CDT)
+    if SCALE == 1:
+        # float64 argument (a Python float under the interpreter): one rounding to CDT
+        g = g * (gscale * tl.full((), 1.0, tl.float64)).to(CDT)
+    elif SCALE == 2:
+        g = g * tl.load(scale_ptr).to(CDT)
+    if MAXIMIZE:
+        g = -g
+    return offs, mask, g
+
+
+# ----------------------------------------------------------------------------- kernels
+# Hyper-parameters arrive as float64 arguments; ``x * one`` (one = float64 1.0) makes each
+# a float64 tensor in both modes (the interpreter hands Python floats through
+# unconverted), then ``.to(CDT)`` rounds it once, as torch rounds a Python scalar.
+
+
+@triton.jit
+def _sgd_kernel(
+    p_ptr, g_ptr, buf_ptr, table_ptr, scale_ptr, n,
+    lr: tl.float64, momentum: tl.float64, one_minus_dampening: tl.float64,
+    weight_decay: tl.float64, gscale: tl.float64,
+    MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, FIRST: tl.constexpr,
+    WEIGHT_DECAY: tl.constexpr, MAXIMIZE: tl.constexpr, SCALE: tl.constexpr,
+    HAS_TABLE: tl.constexpr, INT64: tl.constexpr, CDT: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """p -= lr * (g' [+ momentum b] | b), b = momentum b + (1 - dampening) g'."""
+    offs, mask, g = _prologue(table_ptr, n, g_ptr, scale_ptr, gscale, SCALE, MAXIMIZE, HAS_TABLE, INT64,
+                              CDT, BLOCK)
+    one = tl.full((), 1.0, tl.float64)
+    p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(CDT)
+    if WEIGHT_DECAY:
+        g = g + (weight_decay * one).to(CDT) * p
+    if MOMENTUM:
+        mom = (momentum * one).to(CDT)
+        if FIRST:
+            b = g
+        else:
+            b = (tl.load(buf_ptr + offs, mask=mask, other=0.0).to(CDT) * mom
+                 + (one_minus_dampening * one).to(CDT) * g)
+        tl.store(buf_ptr + offs, b.to(buf_ptr.dtype.element_ty), mask=mask)
+        if NESTEROV:
+            g = g + mom * b
+        else:
+            g = b
+    p = p - (lr * one).to(CDT) * g
+    tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _adagrad_kernel(
+    p_ptr, g_ptr, sum_ptr, table_ptr, scale_ptr, n,
+    clr: tl.float64, weight_decay: tl.float64, eps: tl.float64, gscale: tl.float64,
+    WEIGHT_DECAY: tl.constexpr, MAXIMIZE: tl.constexpr, SCALE: tl.constexpr,
+    HAS_TABLE: tl.constexpr, INT64: tl.constexpr, CDT: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """s += g'^2; p -= clr g' / (sqrt(s) + eps)."""
+    offs, mask, g = _prologue(table_ptr, n, g_ptr, scale_ptr, gscale, SCALE, MAXIMIZE, HAS_TABLE, INT64,
+                              CDT, BLOCK)
+    one = tl.full((), 1.0, tl.float64)
+    p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(CDT)
+    if WEIGHT_DECAY:
+        g = g + (weight_decay * one).to(CDT) * p
+    s = tl.load(sum_ptr + offs, mask=mask, other=0.0).to(CDT) + g * g
+    tl.store(sum_ptr + offs, s.to(sum_ptr.dtype.element_ty), mask=mask)
+    std = _sqrt(s, CDT) + (eps * one).to(CDT)
+    p = p - _div((clr * one).to(CDT) * g, std, CDT)
+    tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rmsprop_kernel(
+    p_ptr, g_ptr, sq_ptr, avg_ptr, buf_ptr, table_ptr, scale_ptr, n,
+    lr: tl.float64, alpha: tl.float64, one_minus_alpha: tl.float64, eps: tl.float64,
+    weight_decay: tl.float64, momentum: tl.float64, gscale: tl.float64,
+    CENTERED: tl.constexpr, MOMENTUM: tl.constexpr, WEIGHT_DECAY: tl.constexpr,
+    MAXIMIZE: tl.constexpr, SCALE: tl.constexpr,
+    HAS_TABLE: tl.constexpr, INT64: tl.constexpr, CDT: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """v = alpha v + (1 - alpha) g'^2; a = sqrt(v [- m^2]) + eps; p -= lr (b | g'/a)."""
+    offs, mask, g = _prologue(table_ptr, n, g_ptr, scale_ptr, gscale, SCALE, MAXIMIZE, HAS_TABLE, INT64,
+                              CDT, BLOCK)
+    one = tl.full((), 1.0, tl.float64)
+    w = (one_minus_alpha * one).to(CDT)
+    p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(CDT)
+    if WEIGHT_DECAY:
+        g = g + (weight_decay * one).to(CDT) * p
+    v = tl.load(sq_ptr + offs, mask=mask, other=0.0).to(CDT) * (alpha * one).to(CDT) + w * g * g
+    tl.store(sq_ptr + offs, v.to(sq_ptr.dtype.element_ty), mask=mask)
+    if CENTERED:
+        m = _lerp(tl.load(avg_ptr + offs, mask=mask, other=0.0).to(CDT), g, w)
+        tl.store(avg_ptr + offs, m.to(avg_ptr.dtype.element_ty), mask=mask)
+        a = _sqrt(v - m * m, CDT)
+    else:
+        a = _sqrt(v, CDT)
+    a = a + (eps * one).to(CDT)
+    if MOMENTUM:
+        b = tl.load(buf_ptr + offs, mask=mask, other=0.0).to(CDT) * (momentum * one).to(CDT) + _div(g, a, CDT)
+        tl.store(buf_ptr + offs, b.to(buf_ptr.dtype.element_ty), mask=mask)
+        p = p - (lr * one).to(CDT) * b
+    else:
+        p = p - _div((lr * one).to(CDT) * g, a, CDT)
+    tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _adam_kernel(
+    p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, table_ptr, scale_ptr, n,
+    step_size: tl.float64, one_minus_beta1: tl.float64, beta2: tl.float64,
+    one_minus_beta2: tl.float64, eps: tl.float64, weight_decay: tl.float64,
+    decay: tl.float64, bias_correction2_sqrt: tl.float64, gscale: tl.float64,
+    AMSGRAD: tl.constexpr, DECOUPLED: tl.constexpr, WEIGHT_DECAY: tl.constexpr,
+    MAXIMIZE: tl.constexpr, SCALE: tl.constexpr,
+    HAS_TABLE: tl.constexpr, INT64: tl.constexpr, CDT: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """m = lerp(m, g', 1 - beta1); v = beta2 v + (1 - beta2) g'^2;
+    p -= step_size m / (sqrt(v | max(v_max, v)) / sqrt(bc2) + eps)."""
+    offs, mask, g = _prologue(table_ptr, n, g_ptr, scale_ptr, gscale, SCALE, MAXIMIZE, HAS_TABLE, INT64,
+                              CDT, BLOCK)
+    one = tl.full((), 1.0, tl.float64)
+    p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(CDT)
+    if WEIGHT_DECAY:
+        if DECOUPLED:
+            p = p * (decay * one).to(CDT)
+        else:
+            g = g + (weight_decay * one).to(CDT) * p
+    m = _lerp(tl.load(m_ptr + offs, mask=mask, other=0.0).to(CDT), g, (one_minus_beta1 * one).to(CDT))
+    tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=mask)
+    v = (tl.load(v_ptr + offs, mask=mask, other=0.0).to(CDT) * (beta2 * one).to(CDT)
+         + (one_minus_beta2 * one).to(CDT) * g * g)
+    tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=mask)
+    if AMSGRAD:
+        v = tl.maximum(tl.load(vmax_ptr + offs, mask=mask, other=0.0).to(CDT), v,
+                       propagate_nan=tl.PropagateNan.ALL)
+        tl.store(vmax_ptr + offs, v.to(vmax_ptr.dtype.element_ty), mask=mask)
+    denom = _div(_sqrt(v, CDT), (bias_correction2_sqrt * one).to(CDT), CDT) + (eps * one).to(CDT)
+    p = p - _div((step_size * one).to(CDT) * m, denom, CDT)
+    tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _sumsq_kernel(
+    g_ptr, table_ptr, n, partial_ptr, counter_ptr, out_ptr, first, total, max_norm: tl.float64,
+    HAS_TABLE: tl.constexpr, INT64: tl.constexpr, CDT: tl.constexpr,
+    BLOCK: tl.constexpr, FINAL_BLOCK: tl.constexpr,
+):
+    """partial[first + pid] = sum of g^2 over this program's blocks (a grid-stride loop
+    over ``n`` elements, or over ``n`` table chunks); the last program of all launches
+    (``total`` programs) writes out = [norm, min(1, max_norm / (norm + 1e-6))]."""
+    pid = tl.program_id(0)
+    programs = tl.num_programs(0)
+    if INT64:
+        pid = pid.to(tl.int64)
+    acc = tl.zeros((BLOCK,), CDT)
+    if HAS_TABLE:
+        for c in range(pid, n, programs):
+            start = tl.load(table_ptr + 2 * c)
+            stop = tl.load(table_ptr + 2 * c + 1)
+            if HAS_TABLE == 2:
+                start = tl.multiple_of(start, 16)
+                stop = tl.multiple_of(stop, 16)
+            offs = start + tl.arange(0, BLOCK)
+            x = tl.load(g_ptr + offs, mask=offs < stop, other=0.0).to(CDT)
+            acc += x * x
+    else:
+        for start in range(pid * BLOCK, n, programs * BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            x = tl.load(g_ptr + offs, mask=offs < n, other=0.0).to(CDT)
+            acc += x * x
+    tl.store(partial_ptr + first + pid, tl.sum(acc, axis=0))
+    # every thread's part of the store happens before the ticket (a CTA barrier), and the
+    # ticket's acq_rel atomic publishes it to the program that finishes last
+    tl.debug_barrier()
+    ticket = tl.atomic_add(counter_ptr, 1)
+    if ticket == total - 1:
+        s = tl.zeros((FINAL_BLOCK,), CDT)
+        for i in range(0, total, FINAL_BLOCK):
+            idx = i + tl.arange(0, FINAL_BLOCK)
+            # .cg: read at L2, where the other programs' partials are, never a stale L1 line
+            s += tl.load(partial_ptr + idx, mask=idx < total, other=0.0, cache_modifier=".cg")
+        norm = _sqrt(tl.sum(s, axis=0), CDT)
+        coef = _div((max_norm * tl.full((), 1.0, tl.float64)).to(CDT), norm + 1e-6, CDT)
+        coef = tl.where(coef > 1.0, 1.0, coef)  # NaN fails the test and stays NaN
+        tl.store(out_ptr, norm)
+        tl.store(out_ptr + 1, coef)
+        tl.store(counter_ptr, 0)  # ready for the next reduction (launches are stream-ordered)
+
+
+_KERNELS = {
+    name: Tuned(kernel, ("BLOCK",), [DEFAULT_CONFIG], key=["n"], interpret=INTERPRET_CONFIG)
+    for name, kernel in (("sgd", _sgd_kernel), ("adagrad", _adagrad_kernel),
+                         ("rmsprop", _rmsprop_kernel), ("adam", _adam_kernel))
+}
+
+
+# ----------------------------------------------------------------------------- launchers
+
+
+def _check_update(op, p, g, states):
+    """Dtypes, shapes, layout and device of an update's arrays; raises naming the one."""
+    for name, a in (("p", p), ("g", g)):
+        if a.dtype not in _FLOATS:
+            raise TypeError(f"{op} (Triton): {name} must be float32, float16, bfloat16 (as uint16) "
+                            f"or float64, got {a.dtype}")
+    if tuple(g.shape) != tuple(p.shape):
+        raise ValueError(f"{op}: g has shape {tuple(g.shape)}, p has shape {tuple(p.shape)}")
+    for name, s in states.items():
+        if s is None:
+            continue
+        if tuple(s.shape) != tuple(p.shape) or s.dtype != p.dtype:
+            raise ValueError(f"{op}: {name} must have p's shape {tuple(p.shape)} and dtype "
+                             f"{dtype_name(p.dtype)}, got {tuple(s.shape)} {dtype_name(s.dtype)}")
+    arrays = {"p": p, "g": g, **{k: v for k, v in states.items() if v is not None}}
+    for name, a in arrays.items():
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{op} (Triton): {name} must be C-contiguous (a flat buffer), got "
+                             f"strides {a.strides} for shape {tuple(a.shape)}")
+    devices = {backend.device_of(a) for a in arrays.values()}
+    if len(devices) > 1:
+        raise RuntimeError(f"{op}: expected arrays on one device, got {sorted(devices)}")
+
+
+def _required(op, name, a, why):
+    if a is None:
+        raise ValueError(f"{op}: {name} is required with {why}, got None")
+    return a
+
+
+# segment tables on the device, per (device, int64, segments): built once per distinct set
+_TABLES: dict = {}
+_MAX_TABLES = 64
+
+
+def _aligned(segments) -> bool:
+    """Every bound a multiple of 16 elements (then so is every chunk bound)."""
+    return all(int(a) % 16 == 0 and int(b) % 16 == 0 for a, b in segments)
+
+
+def _table(segments, size, device, int64):
+    """The (start, stop) chunk table of ``segments`` (chunks of <= TABLE_BLOCK elements)
+    as a flat int32 (int64) array on ``device``."""
+    pairs = tuple((int(a), int(b)) for a, b in segments)
+    for a, b in pairs:
+        if not 0 <= a <= b <= size:
+            raise ValueError(f"segments: ({a}, {b}) is not a range inside the {size} elements")
+    key = (device, int64, pairs)
+    table = _TABLES.get(key)
+    if table is None:  # chunk bounds are multiples of 16 when the segments' are (TABLE_BLOCK is)
+        starts = [np.arange(a, b, TABLE_BLOCK, dtype=np.int64) for a, b in pairs]
+        stops = [np.minimum(s + TABLE_BLOCK, b) for s, (_, b) in zip(starts, pairs)]
+        host = np.stack([np.concatenate(starts or [np.zeros(0, np.int64)]),
+                         np.concatenate(stops or [np.zeros(0, np.int64)])], axis=1)
+        table = backend.xp_for_device(device).asarray(
+            np.ascontiguousarray(host.reshape(-1), dtype=np.int64 if int64 else np.int32))
+        if len(_TABLES) >= _MAX_TABLES:
+            _TABLES.pop(next(iter(_TABLES)))
+        _TABLES[key] = table
+    return table
+
+
+def _scale_args(op, p, grad_scale):
+    """(SCALE mode, scale pointer, host value) for ``grad_scale``."""
+    if grad_scale is None:
+        return _SCALE_NONE, arg(p), 1.0
+    if hasattr(grad_scale, "shape"):
+        if grad_scale.size != 1 or grad_scale.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise ValueError(f"{op}: grad_scale must be one float32/float64 element, got shape "
+                             f"{tuple(grad_scale.shape)} {grad_scale.dtype}")
+        if backend.device_of(grad_scale) != backend.device_of(p):
+            raise RuntimeError(f"{op}: grad_scale is on {backend.device_of(grad_scale)}, p on "
+                               f"{backend.device_of(p)}")
+        return _SCALE_POINTER, kernel_arg(grad_scale.reshape(1)), 1.0
+    return _SCALE_VALUE, arg(p), float(grad_scale)
+
+
+def _update(op, name, p, g, states, scalars, flags, grad_scale, segments):
+    """One launch of update kernel ``name`` over ``p`` (only ``segments`` when given)."""
+    global LAUNCHES
+    _check_update(op, p, g, states)
+    if p.size == 0:
+        return
+    int64 = needs_int64(p)
+    mode, scale_ptr, gscale = _scale_args(op, p, grad_scale)
+    pointers = [arg(p), arg(g)] + [arg(s) if s is not None else arg(p) for s in states.values()]
+    consts = dict(flags, SCALE=mode, INT64=int64, CDT=tl.float64 if p.dtype == np.float64 else tl.float32)
+    tuned = _KERNELS[name]
+    block, warps, stages = FIXED_CONFIG
+    if segments is None and not int64:
+        def grid(meta):
+            return (triton.cdiv(p.size, meta["BLOCK"]),)
+
+        tuned[grid](*pointers, arg(p), scale_ptr, p.size, **scalars, gscale=gscale, HAS_TABLE=0, **consts)
+    elif segments is None:  # INT64: 64-bit addresses need registers, so a smaller block
+        tuned.kernel[(triton.cdiv(p.size, block),)](
+            *pointers, arg(p), scale_ptr, p.size, **scalars, gscale=gscale, HAS_TABLE=0,
+            BLOCK=block, num_warps=warps, num_stages=stages, **consts)
+    else:
+        table = _table(segments, p.size, backend.device_of(p), int64)
+        chunks = table.size // 2
+        if chunks == 0:
+            return
+        # one program per table chunk, whose length is TABLE_BLOCK: the block size is fixed
+        tuned.kernel[(chunks,)](
+            *pointers, kernel_arg(table), scale_ptr, chunks, **scalars, gscale=gscale,
+            HAS_TABLE=2 if _aligned(segments) else 1, BLOCK=block, num_warps=warps, num_stages=stages, **consts)
+    LAUNCHES += 1
+
+
+def sgd_update(p, g, momentum_buffer, *, lr, momentum=0.0, dampening=0.0,
+               weight_decay=0.0, nesterov=False, maximize=False, first_step=False,
+               grad_scale=None, segments=None):
+    """SGD as ``gpukernels.reference.optim.sgd_update``, one launch.
+
+    ``g' = ±g c + wd p``;  with momentum: ``b = g'`` (first step) or
+    ``momentum b + (1 - dampening) g'``;  ``p -= lr (g' + momentum b | b | g')``.
+
+    Args: as the reference (arrays C-contiguous, on one device; ``p`` and the buffer
+    float32, float16, bf16-as-uint16 or float64, ``g`` any of those).
+    """
+    buf = _required("sgd_update", "momentum_buffer", momentum_buffer, "momentum != 0") if momentum != 0 else None
+    _update("sgd_update", "sgd", p, g, {"momentum_buffer": buf},
+            dict(lr=lr, momentum=momentum, one_minus_dampening=1 - dampening, weight_decay=weight_decay),
+            dict(MOMENTUM=momentum != 0, NESTEROV=bool(nesterov), FIRST=bool(first_step),
+                 WEIGHT_DECAY=weight_decay != 0, MAXIMIZE=bool(maximize)),
+            grad_scale, segments)
+
+
+def adagrad_update(p, g, state_sum, *, step, lr, lr_decay=0.0, weight_decay=0.0,
+                   eps=1e-10, maximize=False, grad_scale=None, segments=None):
+    """Adagrad as ``gpukernels.reference.optim.adagrad_update``, one launch.
+
+    ``g' = ±g c + wd p``;  ``s += g'^2``;  ``p -= clr g' / (sqrt(s) + eps)`` with
+    ``clr = lr / (1 + (step - 1) lr_decay)`` computed here on the host.
+
+    Args: as the reference (arrays C-contiguous, on one device).
+    """
+    op = "adagrad_update"
+    _update(op, "adagrad", p, g, {"state_sum": _required(op, "state_sum", state_sum, "Adagrad")},
+            dict(clr=lr / (1 + (step - 1) * lr_decay), weight_decay=weight_decay, eps=eps),
+            dict(WEIGHT_DECAY=weight_decay != 0, MAXIMIZE=bool(maximize)),
+            grad_scale, segments)
+
+
+def rmsprop_update(p, g, square_avg, grad_avg, momentum_buffer, *, lr, alpha=0.99,
+                   eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
+                   maximize=False, grad_scale=None, segments=None):
+    """RMSprop as ``gpukernels.reference.optim.rmsprop_update``, one launch.
+
+    ``g' = ±g c + wd p``;  ``v = alpha v + (1 - alpha) g'^2``;  centered:
+    ``m = lerp(m, g', 1 - alpha)``, ``a = sqrt(v - m^2) + eps``, else ``sqrt(v) + eps``;
+    momentum: ``b = momentum b + g'/a``, ``p -= lr b``; else ``p -= lr g'/a``.
+
+    Args: as the reference (arrays C-contiguous, on one device).
+    """
+    op = "rmsprop_update"
+    states = {"square_avg": _required(op, "square_avg", square_avg, "RMSprop"),
+              "grad_avg": _required(op, "grad_avg", grad_avg, "centered=True") if centered else None,
+              "momentum_buffer": _required(op, "momentum_buffer", momentum_buffer, "momentum > 0")
+              if momentum > 0 else None}
+    _update(op, "rmsprop", p, g, states,
+            dict(lr=lr, alpha=alpha, one_minus_alpha=1 - alpha, eps=eps, weight_decay=weight_decay,
+                 momentum=momentum),
+            dict(CENTERED=bool(centered), MOMENTUM=momentum > 0, WEIGHT_DECAY=weight_decay != 0,
+                 MAXIMIZE=bool(maximize)),
+            grad_scale, segments)
+
+
+def adam_update(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, *, step, lr, beta1=0.9,
+                beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled=False, amsgrad=False,
+                maximize=False, grad_scale=None, segments=None):
+    """Adam / AdamW as ``gpukernels.reference.optim.adam_update``, one launch.
+
+    ``g' = ±g c`` (+ ``wd p``, or ``p *= 1 - lr wd`` when decoupled);
+    ``m = lerp(m, g', 1 - beta1)``;  ``v = beta2 v + (1 - beta2) g'^2`` (AMSGrad:
+    ``v_max = max(v_max, v)``);  ``p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)``,
+    ``bc_i = 1 - beta_i^step`` computed here on the host.
+
+    Args: as the reference (arrays C-contiguous, on one device).
+    """
+    op = "adam_update"
+    states = {"exp_avg": _required(op, "exp_avg", exp_avg, "Adam"),
+              "exp_avg_sq": _required(op, "exp_avg_sq", exp_avg_sq, "Adam"),
+              "max_exp_avg_sq": _required(op, "max_exp_avg_sq", max_exp_avg_sq, "amsgrad=True")
+              if amsgrad else None}
+    _update(op, "adam", p, g, states,
+            dict(step_size=lr / (1 - beta1**step), one_minus_beta1=1 - beta1, beta2=beta2,
+                 one_minus_beta2=1 - beta2, eps=eps, weight_decay=weight_decay,
+                 decay=1 - lr * weight_decay, bias_correction2_sqrt=(1 - beta2**step) ** 0.5),
+            dict(AMSGRAD=bool(amsgrad), DECOUPLED=bool(decoupled), WEIGHT_DECAY=weight_decay != 0,
+                 MAXIMIZE=bool(maximize)),
+            grad_scale, segments)
+
+
+# reduction workspace per (device, dtype): partial sums and the ticket counter
+_WORKSPACES: dict = {}
+
+
+def _workspace(device, dtype, programs):
+    key = (device, np.dtype(dtype))
+    space = _WORKSPACES.get(key)
+    if space is None or space[0].size < programs:
+        xp = backend.xp_for_device(device)
+        space = (xp.zeros(max(programs, MAX_REDUCE_PROGRAMS), dtype=dtype), xp.zeros(1, dtype=np.int32))
+        _WORKSPACES[key] = space
+    return space
+
+
+def clip_coefficient(grads, max_norm, *, segments=None):
+    """The global gradient norm and clipping coefficient, as
+    ``gpukernels.reference.optim.clip_coefficient``: one reduction launch per gradient
+    array (one for an optimizer's single flat buffer), no host synchronisation.
+
+    ``norm = sqrt(sum g^2)`` over every array (its segments only, when given);
+    ``coef = min(1, max_norm / (norm + 1e-6))``. Sums in float32 (float64 when a
+    gradient is float64); deterministic: partial sums added in a fixed order.
+
+    Args:
+        grads: non-empty list of C-contiguous gradient arrays on one device.
+        max_norm: a float > 0.
+        segments: ``None`` or, per array, ``None`` or ``(start, stop)`` ranges.
+
+    Returns:
+        ``[norm, coef]``, a two-element array on the gradients' device.
+    """
+    global LAUNCHES
+    grads, segments = _check_norm_args(grads, max_norm, segments)
+    for i, g in enumerate(grads):
+        if g.dtype not in _FLOATS:
+            raise TypeError(f"clip_coefficient (Triton): grads[{i}] must be float32, float16, bfloat16 "
+                            f"(as uint16) or float64, got {g.dtype}")
+        if not g.flags.c_contiguous:
+            raise ValueError(f"clip_coefficient (Triton): grads[{i}] must be C-contiguous, got strides "
+                             f"{g.strides} for shape {tuple(g.shape)}")
+    devices = {backend.device_of(g) for g in grads}
+    if len(devices) > 1:
+        raise RuntimeError(f"clip_coefficient: expected gradients on one device, got {sorted(devices)}")
+    device = devices.pop()
+    dtype = _norm_dtype(grads)
+    cap = _INTERPRET_REDUCE_PROGRAMS if backend.interpreting() else MAX_REDUCE_PROGRAMS
+    plan = []
+    for g, seg in zip(grads, segments):
+        int64 = needs_int64(g)
+        if seg is None:
+            table, items, chunks = None, g.size, triton.cdiv(g.size, REDUCE_BLOCK)
+        else:
+            table = _table(seg, g.size, device, int64)
+            items = chunks = table.size // 2
+        if chunks:
+            plan.append((g, table, seg, items, min(chunks, cap), int64))
+    out = backend.xp_for_device(device).empty(2, dtype=dtype)
+    total = sum(programs for *_, programs, _ in plan)
+    if total == 0:  # nothing to sum: norm 0, coefficient 1 (device fills, no copy)
+        out.fill(1.0)
+        out[:1].fill(0.0)
+        return out
+    partials, counter = _workspace(device, dtype, total)
+    first = 0
+    for g, table, seg, items, programs, int64 in plan:
+        _sumsq_kernel[(programs,)](
+            arg(g), kernel_arg(table) if table is not None else arg(g), items, kernel_arg(partials),
+            kernel_arg(counter), kernel_arg(out), first, total, float(max_norm),
+            HAS_TABLE=0 if table is None else 2 if _aligned(seg) else 1, INT64=int64,
+            CDT=tl.float64 if dtype == np.float64 else tl.float32,
+            BLOCK=REDUCE_BLOCK, FINAL_BLOCK=1024, num_warps=4, num_stages=1,
+        )
+        LAUNCHES += 1
+        first += programs
+    return out
+
+
+# ----------------------------------------------------------------------------- ahead of time
+
+
+_POINTERS = {
+    "_sgd_kernel": ("p_ptr", "g_ptr", "buf_ptr"),
+    "_adagrad_kernel": ("p_ptr", "g_ptr", "sum_ptr"),
+    "_rmsprop_kernel": ("p_ptr", "g_ptr", "sq_ptr", "avg_ptr", "buf_ptr"),
+    "_adam_kernel": ("p_ptr", "g_ptr", "m_ptr", "v_ptr", "vmax_ptr"),
+}
+_ALL_ON = {  # every option of each kernel switched on (the most code)
+    "_sgd_kernel": dict(MOMENTUM=True, NESTEROV=True, FIRST=False, WEIGHT_DECAY=True, MAXIMIZE=True),
+    "_adagrad_kernel": dict(WEIGHT_DECAY=True, MAXIMIZE=True),
+    "_rmsprop_kernel": dict(CENTERED=True, MOMENTUM=True, WEIGHT_DECAY=True, MAXIMIZE=True),
+    "_adam_kernel": dict(AMSGRAD=True, DECOUPLED=True, WEIGHT_DECAY=True, MAXIMIZE=True),
+}
+
+
+def _signature(fn, const, pointers, table="i32", int64=False):
+    """Pointers typed by ``pointers`` (name -> Triton type), annotated floats fp64, the
+    size / index arguments i32 (i64 with INT64)."""
+    sig = {}
+    for name in fn.arg_names:
+        if name in const:
+            sig[name] = "constexpr"
+        elif name in pointers:
+            sig[name] = "*" + pointers[name]
+        elif name == "table_ptr":
+            sig[name] = "*" + table
+        elif name in ("scale_ptr", "partial_ptr", "out_ptr"):
+            sig[name] = "*" + pointers.get("_accumulate", "fp32")
+        elif name == "counter_ptr":
+            sig[name] = "*i32"
+        elif fn.params[fn.arg_names.index(name)].annotation == "fp64":
+            sig[name] = "fp64"
+        else:
+            sig[name] = "i64" if int64 and name == "n" else "i32"
+    return sig
+
+
+def aot_specs():
+    """Every update kernel x GPU config (float32, every option on, whole buffer), plus,
+    on the default config, the variants that change the generated code: bf16 / fp16
+    gradients with float32 master weights, bf16 parameters, float64, a segment table,
+    a device clipping coefficient, plain options, INT64 offsets; and the norm reduction
+    (float32, bf16 gradients with a table, float64, INT64)."""
+    from .aot import KernelSpec  # noqa: PLC0415
+
+    specs = []
+    for name, pointers in _POINTERS.items():
+        fn = globals()[name]
+        for cfg in GPU_CONFIGS:
+            block, warps, stages = cfg
+            runs = [("fp32", "fp32", "fp32", {})]
+            if cfg == DEFAULT_CONFIG:
+                runs += [
+                    ("fp32 p bf16 g", "fp32", "bf16", {}),
+                    ("fp32 p fp16 g", "fp32", "fp16", {}),
+                    ("bf16", "bf16", "bf16", {}),
+                    ("fp64", "fp64", "fp64", {"CDT": tl.float64}),
+                    ("table", "fp32", "fp32", {"HAS_TABLE": 2, "BLOCK": TABLE_BLOCK}),
+                    ("table unaligned", "fp32", "fp32", {"HAS_TABLE": 1, "BLOCK": TABLE_BLOCK}),
+                    ("scale ptr", "fp32", "fp32", {"SCALE": _SCALE_POINTER}),
+                    ("plain", "fp32", "fp32", {**{k: False for k in _ALL_ON[name]}, "SCALE": _SCALE_NONE}),
+                    ("int64", "fp32", "fp32", {"INT64": True, "BLOCK": TABLE_BLOCK}),
+                ]
+            for label, pdt, gdt, over in runs:
+                const = dict(_ALL_ON[name], SCALE=_SCALE_VALUE, HAS_TABLE=0, INT64=False, CDT=tl.float32,
+                             BLOCK=block)
+                const.update(over)
+                if const["BLOCK"] == TABLE_BLOCK and (const["HAS_TABLE"] or const["INT64"]):
+                    warps, stages = FIXED_CONFIG[1:]
+                ptrs = {k: pdt for k in pointers}
+                ptrs["g_ptr"] = gdt
+                specs.append(KernelSpec(
+                    name=f"optim.{name[1:-7]}[{const['BLOCK']} w{warps} {label}]", module=__name__, kernel=name,
+                    signature=_signature(fn, const, ptrs, "i64" if const["INT64"] else "i32", const["INT64"]),
+                    constexprs=const, num_warps=warps, num_stages=stages, tensor_cores=False,
+                ))
+                warps, stages = cfg[1], cfg[2]
+    fn = _sumsq_kernel
+    for label, gdt, acc, over in [("fp32", "fp32", "fp32", {}),
+                                  ("bf16 table", "bf16", "fp32", {"HAS_TABLE": 2}),
+                                  ("fp64", "fp64", "fp64", {"CDT": tl.float64}),
+                                  ("int64", "fp32", "fp32", {"INT64": True})]:
+        const = dict(HAS_TABLE=0, INT64=False, CDT=tl.float32, BLOCK=REDUCE_BLOCK, FINAL_BLOCK=1024)
+        const.update(over)
+        specs.append(KernelSpec(
+            name=f"optim.sumsq[{REDUCE_BLOCK} w4 {label}]", module=__name__, kernel="_sumsq_kernel",
+            signature=_signature(fn, const, {"g_ptr": gdt, "_accumulate": acc},
+                                 "i64" if const["INT64"] else "i32", const["INT64"]),
+            constexprs=const, num_warps=4, num_stages=1, tensor_cores=False,
+        ))
+    return specs
