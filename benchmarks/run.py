@@ -17,10 +17,11 @@ import torch
 
 import gpukernels as gk
 
-from . import bench_conv, bench_cross_entropy, bench_train
+from . import bench_activation, bench_conv, bench_cross_entropy, bench_optim, bench_train
 from .common import format_table, measure_ceilings
 
-ENTRIES = {"conv": bench_conv, "cross_entropy": bench_cross_entropy, "train": bench_train}
+ENTRIES = {"conv": bench_conv, "activation": bench_activation, "cross_entropy": bench_cross_entropy,
+           "optim": bench_optim, "train": bench_train}
 
 
 def main(argv=None) -> int:
