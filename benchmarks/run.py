@@ -17,10 +17,12 @@ import torch
 
 import gpukernels as gk
 
-from . import bench_activation, bench_conv, bench_cross_entropy, bench_optim, bench_train
+from . import (bench_activation, bench_batchnorm, bench_conv, bench_cross_entropy, bench_linear,
+               bench_optim, bench_pool, bench_train)
 from .common import format_table, measure_ceilings
 
-ENTRIES = {"conv": bench_conv, "activation": bench_activation, "cross_entropy": bench_cross_entropy,
+ENTRIES = {"conv": bench_conv, "linear": bench_linear, "activation": bench_activation,
+           "pool": bench_pool, "batchnorm": bench_batchnorm, "cross_entropy": bench_cross_entropy,
            "optim": bench_optim, "train": bench_train}
 
 

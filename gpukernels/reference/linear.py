@@ -6,6 +6,8 @@ leading dimensions so each gradient is one GEMM: dx = g W, dW = g^T x, db = sum(
 
 from __future__ import annotations
 
+import math
+
 
 def linear_forward(x, weight, bias):
     y = x @ weight.T
@@ -16,8 +18,9 @@ def linear_forward(x, weight, bias):
 
 def linear_backward(grad_y, x, weight, needs=(True, True, True)):
     """Returns (dx, dW, db); an entry is None where ``needs`` says it is not wanted."""
-    g2 = grad_y.reshape(-1, grad_y.shape[-1])
+    rows = math.prod(grad_y.shape[:-1])  # not reshape(-1, F): ambiguous when F == 0
+    g2 = grad_y.reshape(rows, grad_y.shape[-1])
     gx = (grad_y @ weight) if needs[0] else None
-    gw = (g2.T @ x.reshape(-1, x.shape[-1])) if needs[1] else None
+    gw = (g2.T @ x.reshape(rows, x.shape[-1])) if needs[1] else None
     gb = g2.sum(axis=0) if needs[2] else None
     return gx, gw, gb

@@ -79,7 +79,7 @@ def max_pool2d_backward(grad_y, argmax, x_shape, kernel, stride, padding, dilati
     g = xp.ascontiguousarray(grad_y.transpose(2, 3, 0, 1))
     gx = xp.zeros((h + 2 * padding[0], w + 2 * padding[1], n, c), dtype=grad_y.dtype)
     for k, (i, j) in enumerate(_offsets(kernel)):
-        _window(gx, i, j, g.shape[:2], stride, dilation)[...] += g * (argmax == k)
+        _window(gx, i, j, g.shape[:2], stride, dilation)[...] += xp.where(argmax == k, g, 0)  # not g * mask: inf * 0 is NaN
     return _to_nchw(gx, padding)
 
 

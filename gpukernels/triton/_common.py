@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import triton
+import triton.language as tl
 
 from .. import backend
 from ..backend import kernel_arg
@@ -31,7 +32,8 @@ def kernel_view(a):
     read-only (``broadcast_to`` views) or have negative strides, which ``kernel_arg``
     refuses, are copied to C order here, BEFORE the launcher reads their strides."""
     if isinstance(a, np.ndarray) and (not a.flags.writeable or any(s < 0 for s in a.strides)):
-        return np.ascontiguousarray(a)
+        return np.array(a, order="C")  # always a fresh, writeable copy (ascontiguousarray
+        # returns a read-only C-contiguous array, e.g. broadcast_to(g, g.shape), as is)
     return a
 
 
@@ -65,6 +67,22 @@ def to_float32(xp, a):
     if a.dtype != np.uint16:
         return a.astype(np.float32)
     return (xp.ascontiguousarray(a).astype(np.uint32) << 16).view(np.float32)
+
+
+def precision(dtype) -> str:
+    """``tl.dot``'s input precision: TF32 tensor cores for float32 unless
+    ``backend.set_allow_tf32(False)``; fp16/bf16 always run on tensor cores."""
+    return "tf32" if np.dtype(dtype) == np.float32 and backend.get_allow_tf32() else "ieee"
+
+
+@triton.jit
+def grouped_tile(pid, num_m, num_n, GROUP_M: tl.constexpr):
+    """Tile (pid_m, pid_n) of program ``pid`` in grouped order: GROUP_M row tiles in a row
+    share each column tile (e.g. weights) while it is still in L2."""
+    width = GROUP_M * num_n
+    first_m = (pid // width) * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    return first_m + (pid % width) % size_m, (pid % width) // size_m
 
 
 def strides(a) -> tuple:

@@ -62,7 +62,7 @@ import triton.language as tl
 
 from .. import backend
 from ..backend import get_array_module
-from ._common import Tuned, arg, check_float, from_float32, needs_int64, strides, to_float32
+from ._common import Tuned, arg, check_float, from_float32, kernel_view, needs_int64, strides, to_float32
 
 _ACT = {"relu": 0, "leaky_relu": 1, "sigmoid": 2, "tanh": 3, "heaviside": 4}
 
@@ -448,16 +448,13 @@ def heaviside_forward(x, values):
     n = y.size
     if n == 0:
         return y
-    if any(s < 0 for s in strides(x)):  # kernel_arg would copy it to another layout
-        x = xp.ascontiguousarray(x)
-    if any(s < 0 for s in strides(values)):
-        values = xp.ascontiguousarray(values)
+    x, values = kernel_view(x), kernel_view(values)  # no negative strides, writeable
     # the kernel reads x and values themselves (a broadcast view is read-only, which
     # kernel_arg would copy) through the strides of their broadcast views
     xb, vb = xp.broadcast_to(x, shape), xp.broadcast_to(values, shape)
     dims = _collapse(shape, strides(xb), strides(vb))
     if len(dims) > 4:  # more than 4 independent axes: read C-ordered copies instead
-        x, values = xp.ascontiguousarray(xb), xp.ascontiguousarray(vb)
+        x, values = xp.array(xb, order="C"), xp.array(vb, order="C")  # fresh, writeable
         dims = _collapse(shape, strides(x), strides(values))
     dims = [(1, [0, 0])] * (4 - len(dims)) + dims
     sizes = [d[0] for d in dims]

@@ -53,7 +53,8 @@ import triton.language as tl
 from .. import backend
 from ..backend import get_array_module, kernel_arg
 from ..reference.conv import conv2d_output_size  # noqa: F401 - the family's shared formula, re-exported
-from ._common import Tuned, arg, check_float, from_float32, kernel_view, needs_int64, strides, to_float32
+from ._common import (Tuned, arg, check_float, from_float32, grouped_tile, kernel_view, needs_int64,
+                      precision, strides, to_float32)
 
 _ACTIVATIONS = {None: 0, "relu": 1, "leaky_relu": 2}
 
@@ -81,16 +82,6 @@ def _masked_grad(g, y, ACTIVATION: tl.constexpr, slope):
 
 
 @triton.jit
-def _grouped_tile(pid, num_m, num_n, GROUP_M: tl.constexpr):
-    """Tile (pid_m, pid_n) of program ``pid`` in grouped order: GROUP_M row tiles in a row
-    share each column tile (weights) while it is still in L2."""
-    width = GROUP_M * num_n
-    first_m = (pid // width) * GROUP_M
-    size_m = tl.minimum(num_m - first_m, GROUP_M)
-    return first_m + (pid % width) % size_m, (pid % width) // size_m
-
-
-@triton.jit
 def _conv2d_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr,
     N, C, H, W, O, OH, OW,
@@ -105,7 +96,7 @@ def _conv2d_fwd_kernel(
 ):
     """y[n, o, oh, ow] = act(b[o] + sum_{c,kh,kw} x[n, c, ih, iw] w[(kh, kw, c), o])."""
     M = N * OH * OW
-    pid_m, pid_n = _grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(O, BLOCK_N), GROUP_M)
+    pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(O, BLOCK_N), GROUP_M)
     if INT64:  # tl.cast, not .to(): a stride of 1 arrives as a constexpr int
         sxn, sxc, sxh, sxw = tl.cast(sxn, tl.int64), tl.cast(sxc, tl.int64), tl.cast(sxh, tl.int64), tl.cast(sxw, tl.int64)
         syn, syc, syh, syw = tl.cast(syn, tl.int64), tl.cast(syc, tl.int64), tl.cast(syh, tl.int64), tl.cast(syw, tl.int64)
@@ -190,7 +181,7 @@ def _conv2d_dgrad_kernel(
     dx[n, c, ih, iw] = sum_{u, v, o} dy'[n, o, oh, ow] w[(kh, kw, o), c]
     """
     M = N * H_PH * W_PH
-    pid_m, pid_n = _grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(C, BLOCK_N), GROUP_M)
+    pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(C, BLOCK_N), GROUP_M)
     if INT64:
         sgn, sgc, sgh, sgw = tl.cast(sgn, tl.int64), tl.cast(sgc, tl.int64), tl.cast(sgh, tl.int64), tl.cast(sgw, tl.int64)
         sdn, sdc, sdh, sdw = tl.cast(sdn, tl.int64), tl.cast(sdc, tl.int64), tl.cast(sdh, tl.int64), tl.cast(sdw, tl.int64)
@@ -261,7 +252,7 @@ def _conv2d_wgrad_kernel(
         num_n = tl.cdiv(KC, BLOCK_N)
     else:  # tiles never straddle two taps
         num_n = KH * KW * tl.cdiv(C, BLOCK_N)
-    pid_m, pid_n = _grouped_tile(tl.program_id(0), tl.cdiv(O, BLOCK_M), num_n, GROUP_M)
+    pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(O, BLOCK_M), num_n, GROUP_M)
     split = tl.program_id(1)
     if INT64:
         sgn, sgc, sgh, sgw = tl.cast(sgn, tl.int64), tl.cast(sgc, tl.int64), tl.cast(sgh, tl.int64), tl.cast(sgw, tl.int64)
@@ -386,10 +377,6 @@ def _check(x, weight, bias, groups):
     return xp
 
 
-def _precision(dtype):
-    return "tf32" if dtype == np.float32 and backend.get_allow_tf32() else "ieee"
-
-
 
 
 def _geometry(x, weight, stride, padding, dilation):
@@ -417,7 +404,7 @@ def _forward_one(x, weight, bias, y, stride, padding, dilation, activation, slop
         n, c, h, w, o, oh, ow, *strides(x), *strides(y), ph, pw, float(slope),
         KH=kh, KW=kw, STRIDE_H=sh, STRIDE_W=sw, DIL_H=dh, DIL_W=dw,
         HAS_BIAS=bias is not None, ACTIVATION=_ACTIVATIONS[activation], PACKED=packed,
-        INT64=needs_int64(x, y), PRECISION=_precision(x.dtype), GROUP_M=GROUP_M,
+        INT64=needs_int64(x, y), PRECISION=precision(x.dtype), GROUP_M=GROUP_M,
     )
 
 
@@ -498,7 +485,7 @@ def _dgrad_one(grad_y, y, weight, grad_x, stride, padding, dilation, activation,
                 ih_first, iw_first, h_ph, w_ph, kh0, n_kh, kw0, n_kw,
                 KH=kh, KW=kw, STRIDE_H=sh, STRIDE_W=sw, DIL_H=dh, DIL_W=dw,
                 TAP_STEP_H=step_h, TAP_STEP_W=step_w, ACTIVATION=_ACTIVATIONS[activation],
-                INT64=int64, PRECISION=_precision(grad_y.dtype), GROUP_M=GROUP_M,
+                INT64=int64, PRECISION=precision(grad_y.dtype), GROUP_M=GROUP_M,
             )
 
 
@@ -540,7 +527,7 @@ def _wgrad_one(grad_y, y, x, weight, need_bias, stride, padding, dilation, activ
         n, c, h, w, o, oh, ow, *strides(grad_y), *strides(x), ph, pw, float(slope), per_split,
         KH=kh, KW=kw, STRIDE_H=sh, STRIDE_W=sw, DIL_H=dh, DIL_W=dw,
         ACTIVATION=_ACTIVATIONS[activation], NEED_BIAS=need_bias, PACKED=packed,
-        INT64=needs_int64(grad_y, x), PRECISION=_precision(x.dtype), GROUP_M=GROUP_M,
+        INT64=needs_int64(grad_y, x), PRECISION=precision(x.dtype), GROUP_M=GROUP_M,
     )
     gw = dw_part.sum(axis=0) if splits > 1 else dw_part[0]
     gw = gw.reshape(o, kh, kw, c).transpose(0, 3, 1, 2)
