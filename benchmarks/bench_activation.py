@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 import gpukernels as gk
+from gpukernels.backend import cupy_from_torch, torch_from_cupy
 from gpukernels.reference import activation as ref
 
-from .common import Result, check_close, timeit
+from .common import Result, check_close, cuda_generator, cuda_randn, gpu_time, time_both
 
 ACTS = ["relu", "leaky_relu", "sigmoid", "tanh"]
 SLOPE = 0.01
@@ -63,11 +64,10 @@ def run(quick: bool = False, repeat: int = 10) -> list[Result]:
         # correctness first
         check_close(f"{name} forward", y, t_fwd(tx).numpy(), 1e-6, 1e-5)
         check_close(f"{name} backward", bwd(g, y, *params), t_bwd(tg, ty).numpy(), 1e-6, 1e-5)
-        results.append(Result(f"{name} fwd", f"{n >> 20}M float32", timeit(lambda: fwd(x, *params), repeat=repeat),
-                              timeit(lambda: t_fwd(tx), repeat=repeat), bytes=2 * n * 4))
-        results.append(Result(f"{name} bwd", f"{n >> 20}M float32",
-                              timeit(lambda: bwd(g, y, *params), repeat=repeat),
-                              timeit(lambda: t_bwd(tg, ty), repeat=repeat), bytes=3 * n * 4))
+        results.append(time_both(f"{name} fwd", f"{n >> 20}M float32", lambda: fwd(x, *params),
+                                 lambda: t_fwd(tx), repeat, bytes=2 * n * 4))
+        results.append(time_both(f"{name} bwd", f"{n >> 20}M float32", lambda: bwd(g, y, *params),
+                                 lambda: t_bwd(tg, ty), repeat, bytes=3 * n * 4))
     return results
 
 
@@ -78,28 +78,14 @@ def run_gpu(quick: bool = False, repeat: int = 100) -> list[Result]:
     """64M elements (quick: 4M) in float32 and bf16: ours on CuPy arrays vs PyTorch eager
     on the same GPU, correctness checked on the device first; ``torch.compile`` of the
     same function timed too where it runs (``extra["torch_compile_s"]``)."""
-    import cupy
-    import triton.testing
-
     from gpukernels.triton import activation
-
-    def bench(fn):
-        return triton.testing.do_bench(fn, warmup=25, rep=max(repeat, 20), return_mode="median") / 1e3
-
-    def as_cupy(t):
-        return (cupy.from_dlpack(t.view(torch.int16)).view(cupy.uint16)
-                if t.dtype == torch.bfloat16 else cupy.from_dlpack(t))
-
-    def as_torch(a, dtype):
-        t = torch.from_dlpack(a.view(cupy.int16) if a.dtype == cupy.uint16 else a)
-        return t.view(torch.bfloat16) if dtype == torch.bfloat16 else t
 
     def compiled(fn, *args):
         """(seconds, None) for torch.compile(fn), or (None, why) when it does not run here."""
         try:
             cfn = torch.compile(fn)
             cfn(*args)  # compile outside the timing
-            return bench(lambda: cfn(*args)), None
+            return gpu_time(lambda: cfn(*args), repeat), None
         except Exception as exc:  # noqa: BLE001 - no compiler toolchain, unsupported op: report it
             return None, f"unavailable: {type(exc).__name__}: {str(exc)[:120]}"
 
@@ -107,10 +93,11 @@ def run_gpu(quick: bool = False, repeat: int = 100) -> list[Result]:
     results = []
     for dtype in (torch.float32, torch.bfloat16):
         label = f"{n >> 20}M {'fp32' if dtype == torch.float32 else 'bf16'}"
-        gen = torch.Generator(device="cuda").manual_seed(0)
-        x = (torch.randn(n, device="cuda", generator=gen) * 3).to(dtype)
-        g = torch.randn(n, device="cuda", generator=gen).to(dtype)
-        cx, cg = as_cupy(x), as_cupy(g)
+        gen = cuda_generator(0)
+        x = cuda_randn(gen, n, dtype=dtype, scale=3)
+        g = cuda_randn(gen, n, dtype=dtype)
+        cx, cg = cupy_from_torch(x), cupy_from_torch(g)
+        bf16 = dtype == torch.bfloat16
         size = x.element_size()
         tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
         for name in ACTS:
@@ -120,13 +107,13 @@ def run_gpu(quick: bool = False, repeat: int = 100) -> list[Result]:
             y_ref = t_fwd(x)
             cy = fwd(cx, *params)
             # correctness first, on the device (64M elements: no host round trip)
-            for what, ours, theirs in (("forward", as_torch(cy, dtype), y_ref),
-                                       ("backward", as_torch(bwd(cg, as_cupy(y_ref), *params), dtype),
-                                        t_bwd(g, y_ref))):
+            for what, ours, theirs in (("forward", torch_from_cupy(cy, bfloat16=bf16), y_ref),
+                                       ("backward", torch_from_cupy(bwd(cg, cupy_from_torch(y_ref), *params),
+                                                                    bfloat16=bf16), t_bwd(g, y_ref))):
                 err = ((ours.float() - theirs.float()).abs() - tol * theirs.float().abs()).max().item()
                 if err > tol:
                     raise AssertionError(f"{name} {what} {label}: max error {err:.3g} beyond tolerance")
-            cy_ref = as_cupy(y_ref)
+            cy_ref = cupy_from_torch(y_ref)
             for kind, ours_fn, theirs_fn, args, nbytes in (
                 ("fwd", lambda: fwd(cx, *params), lambda: t_fwd(x), (x,), 2 * n * size),
                 ("bwd", lambda: bwd(cg, cy_ref, *params), lambda: t_bwd(g, y_ref), (g, y_ref), 3 * n * size),
@@ -134,6 +121,6 @@ def run_gpu(quick: bool = False, repeat: int = 100) -> list[Result]:
                 compile_s, why = compiled(t_fwd if kind == "fwd" else t_bwd, *args)
                 extra = {"baseline": "torch eager"}
                 extra.update({"torch_compile_s": compile_s} if compile_s is not None else {"torch_compile": why})
-                results.append(Result(f"{name} {kind}", label, bench(ours_fn), bench(theirs_fn),
-                                      bytes=nbytes, extra=extra))
+                results.append(Result(f"{name} {kind}", label, gpu_time(ours_fn, repeat),
+                                      gpu_time(theirs_fn, repeat), bytes=nbytes, extra=extra))
     return results

@@ -16,8 +16,10 @@ import torch
 
 import gpukernels as gk
 from gpukernels import functional as F
+from gpukernels.backend import cupy_from_torch
 
-from .common import Result, check_close, timeit
+from .common import (CpuPair, Result, check_close, check_close_gpu, cuda_generator, cuda_randn, gpu_time,
+                     time_both)
 
 # (name, N, C, H, W)
 CASES = [
@@ -41,41 +43,18 @@ def run(quick: bool = False, repeat: int = 10) -> list[Result]:
         wt = (1 + 0.1 * rng.standard_normal(c)).astype(np.float32)
         b = (0.1 * rng.standard_normal(c)).astype(np.float32)
         size = x.nbytes
-
-        gx, gw, gb = (gk.tensor(a, requires_grad=True) for a in (x, wt, b))
         grm, grv = gk.tensor(np.zeros(c, np.float32)), gk.tensor(np.ones(c, np.float32))
-        tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, wt, b))
         trm, trv = torch.zeros(c), torch.ones(c)
-        gg, tg = gk.tensor(g), torch.tensor(g)
+        pair = CpuPair(lambda x_, w_, b_: F.batch_norm(x_, grm, grv, w_, b_, training=True),
+                       lambda x_, w_, b_: torch.nn.functional.batch_norm(x_, trm, trv, w_, b_, True, 0.1, 1e-5),
+                       (x, wt, b), g)
 
-        def ours_fwd():
-            with gk.no_grad():
-                return F.batch_norm(gx, grm, grv, gw, gb, training=True)
-
-        def torch_fwd():
-            with torch.no_grad():
-                return torch.nn.functional.batch_norm(tx, trm, trv, tw, tb, True, 0.1, 1e-5)
-
-        def ours_fb():
-            gx.grad = gw.grad = gb.grad = None
-            F.batch_norm(gx, grm, grv, gw, gb, training=True).backward(gg)
-
-        def torch_fb():
-            tx.grad = tw.grad = tb.grad = None
-            torch.nn.functional.batch_norm(tx, trm, trv, tw, tb, True, 0.1, 1e-5).backward(tg)
-
-        check_close(f"batch_norm {name} forward", ours_fwd().numpy(), torch_fwd().numpy(), 1e-4, 1e-4)
+        pair.check_forward(f"batch_norm {name}", 1e-4, 1e-4)
         check_close(f"batch_norm {name} running_var", grv.numpy(), trv.numpy(), 1e-5, 1e-5)
-        ours_fb()
-        torch_fb()
-        for label, a, t in (("grad_input", gx, tx), ("grad_weight", gw, tw), ("grad_bias", gb, tb)):
-            scale = float(np.abs(t.grad.numpy()).max())
-            check_close(f"batch_norm {name} {label}", a.grad.numpy(), t.grad.numpy(), 1e-4 * scale, 1e-4)
+        pair.check_grads(f"batch_norm {name}", ("grad_input", "grad_weight", "grad_bias"), 1e-4, 1e-4, scaled=True)
 
-        results.append(Result("bn train fwd", name, timeit(ours_fwd, repeat=repeat),
-                              timeit(torch_fwd, repeat=repeat), bytes=2 * size))
-        results.append(Result("bn fwd+bwd", name, timeit(ours_fb, repeat=repeat),
-                              timeit(torch_fb, repeat=repeat), bytes=5 * size))
+        results.append(time_both("bn train fwd", name, pair.ours_fwd, pair.torch_fwd, repeat, bytes=2 * size))
+        results.append(time_both("bn fwd+bwd", name, pair.ours_fb, pair.torch_fb, repeat, bytes=5 * size))
     return results
 
 
@@ -96,36 +75,22 @@ def run_gpu(quick: bool = False, repeat: int = 100) -> list[Result]:
     (float32 weights and running statistics, as nn.BatchNorm2d under autocast), NCHW and
     channels-last; ``torch.compile`` of the same call is timed too where it works
     (``extra["torch_compile_s"]``, or the reason it is unavailable)."""
-    import cupy
-    import triton.testing
-
     from gpukernels.triton import batchnorm as bn
-
-    def bench(fn):
-        return triton.testing.do_bench(fn, warmup=25, rep=max(repeat, 20), return_mode="median") / 1e3
-
-    def as_cupy(t):
-        return (cupy.from_dlpack(t.view(torch.int16)).view(cupy.uint16)
-                if t.dtype == torch.bfloat16 else cupy.from_dlpack(t))
-
-    def as_torch(a, dtype):
-        t = torch.from_dlpack(a.view(cupy.int16) if a.dtype == cupy.uint16 else a)
-        return t.view(torch.bfloat16) if dtype == torch.bfloat16 else t
 
     results = []
     for name, n, c, h, w in GPU_QUICK if quick else GPU_CASES:
         for dtype in (torch.float32, torch.bfloat16):
             for layout, fmt in (("NCHW", torch.contiguous_format), ("NHWC", torch.channels_last)):
                 label = f"{name} {'fp32' if dtype == torch.float32 else 'bf16'} {layout}"
-                gen = torch.Generator(device="cuda").manual_seed(0)
-                x = (1 + 2 * torch.randn(n, c, h, w, device="cuda", generator=gen)).to(dtype)
-                gy = torch.randn(n, c, h, w, device="cuda", generator=gen).to(dtype)
+                gen = cuda_generator(0)
+                x = cuda_randn(gen, n, c, h, w, dtype=dtype, scale=2, shift=1)
+                gy = cuda_randn(gen, n, c, h, w, dtype=dtype)
                 x, gy = x.contiguous(memory_format=fmt), gy.contiguous(memory_format=fmt)
-                wt = 1 + 0.1 * torch.randn(c, device="cuda", generator=gen)
-                b = 0.1 * torch.randn(c, device="cuda", generator=gen)
+                wt = cuda_randn(gen, c, scale=0.1, shift=1)
+                b = cuda_randn(gen, c, scale=0.1)
                 size = x.numel() * x.element_size()
                 rm, rv = torch.zeros(c, device="cuda"), torch.ones(c, device="cuda")
-                cx, cg, cw, cb, crm, crv = (as_cupy(t) for t in (x, gy, wt, b, rm, rv))
+                cx, cg, cw, cb, crm, crv = (cupy_from_torch(t) for t in (x, gy, wt, b, rm, rv))
 
                 def ours_fwd():
                     return bn.batch_norm_forward(cx, crm, crv, cw, cb, True, 0.1, 1e-5)
@@ -151,34 +116,29 @@ def run_gpu(quick: bool = False, repeat: int = 100) -> list[Result]:
 
                 # correctness first: y and the three gradients against eager PyTorch
                 tol = 3e-2 if dtype == torch.bfloat16 else 1e-4
-                ref = t_fwd().float()
-                ours_y = as_torch(ours_fwd()[0], dtype).float()
-                check_close(f"batch_norm {label} forward", ours_y.cpu().numpy(), ref.cpu().numpy(),
-                            tol * float(ref.abs().max()), tol)
+                ref = t_fwd()
+                check_close_gpu(f"batch_norm {label} forward", ours_fwd()[0], ref, tol)
                 t_fb()
                 dx, dg, db = ours_fb()
-                for glabel, ours_g, t in (("grad_input", as_torch(dx, dtype), tx.grad),
-                                          ("grad_weight", as_torch(dg, torch.float32), tw.grad),
-                                          ("grad_bias", as_torch(db, torch.float32), tb.grad)):
-                    t = t.float()
-                    check_close(f"batch_norm {label} {glabel}", ours_g.float().cpu().numpy(), t.cpu().numpy(),
-                                tol * float(t.abs().max()), tol)
+                for glabel, ours_g, t in (("grad_input", dx, tx.grad), ("grad_weight", dg, tw.grad),
+                                          ("grad_bias", db, tb.grad)):
+                    check_close_gpu(f"batch_norm {label} {glabel}", ours_g, t, tol)
 
                 compiled = {}
                 try:
                     fn = torch.compile(eager)
                     t_fwd(fn)  # compile outside the timing
                     t_fb(fn)
-                    compiled = {"torch_compile_fwd_s": bench(lambda: t_fwd(fn)),
-                                "torch_compile_fb_s": bench(lambda: t_fb(fn))}
+                    compiled = {"torch_compile_fwd_s": gpu_time(lambda: t_fwd(fn), repeat),
+                                "torch_compile_fb_s": gpu_time(lambda: t_fb(fn), repeat)}
                 except Exception as exc:  # noqa: BLE001 - reported, not fatal
                     compiled = {"torch_compile": f"unavailable: {type(exc).__name__}: {str(exc)[:200]}"}
                 fwd_extra = {"baseline": f"PyTorch eager {layout}", "moved_bytes": 3 * size,
                              "torch_compile_s": compiled.get("torch_compile_fwd_s", compiled.get("torch_compile"))}
                 fb_extra = {"baseline": f"PyTorch eager {layout}", "moved_bytes": 8 * size,
                             "torch_compile_s": compiled.get("torch_compile_fb_s", compiled.get("torch_compile"))}
-                results.append(Result("bn train fwd", label, bench(ours_fwd), bench(t_fwd), bytes=2 * size,
-                                      extra=fwd_extra))
-                results.append(Result("bn fwd+bwd", label, bench(ours_fb), bench(t_fb), bytes=5 * size,
-                                      extra=fb_extra))
+                results.append(Result("bn train fwd", label, gpu_time(ours_fwd, repeat), gpu_time(t_fwd, repeat),
+                                      bytes=2 * size, extra=fwd_extra))
+                results.append(Result("bn fwd+bwd", label, gpu_time(ours_fb, repeat), gpu_time(t_fb, repeat),
+                                      bytes=5 * size, extra=fb_extra))
     return results

@@ -9,8 +9,9 @@ import torch
 
 import gpukernels as gk
 from gpukernels import functional as F
+from gpukernels.backend import cupy_from_torch
 
-from .common import Result, check_close, timeit
+from .common import CpuPair, Result, check_close_gpu, cuda_generator, cuda_randn, gpu_time, time_both
 
 # (name, N, C, H, W, O, K, stride, padding)
 CASES = [
@@ -35,38 +36,15 @@ def run(quick: bool = False, repeat: int = 10) -> list[Result]:
         oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
         g = rng.standard_normal((n, o, oh, ow), dtype=np.float32)
         flops = 2.0 * n * oh * ow * o * c * k * k
-
-        gx, gw, gb = (gk.tensor(a, requires_grad=True) for a in (x, wt, b))
-        tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, wt, b))
-        gg, tg = gk.tensor(g), torch.tensor(g)
-
-        def ours_fwd():
-            with gk.no_grad():
-                return F.conv2d(gx, gw, gb, s, p)
-
-        def torch_fwd():
-            with torch.no_grad():
-                return torch.nn.functional.conv2d(tx, tw, tb, s, p)
-
-        def ours_fb():
-            gx.grad = gw.grad = gb.grad = None
-            F.conv2d(gx, gw, gb, s, p).backward(gg)
-
-        def torch_fb():
-            tx.grad = tw.grad = tb.grad = None
-            torch.nn.functional.conv2d(tx, tw, tb, s, p).backward(tg)
+        pair = CpuPair(lambda x_, w_, b_: F.conv2d(x_, w_, b_, s, p),
+                       lambda x_, w_, b_: torch.nn.functional.conv2d(x_, w_, b_, s, p), (x, wt, b), g)
 
         # correctness first (float32: tolerances scale with the reduction length c*k*k)
-        check_close(f"conv2d {name} forward", ours_fwd().numpy(), torch_fwd().numpy(), 1e-3, 1e-3)
-        ours_fb()
-        torch_fb()
-        for label, a, t in (("grad_input", gx, tx), ("grad_weight", gw, tw), ("grad_bias", gb, tb)):
-            check_close(f"conv2d {name} {label}", a.grad.numpy(), t.grad.numpy(), 2e-2, 1e-3)
+        pair.check_forward(f"conv2d {name}", 1e-3, 1e-3)
+        pair.check_grads(f"conv2d {name}", ("grad_input", "grad_weight", "grad_bias"), 2e-2, 1e-3)
 
-        results.append(Result("conv2d fwd", name, timeit(ours_fwd, repeat=repeat),
-                              timeit(torch_fwd, repeat=repeat), flops=flops))
-        results.append(Result("conv2d fwd+bwd", name, timeit(ours_fb, repeat=repeat),
-                              timeit(torch_fb, repeat=repeat), flops=3 * flops))
+        results.append(time_both("conv2d fwd", name, pair.ours_fwd, pair.torch_fwd, repeat, flops=flops))
+        results.append(time_both("conv2d fwd+bwd", name, pair.ours_fb, pair.torch_fb, repeat, flops=3 * flops))
     return results
 
 
@@ -94,13 +72,7 @@ def run_gpu(quick: bool = False, repeat: int = 100) -> list[Result]:
     """conv+bias+ReLU forward and forward+backward, ours (Triton, CuPy arrays) vs PyTorch
     eager (cuDNN) in NCHW and channels-last (the faster of the two is the baseline), in
     TF32 (both sides allow it, cuDNN's default) and bf16 with float32 accumulation."""
-    import cupy
-    import triton.testing
-
     from gpukernels.triton import conv
-
-    def bench(fn):
-        return triton.testing.do_bench(fn, warmup=25, rep=max(repeat, 20), return_mode="median") / 1e3
 
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True  # cuDNN picks its fastest algorithm per shape
@@ -108,19 +80,14 @@ def run_gpu(quick: bool = False, repeat: int = 100) -> list[Result]:
     for name, n, c, h, w, o, k, s, p in GPU_QUICK if quick else GPU_CASES:
         for dtype in (torch.float32, torch.bfloat16):
             label = f"{name} {'tf32' if dtype == torch.float32 else 'bf16'}"
-            gen = torch.Generator(device="cuda").manual_seed(0)
-            x = torch.randn(n, c, h, w, device="cuda", generator=gen).to(dtype)
-            wt = (torch.randn(o, c, k, k, device="cuda", generator=gen) / (c * k * k) ** 0.5).to(dtype)
-            b = torch.randn(o, device="cuda", generator=gen).to(dtype)
+            gen = cuda_generator(0)
+            x = cuda_randn(gen, n, c, h, w, dtype=dtype)
+            wt = (cuda_randn(gen, o, c, k, k) / (c * k * k) ** 0.5).to(dtype)
+            b = cuda_randn(gen, o, dtype=dtype)
             oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-            gy = torch.randn(n, o, oh, ow, device="cuda", generator=gen).to(dtype)
+            gy = cuda_randn(gen, n, o, oh, ow, dtype=dtype)
             flops = 2.0 * n * oh * ow * o * c * k * k
-
-            def as_cupy(t):
-                return (cupy.from_dlpack(t.view(torch.int16)).view(cupy.uint16)
-                        if t.dtype == torch.bfloat16 else cupy.from_dlpack(t))
-
-            cx, cw, cb, cg = (as_cupy(t.contiguous()) for t in (x, wt, b, gy))
+            cx, cw, cb, cg = (cupy_from_torch(t.contiguous()) for t in (x, wt, b, gy))
             args = ((s, s), (p, p), (1, 1), 1, "relu", 0.01)
 
             def ours_fwd():
@@ -149,17 +116,15 @@ def run_gpu(quick: bool = False, repeat: int = 100) -> list[Result]:
                     torch.relu(torch.nn.functional.conv2d(tx, tw, tb, s, p)).backward(tg)
 
                 if lname == "NCHW":  # correctness first
-                    ref = t_fwd().float()
-                    ours = torch.from_dlpack(y_saved.view(cupy.int16) if y_saved.dtype == cupy.uint16 else y_saved)
-                    ours = (ours.view(torch.bfloat16) if dtype == torch.bfloat16 else ours).float()
                     tol = 2e-2 if dtype == torch.bfloat16 else 5e-3
-                    check_close(f"conv2d {label} forward", ours.cpu().numpy(), ref.cpu().numpy(),
-                                tol * float(ref.abs().max()), tol)
-                theirs_fwd[lname], theirs_fb[lname] = bench(t_fwd), bench(t_fb)
+                    check_close_gpu(f"conv2d {label} forward", y_saved, t_fwd(), tol)
+                theirs_fwd[lname], theirs_fb[lname] = gpu_time(t_fwd, repeat), gpu_time(t_fb, repeat)
             best_f = min(theirs_fwd, key=theirs_fwd.get)
             best_b = min(theirs_fb, key=theirs_fb.get)
-            results.append(Result("conv+bias+relu", label, bench(ours_fwd), theirs_fwd[best_f], flops=flops,
-                                  extra={"baseline": f"cuDNN {best_f}", **{f"cudnn_{k}_s": v for k, v in theirs_fwd.items()}}))
-            results.append(Result("conv fwd+bwd", label, bench(ours_fb), theirs_fb[best_b], flops=3 * flops,
-                                  extra={"baseline": f"cuDNN {best_b}", **{f"cudnn_{k}_s": v for k, v in theirs_fb.items()}}))
+            results.append(Result("conv+bias+relu", label, gpu_time(ours_fwd, repeat), theirs_fwd[best_f],
+                                  flops=flops, extra={"baseline": f"cuDNN {best_f}",
+                                                      **{f"cudnn_{k}_s": v for k, v in theirs_fwd.items()}}))
+            results.append(Result("conv fwd+bwd", label, gpu_time(ours_fb, repeat), theirs_fb[best_b],
+                                  flops=3 * flops, extra={"baseline": f"cuDNN {best_b}",
+                                                          **{f"cudnn_{k}_s": v for k, v in theirs_fb.items()}}))
     return results

@@ -21,8 +21,9 @@ import torch
 
 import gpukernels as gk
 from gpukernels import functional as F
+from gpukernels.backend import cupy_from_torch
 
-from .common import Result, check_close, timeit
+from .common import Result, check_close, check_close_gpu, cuda_generator, cuda_randn, gpu_time, time_both
 
 CASES = [(8192, 1000), (512, 32768), (64, 10)]
 QUICK = [(256, 1000)]
@@ -55,8 +56,8 @@ def run(quick: bool = False, repeat: int = 10) -> list[Result]:
 
         check_close(f"cross_entropy {b}x{c} loss", ours().numpy(), theirs().detach().numpy(), 1e-5, 1e-5)
         check_close(f"cross_entropy {b}x{c} grad", gl.grad.numpy(), tl.grad.numpy(), 1e-6, 1e-4)
-        results.append(Result("cross_entropy", f"B={b} C={c} fwd+bwd", timeit(ours, repeat=repeat),
-                              timeit(theirs, repeat=repeat), bytes=4.0 * b * c * 4))
+        results.append(time_both("cross_entropy", f"B={b} C={c} fwd+bwd", ours, theirs, repeat,
+                                 bytes=4.0 * b * c * 4))
     return results
 
 
@@ -75,32 +76,18 @@ def run_gpu(quick: bool = False, repeat: int = 100) -> list[Result]:
     device-to-host read per call (a host sync, as ``functional.cross_entropy`` does too);
     "fwd+bwd no target check" sets ``CHECK_TARGETS = False`` (no host sync at all; bad
     targets then give NaN rows), which is what PyTorch's device-side assert costs."""
-    import cupy
-    import triton.testing
-
     from gpukernels.triton import cross_entropy as tri
-
-    def bench(fn):
-        return triton.testing.do_bench(fn, warmup=25, rep=max(repeat, 20), return_mode="median") / 1e3
-
-    def as_cupy(t):
-        return (cupy.from_dlpack(t.view(torch.int16)).view(cupy.uint16)
-                if t.dtype == torch.bfloat16 else cupy.from_dlpack(t))
-
-    def as_torch(a, dtype):
-        t = torch.from_dlpack(a.view(cupy.int16) if a.dtype == cupy.uint16 else a)
-        return t.view(torch.bfloat16) if dtype == torch.bfloat16 else t
 
     results = []
     for b, c in GPU_QUICK if quick else GPU_CASES:
         for dtype in (torch.bfloat16, torch.float32):
             name = "bf16" if dtype == torch.bfloat16 else "fp32"
             label = f"B={b} C={c} {name}"
-            gen = torch.Generator(device="cuda").manual_seed(0)
-            z = (3 * torch.randn(b, c, device="cuda", generator=gen)).to(dtype)
+            gen = cuda_generator(0)
+            z = cuda_randn(gen, b, c, dtype=dtype, scale=3)
             t = torch.randint(0, c, (b,), device="cuda", generator=gen)
-            cz, ct = as_cupy(z), cupy.from_dlpack(t)
-            one = as_cupy(torch.ones((), device="cuda", dtype=dtype))
+            cz, ct = cupy_from_torch(z), cupy_from_torch(t)
+            one = cupy_from_torch(torch.ones((), device="cuda", dtype=dtype))
             nbytes = 4.0 * b * c * z.element_size()
 
             def ours():
@@ -119,13 +106,11 @@ def run_gpu(quick: bool = False, repeat: int = 100) -> list[Result]:
             loss, grad = ours()
             ref = eager()
             tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
-            check_close(f"cross_entropy {label} loss", as_torch(loss, dtype).float().cpu().numpy(),
-                        ref.detach().float().cpu().numpy(), tol, tol)
+            check_close_gpu(f"cross_entropy {label} loss", loss, ref, tol, atol=tol)
             ref_grad = zr.grad.float()
-            check_close(f"cross_entropy {label} grad", as_torch(grad, dtype).float().cpu().numpy(),
-                        ref_grad.cpu().numpy(), tol * float(ref_grad.abs().max()), tol)
+            check_close_gpu(f"cross_entropy {label} grad", grad, zr.grad, tol)
 
-            t_eager = bench(eager)
+            t_eager = gpu_time(eager, repeat)
             extra = {"baseline": "PyTorch eager"}
             try:
                 compiled = torch.compile(torch.nn.functional.cross_entropy)
@@ -134,15 +119,14 @@ def run_gpu(quick: bool = False, repeat: int = 100) -> list[Result]:
                     return eager(compiled)
 
                 comp()
-                check_close(f"cross_entropy {label} torch.compile grad", zr.grad.float().cpu().numpy(),
-                            ref_grad.cpu().numpy(), tol * float(ref_grad.abs().max()), tol)
-                t_comp = bench(comp)
+                check_close_gpu(f"cross_entropy {label} torch.compile grad", zr.grad, ref_grad, tol)
+                t_comp = gpu_time(comp, repeat)
                 extra["torch_compile_s"] = t_comp
             except Exception as exc:  # noqa: BLE001 - no compiler toolchain, unsupported build, ...
                 t_comp = None
                 extra["torch_compile"] = f"unavailable: {type(exc).__name__}: {exc}"[:200]
 
-            t_ours = bench(ours)
+            t_ours = gpu_time(ours, repeat)
             results.append(Result("cross_entropy", f"{label} fwd+bwd", t_ours, t_eager, bytes=nbytes,
                                   extra=extra))
             if t_comp is not None:
@@ -151,7 +135,7 @@ def run_gpu(quick: bool = False, repeat: int = 100) -> list[Result]:
             previous = tri.CHECK_TARGETS
             tri.CHECK_TARGETS = False
             try:
-                t_nosync = bench(ours)
+                t_nosync = gpu_time(ours, repeat)
             finally:
                 tri.CHECK_TARGETS = previous
             results.append(Result("cross_entropy", f"{label} fwd+bwd no target check", t_nosync, t_eager,

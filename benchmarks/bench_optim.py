@@ -28,10 +28,11 @@ import torch
 
 import gpukernels as gk
 import gpukernels.optim as gko
+from gpukernels.backend import cupy_from_torch
 from gpukernels.nn.parameter import Parameter
 from gpukernels.tensor import Tensor
 
-from .common import Result, check_close, timeit
+from .common import Result, check_close, cuda_generator, cuda_randn, gpu_time, time_both
 
 BYTES_PER_PARAM = 28  # Adam, float32: read p, g, m, v; write p, m, v
 
@@ -100,9 +101,8 @@ def run(quick: bool = False, repeat: int = 10) -> list[Result]:
         check_close(f"adam {_case(sizes)}", np.concatenate([p.data.ravel() for p in params]),
                     torch.cat([t.detach().ravel() for t in tparams]).numpy(), 1e-6, 1e-5)
         n = sum(sizes)
-        results.append(Result("optim adam", _case(sizes), timeit(opt.step, repeat=repeat),
-                              timeit(topt.step, repeat=repeat), bytes=BYTES_PER_PARAM * n,
-                              extra={"baseline": "torch CPU Adam(foreach=True)", "tensors": len(sizes)}))
+        results.append(time_both("optim adam", _case(sizes), opt.step, topt.step, repeat, bytes=BYTES_PER_PARAM * n,
+                                 extra={"baseline": "torch CPU Adam(foreach=True)", "tensors": len(sizes)}))
     return results
 
 
@@ -113,22 +113,18 @@ def run_gpu(quick: bool = False, repeat: int = 100) -> list[Result]:
     """Ours (CuPy parameters, one Triton launch per step) vs torch.optim.Adam foreach and
     fused on the GPU, at 1M, 10M and 100M float32 parameters in 161 tensors."""
     import cupy
-    import triton.testing
 
     from gpukernels.triton import optim as tri
-
-    def bench(fn):
-        return triton.testing.do_bench(fn, warmup=25, rep=max(repeat, 20), return_mode="median") / 1e3
 
     results = []
     for total in ((1_000_000, 10_000_000) if quick else (1_000_000, 10_000_000, 100_000_000)):
         sizes = scaled_sizes(total)
         n = sum(sizes)
-        gen = torch.Generator(device="cuda").manual_seed(0)
-        tvalues = [torch.randn(s, device="cuda", generator=gen) for s in sizes]
-        tgrads = [torch.randn(s, device="cuda", generator=gen) for s in sizes]
-        params = [Parameter(cupy.from_dlpack(v.clone())) for v in tvalues]
-        opt, flat = _ours(params, [cupy.from_dlpack(g) for g in tgrads])
+        gen = cuda_generator(0)
+        tvalues = [cuda_randn(gen, s) for s in sizes]
+        tgrads = [cuda_randn(gen, s) for s in sizes]
+        params = [Parameter(cupy_from_torch(v.clone())) for v in tvalues]
+        opt, flat = _ours(params, [cupy_from_torch(g) for g in tgrads])
 
         theirs = {}
         for label, flags in (("foreach", {"foreach": True}), ("fused", {"fused": True})):
@@ -145,7 +141,7 @@ def run_gpu(quick: bool = False, repeat: int = 100) -> list[Result]:
                 check_close(f"adam {_case(sizes)} tensor {i} vs torch {label}", cupy.asnumpy(params[i].data),
                             tp[i].detach().cpu().numpy(), 1e-6, 1e-5)
 
-        times = {label: bench(topt.step) for label, (_, topt) in theirs.items()}
+        times = {label: gpu_time(topt.step, repeat) for label, (_, topt) in theirs.items()}
         best = min(times, key=times.get)
         beta1, beta2 = 0.9, 0.999
         state = {name: flat.state[name] for name in ("exp_avg", "exp_avg_sq")}
@@ -158,16 +154,16 @@ def run_gpu(quick: bool = False, repeat: int = 100) -> list[Result]:
         for cfg in tri.GPU_CONFIGS:
             tri._KERNELS["adam"].force = cfg
             try:
-                configs[f"config_{cfg[0]}x{cfg[1]}w_s"] = bench(kernel_only)
+                configs[f"config_{cfg[0]}x{cfg[1]}w_s"] = gpu_time(kernel_only, repeat)
             finally:
                 tri._KERNELS["adam"].force = None
         results.append(Result(
-            "optim adam", _case(sizes), bench(opt.step), times[best], bytes=BYTES_PER_PARAM * n,
+            "optim adam", _case(sizes), gpu_time(opt.step, repeat), times[best], bytes=BYTES_PER_PARAM * n,
             extra={"baseline": f"torch Adam({best}=True)", **{f"torch_{k}_s": v for k, v in times.items()},
-                   "kernel_only_s": bench(kernel_only), **configs, "tensors": len(sizes)}))
+                   "kernel_only_s": gpu_time(kernel_only, repeat), **configs, "tensors": len(sizes)}))
 
         # fused clipping: one norm reduction + the update vs clip_grad_norm_ + fused Adam
-        clip_opt, _ = _ours(params, [cupy.from_dlpack(g) for g in tgrads], max_grad_norm=1.0)
+        clip_opt, _ = _ours(params, [cupy_from_torch(g) for g in tgrads], max_grad_norm=1.0)
         tp, topt = theirs["fused"]
 
         def torch_clip_step():
@@ -175,7 +171,7 @@ def run_gpu(quick: bool = False, repeat: int = 100) -> list[Result]:
             topt.step()
 
         results.append(Result(
-            "optim adam+clip", _case(sizes), bench(clip_opt.step), bench(torch_clip_step),
+            "optim adam+clip", _case(sizes), gpu_time(clip_opt.step, repeat), gpu_time(torch_clip_step, repeat),
             bytes=(BYTES_PER_PARAM + 4) * n,
             extra={"baseline": "clip_grad_norm_(foreach=True) + Adam(fused=True)", "tensors": len(sizes)}))
         del opt, clip_opt, theirs, params, flat

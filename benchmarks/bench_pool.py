@@ -11,15 +11,15 @@ per output instead of 1 byte, so at equal bandwidth it moves more.
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import torch
 
 import gpukernels as gk
 from gpukernels import functional as F
+from gpukernels.backend import cupy_from_torch
 
-from .common import Result, check_close, timeit
+from .common import (CpuPair, Result, check_close_gpu, cuda_generator, cuda_randn, gpu_time,
+                     mark_compile_unavailable, time_both)
 
 # (name, op, N, C, H, W, kernel, stride, padding)
 CASES = [
@@ -63,35 +63,12 @@ def run(quick: bool = False, repeat: int = 10) -> list[Result]:
         g = rng.standard_normal((n, c, oh, ow), dtype=np.float32)
         fwd_bytes, fb_bytes = _bytes(op, n, c, h, w, k, s, p, 4)
         ours_op = (lambda t: F.max_pool2d(t, k, s, p)) if op == "max" else (lambda t: F.avg_pool2d(t, k, s, p))
-        theirs_op = _torch_op(op, k, s, p)
-        gx, tx = gk.tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
-        gg, tg = gk.tensor(g), torch.tensor(g)
-
-        def ours_fwd():
-            with gk.no_grad():
-                return ours_op(gx)
-
-        def torch_fwd():
-            with torch.no_grad():
-                return theirs_op(tx)
-
-        def ours_fb():
-            gx.grad = None
-            ours_op(gx).backward(gg)
-
-        def torch_fb():
-            tx.grad = None
-            theirs_op(tx).backward(tg)
-
-        check_close(f"{op}_pool2d {name} forward", ours_fwd().numpy(), torch_fwd().numpy(), 1e-6, 1e-5)
-        ours_fb()
-        torch_fb()
-        check_close(f"{op}_pool2d {name} grad_input", gx.grad.numpy(), tx.grad.numpy(), 1e-6, 1e-5)
+        pair = CpuPair(ours_op, _torch_op(op, k, s, p), (x,), g)
+        pair.check_forward(f"{op}_pool2d {name}", 1e-6, 1e-5)
+        pair.check_grads(f"{op}_pool2d {name}", ("grad_input",), 1e-6, 1e-5)
         entry = "maxpool" if op == "max" else "avgpool"
-        results.append(Result(f"{entry} fwd", name, timeit(ours_fwd, repeat=repeat),
-                              timeit(torch_fwd, repeat=repeat), bytes=fwd_bytes))
-        results.append(Result(f"{entry} fwd+bwd", name, timeit(ours_fb, repeat=repeat),
-                              timeit(torch_fb, repeat=repeat), bytes=fb_bytes))
+        results.append(time_both(f"{entry} fwd", name, pair.ours_fwd, pair.torch_fwd, repeat, bytes=fwd_bytes))
+        results.append(time_both(f"{entry} fwd+bwd", name, pair.ours_fb, pair.torch_fb, repeat, bytes=fb_bytes))
     return results
 
 
@@ -112,31 +89,17 @@ def run_gpu(quick: bool = False, repeat: int = 100) -> list[Result]:
     """Forward and forward+backward, ours (Triton on CuPy arrays) vs PyTorch eager on the
     same GPU, in float32 and bf16; torch.compile as a second baseline where it runs.
     Every result is checked against PyTorch before anything is timed."""
-    import cupy
-    import triton.testing
-
     from gpukernels.triton import pool
-
-    def bench(fn):
-        return triton.testing.do_bench(fn, warmup=25, rep=max(repeat, 20), return_mode="median") / 1e3
-
-    def as_cupy(t):
-        return (cupy.from_dlpack(t.view(torch.int16)).view(cupy.uint16)
-                if t.dtype == torch.bfloat16 else cupy.from_dlpack(t))
-
-    def as_torch(a, dtype):
-        t = torch.from_dlpack(a.view(cupy.int16) if a.dtype == cupy.uint16 else a)
-        return t.view(torch.bfloat16) if dtype == torch.bfloat16 else t
 
     results = []
     for name, op, n, c, h, w, k, s, p in GPU_QUICK if quick else GPU_CASES:
         for dtype in (torch.float32, torch.bfloat16):
             label = f"{name} {'fp32' if dtype == torch.float32 else 'bf16'}"
-            gen = torch.Generator(device="cuda").manual_seed(0)
-            x = torch.randn(n, c, h, w, device="cuda", generator=gen).to(dtype)
+            gen = cuda_generator(0)
+            x = cuda_randn(gen, n, c, h, w, dtype=dtype)
             oh, ow = _out(h, k, s, p), _out(w, k, s, p)
-            gy = torch.randn(n, c, oh, ow, device="cuda", generator=gen).to(dtype)
-            cx, cg = as_cupy(x), as_cupy(gy)
+            gy = cuda_randn(gen, n, c, oh, ow, dtype=dtype)
+            cx, cg = cupy_from_torch(x), cupy_from_torch(gy)
             fwd_bytes, fb_bytes = _bytes(op, n, c, h, w, k, s, p, x.element_size())
             args = ((k, k), (s, s), (p, p))
 
@@ -169,19 +132,17 @@ def run_gpu(quick: bool = False, repeat: int = 100) -> list[Result]:
 
             # correctness first: forward exactly (max) / to rounding (avg), then dx
             y_ours = ours_fwd()
-            y_ours = as_torch(y_ours[0] if op == "max" else y_ours, dtype).float()
             tol = 1e-2 if dtype == torch.bfloat16 else 1e-5
-            check_close(f"{op}_pool2d {label} forward", y_ours.cpu().numpy(), t_fwd().float().cpu().numpy(),
-                        0.0 if op == "max" else tol, 0.0 if op == "max" else tol)
-            dx_ours = as_torch(ours_fb(), dtype).float()
-            check_close(f"{op}_pool2d {label} grad_input", dx_ours.cpu().numpy(), t_fb().float().cpu().numpy(),
-                        tol, tol)
+            tol_y = 0.0 if op == "max" else tol
+            check_close_gpu(f"{op}_pool2d {label} forward", y_ours[0] if op == "max" else y_ours, t_fwd(),
+                            tol_y, atol=tol_y)
+            check_close_gpu(f"{op}_pool2d {label} grad_input", ours_fb(), t_fb(), tol, atol=tol)
 
             entry = "maxpool" if op == "max" else "avgpool"
-            ours_f, ours_b = bench(ours_fwd), bench(ours_fb)
-            results.append(Result(f"{entry} fwd", label, ours_f, bench(t_fwd), bytes=fwd_bytes,
+            ours_f, ours_b = gpu_time(ours_fwd, repeat), gpu_time(ours_fb, repeat)
+            results.append(Result(f"{entry} fwd", label, ours_f, gpu_time(t_fwd, repeat), bytes=fwd_bytes,
                                   extra={"baseline": "torch eager"}))
-            results.append(Result(f"{entry} fwd+bwd", label, ours_b, bench(t_fb), bytes=fb_bytes,
+            results.append(Result(f"{entry} fwd+bwd", label, ours_b, gpu_time(t_fb, repeat), bytes=fb_bytes,
                                   extra={"baseline": "torch eager"}))
             try:  # torch.compile as a second baseline, where inductor runs
                 c_fwd = torch.compile(lambda t, f=theirs_op: f(t))
@@ -194,15 +155,11 @@ def run_gpu(quick: bool = False, repeat: int = 100) -> list[Result]:
                 def tc_fb():
                     return c_fb_op(tx, gy)
 
-                check_close(f"{op}_pool2d {label} torch.compile forward", tc_fwd().float().cpu().numpy(),
-                            t_fwd().float().cpu().numpy(), tol, tol)
-                results.append(Result(f"{entry} fwd", f"{label} vs compile", ours_f, bench(tc_fwd),
+                check_close_gpu(f"{op}_pool2d {label} torch.compile forward", tc_fwd(), t_fwd(), tol, atol=tol)
+                results.append(Result(f"{entry} fwd", f"{label} vs compile", ours_f, gpu_time(tc_fwd, repeat),
                                       bytes=fwd_bytes, extra={"baseline": "torch.compile"}))
-                results.append(Result(f"{entry} fwd+bwd", f"{label} vs compile", ours_b, bench(tc_fb),
+                results.append(Result(f"{entry} fwd+bwd", f"{label} vs compile", ours_b, gpu_time(tc_fb, repeat),
                                       bytes=fb_bytes, extra={"baseline": "torch.compile"}))
             except Exception as exc:  # noqa: BLE001 - no compiler toolchain, an inductor bug: say so
-                print(f"bench_pool: torch.compile unavailable for {label}: {type(exc).__name__}: "
-                      f"{str(exc)[:200]}", file=sys.stderr)
-                results[-1].extra["torch_compile"] = "unavailable"
-                results[-2].extra["torch_compile"] = "unavailable"
+                mark_compile_unavailable("bench_pool", label, exc, results[-2:])
     return results

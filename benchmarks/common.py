@@ -1,13 +1,18 @@
-"""Timing, machine ceilings and the result table shared by every benchmark entry."""
+"""Timing, machine ceilings, the result table, and the input building and correctness
+checks shared by every benchmark entry."""
 
 from __future__ import annotations
 
 import os
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
+
+import gpukernels as gk
 
 
 def timeit(fn, *, warmup: int = 2, repeat: int = 10, min_seconds: float = 0.0) -> float:
@@ -127,3 +132,109 @@ def check_close(name: str, ours, theirs, atol: float, rtol: float) -> None:
             f"{name}: {int(bad.sum())}/{bad.size} elements differ "
             f"(max abs err {np.abs(ours - theirs).max():.3g}); first at {idx}"
         )
+
+
+def time_both(entry: str, case: str, ours, theirs, repeat: int, **work) -> Result:
+    """A Result row: ``timeit`` of ``ours()`` then of ``theirs()`` (``repeat`` runs each);
+    ``work`` holds the other fields (``flops``, ``bytes``, ``extra``, ...)."""
+    return Result(entry, case, timeit(ours, repeat=repeat), timeit(theirs, repeat=repeat), **work)
+
+
+class CpuPair:
+    """Ours (gpukernels on the current backend) and PyTorch's CPU op over the same host
+    ``arrays``, each wrapped as leaves that require a gradient: the four calls a CPU entry
+    checks and times. ``ours_op(*gk_tensors)`` and ``torch_op(*torch_tensors)`` compute
+    one output; the backward is fed ``grad`` on both sides."""
+
+    def __init__(self, ours_op, torch_op, arrays, grad):
+        self.ours_op, self.torch_op = ours_op, torch_op
+        self.ours_inputs = [gk.tensor(a, requires_grad=True) for a in arrays]
+        self.torch_inputs = [torch.tensor(a, requires_grad=True) for a in arrays]
+        self.ours_grad, self.torch_grad = gk.tensor(grad), torch.tensor(grad)
+
+    def ours_fwd(self):
+        """Our forward without autograd."""
+        with gk.no_grad():
+            return self.ours_op(*self.ours_inputs)
+
+    def torch_fwd(self):
+        """PyTorch's forward without autograd."""
+        with torch.no_grad():
+            return self.torch_op(*self.torch_inputs)
+
+    def ours_fb(self):
+        """Our forward + backward (the inputs' gradients cleared first)."""
+        for t in self.ours_inputs:
+            t.grad = None
+        self.ours_op(*self.ours_inputs).backward(self.ours_grad)
+
+    def torch_fb(self):
+        """PyTorch's forward + backward (the inputs' gradients cleared first)."""
+        for t in self.torch_inputs:
+            t.grad = None
+        self.torch_op(*self.torch_inputs).backward(self.torch_grad)
+
+    def check_forward(self, prefix: str, atol: float, rtol: float) -> None:
+        """check_close of the two forwards (``f"{prefix} forward"``)."""
+        check_close(f"{prefix} forward", self.ours_fwd().numpy(), self.torch_fwd().numpy(), atol, rtol)
+
+    def check_grads(self, prefix: str, labels, atol: float, rtol: float, scaled: bool = False) -> None:
+        """Run ``ours_fb`` and ``torch_fb`` once, then check_close the inputs' gradients, one
+        per label (``f"{prefix} {label}"``); with ``scaled`` the atol is ``atol * max|torch's|``."""
+        self.ours_fb()
+        self.torch_fb()
+        for label, a, t in zip(labels, self.ours_inputs, self.torch_inputs):
+            ref = t.grad.numpy()
+            tol = atol * float(np.abs(ref).max()) if scaled else atol
+            check_close(f"{prefix} {label}", a.grad.numpy(), ref, tol, rtol)
+
+
+# ----------------------------------------------------------------------------- GPU
+
+
+def gpu_time(fn, repeat: int) -> float:
+    """Median time of ``fn()`` on the GPU in seconds: ``triton.testing.do_bench`` (25 ms of
+    warm-up, then ``max(repeat, 20)`` ms of timed runs)."""
+    import triton.testing  # noqa: PLC0415 - GPU entries only
+
+    return triton.testing.do_bench(fn, warmup=25, rep=max(repeat, 20), return_mode="median") / 1e3
+
+
+def cuda_generator(seed: int = 0):
+    """A ``torch.Generator`` on the GPU seeded ``seed``: the inputs of a GPU case."""
+    return torch.Generator(device="cuda").manual_seed(seed)
+
+
+def cuda_randn(gen, *shape, dtype=None, scale=None, shift=None):
+    """``torch.randn(*shape)`` on the GPU drawn from ``gen``, then ``scale * x`` and
+    ``shift + x`` (each only when given), cast to ``dtype`` last (when given)."""
+    x = torch.randn(*shape, device="cuda", generator=gen)
+    if scale is not None:
+        x = scale * x
+    if shift is not None:
+        x = shift + x
+    return x if dtype is None else x.to(dtype)
+
+
+def mark_compile_unavailable(bench: str, label: str, exc: Exception, rows) -> None:
+    """torch.compile could not serve as a second baseline for ``label``: say why on stderr
+    (``bench`` names the entry) and mark the eager ``rows`` (Results) with it."""
+    print(f"{bench}: torch.compile unavailable for {label}: {type(exc).__name__}: {str(exc)[:200]}",
+          file=sys.stderr)
+    for row in rows:
+        row.extra["torch_compile"] = "unavailable"
+
+
+def check_close_gpu(name: str, ours, theirs, rtol: float, atol: float | None = None) -> None:
+    """check_close of our GPU result against the torch tensor ``theirs``, both compared in
+    float32 on the host. ``ours`` is a torch tensor or a CuPy array (viewed with
+    ``backend.torch_from_cupy``, bf16 from uint16 bits when ``theirs`` is bf16). ``atol``
+    defaults to ``rtol * max|theirs|``."""
+    from gpukernels.backend import torch_from_cupy  # noqa: PLC0415
+
+    if not isinstance(ours, torch.Tensor):
+        ours = torch_from_cupy(ours, bfloat16=theirs.dtype == torch.bfloat16)
+    theirs = theirs.detach().float()
+    if atol is None:
+        atol = rtol * float(theirs.abs().max())
+    check_close(name, ours.detach().float().cpu().numpy(), theirs.cpu().numpy(), atol, rtol)

@@ -219,6 +219,38 @@ def to_numpy(array) -> np.ndarray:
     return array if isinstance(array, np.ndarray) else _cupy().asnumpy(array)
 
 
+def cupy_from_torch(t):
+    """A CuPy view of the torch CUDA tensor ``t`` (zero-copy, through DLPack): same
+    memory, shape and strides, so writes through either are seen by the other.
+
+    ``torch.bfloat16`` becomes a ``uint16`` array of its bit patterns, the library's bf16
+    convention (CuPy has no bfloat16; see ``gpukernels.triton._common``); every other
+    dtype keeps its own."""
+    import torch  # noqa: PLC0415 - lazy: only GPU code with torch tensors gets here
+
+    cupy = _cupy()
+    if t.dtype == torch.bfloat16:
+        return cupy.from_dlpack(t.view(torch.int16)).view(cupy.uint16)
+    return cupy.from_dlpack(t)
+
+
+def torch_from_cupy(a, bfloat16: bool = False):
+    """A torch view of the CuPy array ``a`` (zero-copy, through DLPack): same memory,
+    shape and strides.
+
+    With ``bfloat16=True`` a ``uint16`` array of bf16 bit patterns (the library's bf16
+    convention) is read as ``torch.bfloat16`` (any other dtype is a ``TypeError``);
+    without it a ``uint16`` array comes back as ``torch.int16`` holding the same bits.
+    Other dtypes keep their own."""
+    import torch  # noqa: PLC0415 - lazy: only GPU code with torch tensors gets here
+
+    cupy = _cupy()
+    if bfloat16 and a.dtype != cupy.uint16:
+        raise TypeError(f"torch_from_cupy(bfloat16=True): expected a uint16 array of bf16 bits, got {a.dtype}")
+    t = torch.from_dlpack(a.view(cupy.int16) if a.dtype == cupy.uint16 else a)
+    return t.view(torch.bfloat16) if bfloat16 else t
+
+
 # ----------------------------------------------------------------------------- kernel arguments
 
 _tf32 = {"allow": True}

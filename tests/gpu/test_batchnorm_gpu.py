@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import pytest
 
+from gpukernels.backend import cupy_from_torch, torch_from_cupy
+from tests.gpu.helpers import assert_close_each, each_config, gpu_env
+
 pytestmark = pytest.mark.gpu
 
 CASES = [  # (shape, channels_last)
@@ -24,24 +27,7 @@ CASES = [  # (shape, channels_last)
 
 @pytest.fixture(scope="module")
 def env():
-    import cupy
-    import torch
-
-    from gpukernels.triton import batchnorm
-
-    return cupy, torch, batchnorm
-
-
-def _cp(cupy, torch, t):
-    """A CuPy view of a torch CUDA tensor (bf16 as uint16 bits), same strides."""
-    if t.dtype == torch.bfloat16:
-        return cupy.from_dlpack(t.view(torch.int16)).view(cupy.uint16)
-    return cupy.from_dlpack(t)
-
-
-def _th(cupy, torch, a, dtype):
-    t = torch.from_dlpack(a.view(cupy.int16) if a.dtype == cupy.uint16 else a)
-    return t.view(torch.bfloat16) if dtype == torch.bfloat16 else t
+    return gpu_env("batchnorm")
 
 
 def _data(torch, shape, dtype, channels_last, seed=0, offset=1.0):
@@ -61,19 +47,20 @@ def _data(torch, shape, dtype, channels_last, seed=0, offset=1.0):
 def _run_both(env, shape, dtype, channels_last, training=True, offset=1.0, seed=0):
     """(ours, theirs): lists of float32 torch tensors y, dx, dgamma, dbeta, running mean/var.
     The reference runs in float64 on the same (rounded) values."""
-    cupy, torch, bn = env
+    _, torch, bn = env
     x, gy, w, b, rm, rv = _data(torch, shape, dtype, channels_last, seed, offset)
     xs, ws, bs = (t.detach().double().requires_grad_(True) for t in (x, w, b))
     rm_ref, rv_ref = rm.double(), rv.double()
     y_ref = torch.nn.functional.batch_norm(xs, rm_ref, rv_ref, ws, bs, training, 0.1, 1e-5)
     y_ref.backward(gy.double())
     rm_ours, rv_ours = rm.clone(), rv.clone()
-    cx, cg = _cp(cupy, torch, x), _cp(cupy, torch, gy)
-    y, mean, inv = bn.batch_norm_forward(cx, _cp(cupy, torch, rm_ours), _cp(cupy, torch, rv_ours),
-                                         _cp(cupy, torch, w), _cp(cupy, torch, b), training, 0.1, 1e-5)
-    dx, dg, db = bn.batch_norm_backward(cg, cx, mean, inv, _cp(cupy, torch, w), training)
-    ours = [_th(cupy, torch, y, dtype), _th(cupy, torch, dx, dtype), _th(cupy, torch, dg, torch.float32),
-            _th(cupy, torch, db, torch.float32), rm_ours, rv_ours]
+    cx, cg = cupy_from_torch(x), cupy_from_torch(gy)
+    y, mean, inv = bn.batch_norm_forward(cx, cupy_from_torch(rm_ours), cupy_from_torch(rv_ours),
+                                         cupy_from_torch(w), cupy_from_torch(b), training, 0.1, 1e-5)
+    dx, dg, db = bn.batch_norm_backward(cg, cx, mean, inv, cupy_from_torch(w), training)
+    bf16 = dtype == torch.bfloat16
+    ours = [torch_from_cupy(y, bfloat16=bf16), torch_from_cupy(dx, bfloat16=bf16), torch_from_cupy(dg),
+            torch_from_cupy(db), rm_ours, rv_ours]
     theirs = [y_ref, xs.grad, ws.grad, bs.grad, rm_ref, rv_ref]
     if channels_last and len(shape) == 4:
         assert ours[0].is_contiguous(memory_format=torch.channels_last)
@@ -81,17 +68,13 @@ def _run_both(env, shape, dtype, channels_last, training=True, offset=1.0, seed=
 
 
 def _assert_close(ours, theirs, rtol, label):
-    for name, a, b in zip(("y", "grad_x", "grad_w", "grad_b", "running_mean", "running_var"), ours, theirs):
-        err = (a - b).abs().max().item()
-        scale = b.abs().max().item() + 1e-6
-        assert err <= rtol * scale, f"{label} {name}: max abs error {err:.3g}, scale {scale:.3g}"
+    assert_close_each(("y", "grad_x", "grad_w", "grad_b", "running_mean", "running_var"), ours, theirs, rtol, label)
 
 
 @pytest.mark.parametrize("kind", ["stats", "fwd_apply", "bwd_reduce", "bwd_apply"])
 def test_every_config_is_correct_in_float32(env, kind, monkeypatch):
     cupy, torch, bn = env
-    for cfg in bn.GPU_CONFIGS[kind]:
-        monkeypatch.setattr(bn.KERNELS[kind], "force", cfg)
+    for cfg in each_config(monkeypatch, bn.KERNELS[kind], bn.GPU_CONFIGS[kind]):
         for shape, cl in CASES:
             for training in (True, False):
                 _assert_close(*_run_both(env, shape, torch.float32, cl, training), 1e-5,
@@ -131,12 +114,12 @@ def test_int64_offsets_past_2_to_the_31_elements(env):
     x[:, :, -1, :] = 1
     p = 1.0 / h
     rm, rv = torch.zeros(2, device="cuda"), torch.ones(2, device="cuda")
-    y, mean, inv = bn.batch_norm_forward(_cp(cupy, torch, x), _cp(cupy, torch, rm), _cp(cupy, torch, rv),
+    y, mean, inv = bn.batch_norm_forward(cupy_from_torch(x), cupy_from_torch(rm), cupy_from_torch(rv),
                                          None, None, True, 0.1, 1e-5)
     inv_ref = 1.0 / (p * (1 - p) + 1e-5) ** 0.5
-    assert abs(torch.from_dlpack(mean).double() - p).max().item() < 1e-9
-    assert abs(torch.from_dlpack(inv).double() / inv_ref - 1).max().item() < 1e-4
-    yt = torch.from_dlpack(y)
+    assert abs(torch_from_cupy(mean).double() - p).max().item() < 1e-9
+    assert abs(torch_from_cupy(inv).double() / inv_ref - 1).max().item() < 1e-4
+    yt = torch_from_cupy(y)
     assert abs(yt[0, :, -1, -8:].double() - (1 - p) * inv_ref).max().item() < 0.2  # ~180, fp16 steps of 0.125
     assert abs(yt[0, :, 0, :8].double() + p * inv_ref).max().item() < 1e-3
     del x, y, yt

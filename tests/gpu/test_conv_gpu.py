@@ -7,10 +7,11 @@ Run with ``make test-gpu`` (GPUKERNELS_TEST_GPU=1): compiled kernels, not the in
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from gpukernels import backend
+from gpukernels.backend import cupy_from_torch, torch_from_cupy
+from tests.gpu.helpers import assert_close_each, each_config, gpu_env, run_both
 
 pytestmark = pytest.mark.gpu
 
@@ -24,12 +25,7 @@ CASES = [  # (N, C, H, W, O, K, stride, padding): ResNet-CIFAR-like plus odd tai
 
 @pytest.fixture(scope="module")
 def env():
-    import cupy
-    import torch
-
-    from gpukernels.triton import conv
-
-    return cupy, torch, conv
+    return gpu_env("conv")
 
 
 def _data(torch, case, dtype, seed=0):
@@ -43,40 +39,26 @@ def _data(torch, case, dtype, seed=0):
     return x, wt, b, gy, (s, s), (p, p)
 
 
-def _cp(cupy, torch, t):
-    """A CuPy view of a torch CUDA tensor (bf16 as uint16 bits)."""
-    if t.dtype == torch.bfloat16:
-        t = t.view(torch.int16)
-        return cupy.from_dlpack(t).view(cupy.uint16)
-    return cupy.from_dlpack(t)
-
-
-def _th(cupy, torch, a, dtype):
-    t = torch.from_dlpack(a.view(cupy.int16) if a.dtype == cupy.uint16 else a)
-    return t.view(torch.bfloat16) if dtype == torch.bfloat16 else t
-
-
 def _run_both(env, case, dtype, activation="relu", seed=0):
-    cupy, torch, conv = env
+    _, torch, conv = env
     x, wt, b, gy, stride, padding = _data(torch, case, dtype, seed)
-    xs = [t.detach().clone().requires_grad_(True) for t in (x, wt, b)]
-    z = torch.nn.functional.conv2d(*xs, stride=stride, padding=padding)
-    y_ref = torch.relu(z) if activation == "relu" else z
-    y_ref.backward(gy)
     args = (stride, padding, (1, 1), 1, activation, 0.01)
-    cx, cw, cb, cgy = (_cp(cupy, torch, t.contiguous()) for t in (x, wt, b, gy))
-    y = conv.conv2d_forward(cx, cw, cb, *args)
-    gx, gw, gb = conv.conv2d_backward(cgy, cx, cw, y, *args)
-    ours = [_th(cupy, torch, a, dtype).float() for a in (y, gx, gw, gb)]
-    theirs = [t.float() for t in (y_ref, xs[0].grad, xs[1].grad, xs[2].grad)]
-    return ours, theirs
+
+    def theirs(x_, w_, b_):
+        z = torch.nn.functional.conv2d(x_, w_, b_, stride=stride, padding=padding)
+        return torch.relu(z) if activation == "relu" else z
+
+    def ours(cx, cw, cb, cgy):
+        y = conv.conv2d_forward(cx, cw, cb, *args)
+        return (y, *conv.conv2d_backward(cgy, cx, cw, y, *args))
+
+    # the kernels get contiguous operands (as _data makes them)
+    x, wt, b, gy = (t.contiguous() for t in (x, wt, b, gy))
+    return run_both(ours, theirs, (x, wt, b), gy, dtype == torch.bfloat16)
 
 
 def _assert_close(ours, theirs, rtol, label):
-    for name, a, b in zip(("y", "grad_x", "grad_w", "grad_b"), ours, theirs):
-        err = (a - b).abs().max().item()
-        scale = b.abs().max().item() + 1e-6
-        assert err <= rtol * scale, f"{label} {name}: max abs error {err:.3g}, scale {scale:.3g}"
+    assert_close_each(("y", "grad_x", "grad_w", "grad_b"), ours, theirs, rtol, label)
 
 
 @pytest.mark.parametrize("kind", ["fwd", "dgrad", "wgrad"])
@@ -85,8 +67,7 @@ def test_every_config_is_correct_in_full_float32(env, kind, monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     backend.set_allow_tf32(False)
     try:
-        for cfg in conv.GPU_CONFIGS[kind]:
-            monkeypatch.setattr(conv.KERNELS[kind], "force", cfg)
+        for cfg in each_config(monkeypatch, conv.KERNELS[kind], conv.GPU_CONFIGS[kind]):
             for case in CASES:
                 _assert_close(*_run_both(env, case, torch.float32), 1e-4, f"{kind} {cfg} {case}")
     finally:
@@ -106,8 +87,8 @@ def test_int64_offsets_past_2_to_the_31_elements(env):
     side = 46341  # 46341**2 > 2**31
     x = torch.randn(1, 1, side, side, device="cuda", dtype=torch.float16)
     w = torch.randn(2, 1, 3, 3, device="cuda", dtype=torch.float16)
-    y = conv.conv2d_forward(_cp(cupy, torch, x), _cp(cupy, torch, w), None, (1, 1), (1, 1), (1, 1), 1)
+    y = conv.conv2d_forward(cupy_from_torch(x), cupy_from_torch(w), None, (1, 1), (1, 1), (1, 1), 1)
     ref = torch.nn.functional.conv2d(x, w, padding=1)
-    ours = torch.from_dlpack(y)
+    ours = torch_from_cupy(y)
     for rows in (slice(0, 4), slice(side - 4, side)):  # the far end is where int32 wraps
         assert (ours[..., rows, :].float() - ref[..., rows, :].float()).abs().max().item() < 5e-2

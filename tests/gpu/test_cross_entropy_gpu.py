@@ -13,6 +13,8 @@ import pytest
 
 import gpukernels as gk
 from gpukernels import backend
+from gpukernels.backend import cupy_from_torch, torch_from_cupy
+from tests.gpu.helpers import each_config, gpu_env
 
 pytestmark = pytest.mark.gpu
 
@@ -23,25 +25,7 @@ CASES = [(64, 10), (257, 1000), (33, 4097), (8, 32768), (5, 40000)]
 
 @pytest.fixture(scope="module")
 def env():
-    import cupy
-    import torch
-
-    from gpukernels.triton import cross_entropy
-
-    return cupy, torch, cross_entropy
-
-
-def _cp(cupy, torch, t):
-    """A CuPy view of a torch CUDA tensor (bf16 as uint16 bits)."""
-    if t.dtype == torch.bfloat16:
-        return cupy.from_dlpack(t.view(torch.int16)).view(cupy.uint16)
-    return cupy.from_dlpack(t)
-
-
-def _th(cupy, torch, a, dtype):
-    """A torch view of a CuPy array holding ``dtype`` (bf16 from uint16 bits)."""
-    t = torch.from_dlpack(a.view(cupy.int16) if a.dtype == cupy.uint16 else a)
-    return t.view(torch.bfloat16) if dtype == torch.bfloat16 else t
+    return gpu_env("cross_entropy")
 
 
 def _data(torch, n, c, dtype, seed=0, ignore=True):
@@ -66,7 +50,7 @@ def _close(ours, theirs, rtol, label):
 def _ce_both(env, z, t, reduction, eps, g=None):
     """((our loss, our final gradient), (PyTorch's loss, PyTorch's gradient)) for logits z
     and targets t, the backward fed the same upstream gradient g (random if None)."""
-    cupy, torch, tri = env
+    _, torch, tri = env
     dtype = z.dtype
     zr = z.detach().clone().requires_grad_(True)
     loss_ref = torch.nn.functional.cross_entropy(zr, t, reduction=reduction, ignore_index=IGNORE,
@@ -74,20 +58,20 @@ def _ce_both(env, z, t, reduction, eps, g=None):
     if g is None:
         g = torch.rand(loss_ref.shape, device="cuda") + 0.5
     loss_ref.backward(g.to(loss_ref.dtype))
-    loss, grad = tri.cross_entropy_forward(_cp(cupy, torch, z.contiguous()), cupy.from_dlpack(t), reduction, IGNORE, eps)
-    cg = _cp(cupy, torch, g.to(dtype).contiguous())
+    loss, grad = tri.cross_entropy_forward(cupy_from_torch(z.contiguous()), cupy_from_torch(t), reduction, IGNORE, eps)
+    cg = cupy_from_torch(g.to(dtype).contiguous())
     if reduction != "none":
         cg = cg.reshape(())
     d = tri.cross_entropy_backward(cg, grad, reduction)
-    ours = (_th(cupy, torch, loss, dtype), _th(cupy, torch, d, dtype))
+    bf16 = dtype == torch.bfloat16
+    ours = (torch_from_cupy(loss, bfloat16=bf16), torch_from_cupy(d, bfloat16=bf16))
     return ours, (loss_ref.detach(), zr.grad)
 
 
 @pytest.mark.parametrize("kind", ["ce_fwd", "ce_bwd"])
 def test_every_cross_entropy_config_in_float32(env, kind, monkeypatch):
     cupy, torch, tri = env
-    for cfg in tri.GPU_CONFIGS[kind]:
-        monkeypatch.setattr(tri.KERNELS[kind], "force", cfg)
+    for cfg in each_config(monkeypatch, tri.KERNELS[kind], tri.GPU_CONFIGS[kind]):
         for n, c in CASES:
             z, t = _data(torch, n, c, torch.float32, seed=n)
             (loss, d), (loss_ref, d_ref) = _ce_both(env, z, t, "mean", 0.1)
@@ -98,8 +82,7 @@ def test_every_cross_entropy_config_in_float32(env, kind, monkeypatch):
 @pytest.mark.parametrize("kind", ["softmax_fwd", "softmax_bwd"])
 def test_every_softmax_config_in_float32(env, kind, monkeypatch):
     cupy, torch, tri = env
-    for cfg in tri.GPU_CONFIGS[kind]:
-        monkeypatch.setattr(tri.KERNELS[kind], "force", cfg)
+    for cfg in each_config(monkeypatch, tri.KERNELS[kind], tri.GPU_CONFIGS[kind]):
         for n, c in CASES:
             x = torch.randn(n, c, device="cuda")
             gy = torch.randn(n, c, device="cuda")
@@ -109,10 +92,10 @@ def test_every_softmax_config_in_float32(env, kind, monkeypatch):
                 xr = x.clone().requires_grad_(True)
                 yr = torch.log_softmax(xr, 1) if log else torch.softmax(xr, 1)
                 yr.backward(gy)
-                y = fwd(cupy.from_dlpack(x), 1)
-                dx = bwd(cupy.from_dlpack(gy), y, 1)
-                _close(torch.from_dlpack(y), yr.detach(), 1e-5, f"{kind} {cfg} {n}x{c} log={log} y")
-                _close(torch.from_dlpack(dx), xr.grad, 1e-5, f"{kind} {cfg} {n}x{c} log={log} dx")
+                y = fwd(cupy_from_torch(x), 1)
+                dx = bwd(cupy_from_torch(gy), y, 1)
+                _close(torch_from_cupy(y), yr.detach(), 1e-5, f"{kind} {cfg} {n}x{c} log={log} y")
+                _close(torch_from_cupy(dx), xr.grad, 1e-5, f"{kind} {cfg} {n}x{c} log={log} dx")
 
 
 @pytest.mark.parametrize("dtype_name, rtol", [("float32", 1e-5), ("float16", 2e-3), ("bfloat16", 1e-2)])
@@ -137,7 +120,7 @@ def test_logits_of_1e4_and_a_broadcast_upstream_gradient(env):
     assert torch.isfinite(loss).all() and torch.isfinite(d).all()
     _close(loss, loss_ref, 1e-5, "1e4 loss")
     _close(d, d_ref, 1e-5, "1e4 grad")
-    _, grad = tri.cross_entropy_forward(cupy.from_dlpack(z), cupy.from_dlpack(t), "none", IGNORE, 0.0)
+    _, grad = tri.cross_entropy_forward(cupy_from_torch(z), cupy_from_torch(t), "none", IGNORE, 0.0)
     g = cupy.broadcast_to(cupy.asarray(2.5, dtype=cupy.float32), (256,))  # stride 0
     assert g.strides == (0,)
     out = tri.cross_entropy_backward(g, grad, "none")
@@ -147,7 +130,7 @@ def test_logits_of_1e4_and_a_broadcast_upstream_gradient(env):
 def test_gradient_is_a_fresh_buffer_and_bad_targets_raise(env):
     cupy, torch, tri = env
     z, t = _data(torch, 16, 100, torch.float32)
-    cz, ct = cupy.from_dlpack(z), cupy.from_dlpack(t)
+    cz, ct = cupy_from_torch(z), cupy_from_torch(t)
     before = cz.copy()
     _, grad = tri.cross_entropy_forward(cz, ct, "mean", IGNORE, 0.0)
     assert not cupy.shares_memory(grad, cz) and bool((cz == before).all())
@@ -162,9 +145,9 @@ def test_int64_offsets_past_2_to_the_31_elements(env):
     n, c = 2**31 // 32768 + 3, 32768  # 2**31 + 98304 bf16 logits (4 GiB), as many gradients
     z = torch.randn(n, c, device="cuda", dtype=torch.bfloat16)
     t = torch.randint(0, c, (n,), device="cuda")
-    loss, grad = tri.cross_entropy_forward(_cp(cupy, torch, z), cupy.from_dlpack(t), "none", IGNORE, 0.0)
-    ours_loss = _th(cupy, torch, loss, torch.bfloat16)
-    ours_grad = _th(cupy, torch, grad, torch.bfloat16)
+    loss, grad = tri.cross_entropy_forward(cupy_from_torch(z), cupy_from_torch(t), "none", IGNORE, 0.0)
+    ours_loss = torch_from_cupy(loss, bfloat16=True)
+    ours_grad = torch_from_cupy(grad, bfloat16=True)
     for rows in (slice(0, 4), slice(n - 4, n)):  # the far end is where int32 offsets wrap
         zr = z[rows].float().requires_grad_(True)
         ref = torch.nn.functional.cross_entropy(zr, t[rows], reduction="none")

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 import gpukernels as gk
+from gpukernels.backend import cupy_from_torch, torch_from_cupy
+from tests.gpu.helpers import each_config
 
 pytestmark = pytest.mark.gpu
 
@@ -34,19 +36,6 @@ def env():
     from gpukernels.triton import activation, dropout, loss
 
     return SimpleNamespace(cupy=cupy, torch=torch, act=activation, drop=dropout, loss=loss)
-
-
-def _cp(env, t):
-    """A CuPy view of a torch CUDA tensor (bf16 as uint16 bits)."""
-    if t.dtype == env.torch.bfloat16:
-        return env.cupy.from_dlpack(t.view(env.torch.int16)).view(env.cupy.uint16)
-    return env.cupy.from_dlpack(t)
-
-
-def _th(env, a, dtype):
-    """A torch view of a CuPy array (uint16 read as bf16 when ``dtype`` is bf16)."""
-    t = env.torch.from_dlpack(a.view(env.cupy.int16) if a.dtype == env.cupy.uint16 else a)
-    return t.view(env.torch.bfloat16) if dtype == env.torch.bfloat16 else t
 
 
 def _close(env, ours, theirs, dtype_name, label):
@@ -90,22 +79,22 @@ def _check_activations(env, dtype, label, shapes=SIZES, layout=None):
         g = _data(env, shape, dtype, seed=99, scale=1.0)
         if layout is not None and x.ndim == 4:
             x, g = x.contiguous(memory_format=layout), g.contiguous(memory_format=layout)
+        bf16 = x.dtype == torch.bfloat16
         for name in ACTS:
             params = (SLOPE,) if name == "leaky_relu" else ()
             y_ref = _torch_forward(env, name, x)
-            y = getattr(env.act, f"{name}_forward")(_cp(env, x), *params)
-            _close(env, _th(env, y, x.dtype), y_ref, dtype, f"{label} {name} forward {shape}")
+            y = getattr(env.act, f"{name}_forward")(cupy_from_torch(x), *params)
+            _close(env, torch_from_cupy(y, bfloat16=bf16), y_ref, dtype, f"{label} {name} forward {shape}")
             # the backward from torch's saved output, so the two backward kernels see one y
-            dx = getattr(env.act, f"{name}_backward")(_cp(env, g), _cp(env, y_ref), *params)
-            _close(env, _th(env, dx, x.dtype), _torch_backward(env, name, g, y_ref), dtype,
+            dx = getattr(env.act, f"{name}_backward")(cupy_from_torch(g), cupy_from_torch(y_ref), *params)
+            _close(env, torch_from_cupy(dx, bfloat16=bf16), _torch_backward(env, name, g, y_ref), dtype,
                    f"{label} {name} backward {shape}")
     torch.cuda.synchronize()
 
 
 @pytest.mark.parametrize("kind", ["fwd", "bwd"])
 def test_every_activation_config_matches_torch(env, kind, monkeypatch):
-    for cfg in env.act.GPU_CONFIGS:
-        monkeypatch.setattr(env.act.KERNELS[kind], "force", cfg)
+    for cfg in each_config(monkeypatch, env.act.KERNELS[kind], env.act.GPU_CONFIGS):
         for dtype in DTYPES:
             _check_activations(env, dtype, f"{kind} {cfg} {dtype}")
 
@@ -123,22 +112,22 @@ def _check_heaviside(env, dtype, label, tensor_values):
         # integers in [-1, 1]: many exact zeros; no NaN (torch.heaviside gives 0 there,
         # ours and the reference give values)
         x = _data(env, shape, dtype, seed=5).round().clamp(-1, 1)
+        bf16 = x.dtype == torch.bfloat16
         if tensor_values:  # per channel for 4-D (a broadcast read), full shape for 1-D
             vshape = (shape[1], 1, 1) if len(shape) == 4 else shape
             values = torch.randn(vshape, device="cuda").to(x.dtype)
-            y = env.act.heaviside_forward(_cp(env, x), _cp(env, values))
+            y = env.act.heaviside_forward(cupy_from_torch(x), cupy_from_torch(values))
         else:
             values = torch.tensor(0.5, device="cuda", dtype=x.dtype)
-            y = env.act.heaviside_forward(_cp(env, x), 0.5)
-        _close(env, _th(env, y, x.dtype), torch.heaviside(x, values), dtype, f"{label} {shape}")
+            y = env.act.heaviside_forward(cupy_from_torch(x), 0.5)
+        _close(env, torch_from_cupy(y, bfloat16=bf16), torch.heaviside(x, values), dtype, f"{label} {shape}")
 
 
 def test_every_heaviside_config_matches_torch(env, monkeypatch):
     # array values: the strided "heaviside" kernel; a number: the flat "fwd" kernel
     for kind, configs, tensor_values in (("heaviside", env.act.HEAVISIDE_CONFIGS, True),
                                          ("fwd", env.act.GPU_CONFIGS, False)):
-        for cfg in configs + [None]:
-            monkeypatch.setattr(env.act.KERNELS[kind], "force", cfg)
+        for cfg in each_config(monkeypatch, env.act.KERNELS[kind], configs + [None]):
             for dtype in DTYPES:
                 _check_heaviside(env, dtype, f"heaviside {kind} {cfg} {dtype}", tensor_values)
 
@@ -152,22 +141,22 @@ def _check_dropout(env, dtype, label, p=0.3):
     for shape in SIZES:
         x = _data(env, shape, dtype, seed=3)
         g = _data(env, shape, dtype, seed=4, scale=1.0)
+        bf16 = x.dtype == torch.bfloat16
         gk.manual_seed(17)
-        y, mask = env.drop.dropout_forward(_cp(env, x), p)
+        y, mask = env.drop.dropout_forward(cupy_from_torch(x), p)
         gk.manual_seed(17)
         keep = np.asarray(gk.random.generator().random(shape) >= p)  # the reference's draw
-        m = _th(env, mask, x.dtype).float()
+        m = torch_from_cupy(mask, bfloat16=bf16).float()
         assert torch.equal((m != 0).cpu(), torch.from_numpy(keep)), f"{label} {shape}: not the host generator's mask"
         assert bool(((m == 0) | (m == scale)).all()), f"{label} {shape}: mask values"
-        _close(env, _th(env, y, x.dtype), (x.float() * m).to(x.dtype), dtype, f"{label} forward {shape}")
-        dx = env.drop.dropout_backward(_cp(env, g), mask)
-        _close(env, _th(env, dx, x.dtype), (g.float() * m).to(x.dtype), dtype, f"{label} backward {shape}")
+        _close(env, torch_from_cupy(y, bfloat16=bf16), (x.float() * m).to(x.dtype), dtype, f"{label} forward {shape}")
+        dx = env.drop.dropout_backward(cupy_from_torch(g), mask)
+        _close(env, torch_from_cupy(dx, bfloat16=bf16), (g.float() * m).to(x.dtype), dtype, f"{label} backward {shape}")
 
 
 @pytest.mark.parametrize("kind", ["fwd", "bwd"])
 def test_every_dropout_config_applies_the_host_generators_mask(env, kind, monkeypatch):
-    for cfg in env.drop.GPU_CONFIGS + [None]:
-        monkeypatch.setattr(env.drop.KERNELS[kind], "force", cfg)
+    for cfg in each_config(monkeypatch, env.drop.KERNELS[kind], env.drop.GPU_CONFIGS + [None]):
         for dtype in DTYPES:
             _check_dropout(env, dtype, f"dropout {kind} {cfg} {dtype}")
 
@@ -197,13 +186,14 @@ def _check_mse(env, dtype, label):
     for shape in SIZES:
         a = _data(env, shape, dtype, seed=6, scale=1.0)
         t = _data(env, shape, dtype, seed=7, scale=1.0)
+        bf16 = a.dtype == torch.bfloat16
         for reduction in ("mean", "sum", "none"):
             a32 = a.float().requires_grad_(True)
             loss32 = torch.nn.functional.mse_loss(a32, t.float(), reduction=reduction)
             g = torch.randn(loss32.shape, device="cuda").to(a.dtype)
             loss32.backward(g.float())
-            loss, diff = env.loss.mse_loss_forward(_cp(env, a), _cp(env, t), reduction)
-            ours = _th(env, loss, a.dtype)
+            loss, diff = env.loss.mse_loss_forward(cupy_from_torch(a), cupy_from_torch(t), reduction)
+            ours = torch_from_cupy(loss, bfloat16=bf16)
             if reduction == "none":
                 _close(env, ours, torch.nn.functional.mse_loss(a, t, reduction="none"), dtype,
                        f"{label} none loss {shape}")
@@ -212,19 +202,18 @@ def _check_mse(env, dtype, label):
                 ref_in_dtype = torch.tensor(ref).to(a.dtype).float().item()
                 assert mine == ref_in_dtype or abs(mine - ref) <= 2 * rtol * abs(ref) + 1e-6, \
                     f"{label} {reduction} loss {shape}: {mine} vs {ref}"
-            _close(env, _th(env, diff, a.dtype), a - t, dtype, f"{label} diff {shape}")
-            dx = env.loss.mse_loss_backward(_cp(env, g), diff, reduction)
+            _close(env, torch_from_cupy(diff, bfloat16=bf16), a - t, dtype, f"{label} diff {shape}")
+            dx = env.loss.mse_loss_backward(cupy_from_torch(g), diff, reduction)
             # diff is rounded to the dtype before the product: two roundings against float32
             atol, _ = TOLS[dtype]
-            d, r = _th(env, dx, a.dtype).float(), a32.grad
+            d, r = torch_from_cupy(dx, bfloat16=bf16).float(), a32.grad
             ok = (d - r).abs() <= atol * r.abs().max().item() + 2 * rtol * r.abs()
             assert bool(ok.all()), f"{label} {reduction} grad {shape}: max error {(d - r).abs().max().item()}"
 
 
 @pytest.mark.parametrize("kind", ["fwd", "bwd"])
 def test_every_mse_config_matches_torch(env, kind, monkeypatch):
-    for cfg in env.loss.GPU_CONFIGS + [None]:
-        monkeypatch.setattr(env.loss.KERNELS[kind], "force", cfg)
+    for cfg in each_config(monkeypatch, env.loss.KERNELS[kind], env.loss.GPU_CONFIGS + [None]):
         for dtype in DTYPES:
             _check_mse(env, dtype, f"mse {kind} {cfg} {dtype}")
 
@@ -236,19 +225,19 @@ def test_int64_offsets_past_2_to_the_31_elements(env):
     torch = env.torch
     n = 2**31 + 1025  # the far end is where int32 offsets wrap
     x = torch.empty(n, device="cuda", dtype=torch.float16).uniform_(-2, 2)
-    cx = _cp(env, x)
+    cx = cupy_from_torch(x)
     y = env.act.relu_forward(cx)
-    ours = _th(env, y, torch.float16)
+    ours = torch_from_cupy(y)
     for part in (slice(0, 4096), slice(n - 4096, n)):
         assert torch.equal(ours[part], torch.relu(x[part]))
     dx = env.act.tanh_backward(cx, y)
-    ours = _th(env, dx, torch.float16)
+    ours = torch_from_cupy(dx)
     for part in (slice(0, 4096), slice(n - 4096, n)):
         ref = torch.ops.aten.tanh_backward(x[part], torch.relu(x[part]))
         assert (ours[part].float() - ref.float()).abs().max().item() <= 1e-2
     del y, dx, ours
     t = torch.zeros_like(x)
-    loss, diff = env.loss.mse_loss_forward(cx, _cp(env, t), "mean")  # a float16 sum would overflow
+    loss, diff = env.loss.mse_loss_forward(cx, cupy_from_torch(t), "mean")  # a float16 sum would overflow
     ref = (x.float() ** 2).mean()  # float32 accumulation, as ours
-    assert abs(_th(env, loss, torch.float16).float().item() - ref.item()) <= 1e-2 * ref.item()
-    assert torch.equal(_th(env, diff, torch.float16)[n - 4096:], x[n - 4096:])
+    assert abs(torch_from_cupy(loss).float().item() - ref.item()) <= 1e-2 * ref.item()
+    assert torch.equal(torch_from_cupy(diff)[n - 4096:], x[n - 4096:])

@@ -11,6 +11,8 @@ from __future__ import annotations
 import pytest
 
 from gpukernels import backend
+from gpukernels.backend import cupy_from_torch, torch_from_cupy
+from tests.gpu.helpers import assert_close_each, each_config, gpu_env, run_both
 
 pytestmark = pytest.mark.gpu
 
@@ -25,28 +27,11 @@ CASES = [  # (leading batch dims, in_features, out_features)
 
 @pytest.fixture(scope="module")
 def env():
-    import cupy
-    import torch
-
-    from gpukernels.triton import linear
-
-    return cupy, torch, linear
-
-
-def _cp(cupy, torch, t):
-    """A CuPy view of a torch CUDA tensor (bf16 as uint16 bits)."""
-    if t.dtype == torch.bfloat16:
-        return cupy.from_dlpack(t.view(torch.int16)).view(cupy.uint16)
-    return cupy.from_dlpack(t)
-
-
-def _th(cupy, torch, a, dtype):
-    t = torch.from_dlpack(a.view(cupy.int16) if a.dtype == cupy.uint16 else a)
-    return t.view(torch.bfloat16) if dtype == torch.bfloat16 else t
+    return gpu_env("linear")
 
 
 def _run_both(env, case, dtype, seed=0, transposed_weight=False):
-    cupy, torch, linear = env
+    _, torch, linear = env
     lead, i, o = case
     g = torch.Generator(device="cuda").manual_seed(seed)
     x = torch.randn(*lead, i, device="cuda", generator=g).to(dtype)
@@ -55,23 +40,16 @@ def _run_both(env, case, dtype, seed=0, transposed_weight=False):
         w = w.t().contiguous().t()
     b = torch.randn(o, device="cuda", generator=g).to(dtype)
     gy = torch.randn(*lead, o, device="cuda", generator=g).to(dtype)
-    xs = [t.detach().clone().requires_grad_(True) for t in (x, w, b)]
-    y_ref = torch.nn.functional.linear(*xs)
-    y_ref.backward(gy)
-    cx, cw, cb, cgy = (_cp(cupy, torch, t) for t in (x, w, b, gy))
-    y = linear.linear_forward(cx, cw, cb)
-    gx, gw, gb = linear.linear_backward(cgy, cx, cw)
-    ours = [_th(cupy, torch, a, dtype).float() for a in (y, gx, gw, gb)]
-    theirs = [t.float() for t in (y_ref, xs[0].grad, xs[1].grad, xs[2].grad)]
-    return ours, theirs
+
+    def ours(cx, cw, cb, cgy):
+        y = linear.linear_forward(cx, cw, cb)
+        return (y, *linear.linear_backward(cgy, cx, cw))
+
+    return run_both(ours, torch.nn.functional.linear, (x, w, b), gy, dtype == torch.bfloat16)
 
 
 def _assert_close(ours, theirs, rtol, label):
-    for name, a, b in zip(("y", "grad_x", "grad_w", "grad_b"), ours, theirs):
-        assert a.shape == b.shape, f"{label} {name}: shape {tuple(a.shape)} vs {tuple(b.shape)}"
-        err = (a - b).abs().max().item()
-        scale = b.abs().max().item() + 1e-6
-        assert err <= rtol * scale, f"{label} {name}: max abs error {err:.3g}, scale {scale:.3g}"
+    assert_close_each(("y", "grad_x", "grad_w", "grad_b"), ours, theirs, rtol, label)
 
 
 @pytest.mark.parametrize("kind", ["fwd", "dgrad", "wgrad"])
@@ -80,8 +58,7 @@ def test_every_float32_config_is_correct_in_full_float32(env, kind, monkeypatch)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     backend.set_allow_tf32(False)
     try:
-        for cfg in linear.GPU_CONFIGS[(kind, "fp32")]:
-            monkeypatch.setattr(linear.KERNELS[(kind, "fp32")], "force", cfg)
+        for cfg in each_config(monkeypatch, linear.KERNELS[(kind, "fp32")], linear.GPU_CONFIGS[(kind, "fp32")]):
             for case in CASES:
                 _assert_close(*_run_both(env, case, torch.float32), 1e-4, f"{kind} {cfg} {case}")
     finally:
@@ -91,8 +68,7 @@ def test_every_float32_config_is_correct_in_full_float32(env, kind, monkeypatch)
 @pytest.mark.parametrize("kind", ["fwd", "dgrad", "wgrad"])
 def test_every_16bit_config_is_correct_in_bf16_and_fp16(env, kind, monkeypatch):
     cupy, torch, linear = env
-    for cfg in linear.GPU_CONFIGS[(kind, "16bit")]:
-        monkeypatch.setattr(linear.KERNELS[(kind, "16bit")], "force", cfg)
+    for cfg in each_config(monkeypatch, linear.KERNELS[(kind, "16bit")], linear.GPU_CONFIGS[(kind, "16bit")]):
         for case in CASES:
             _assert_close(*_run_both(env, case, torch.bfloat16), 3e-2, f"{kind} {cfg} {case} bf16")
             _assert_close(*_run_both(env, case, torch.float16), 1e-2, f"{kind} {cfg} {case} fp16")
@@ -113,14 +89,14 @@ def test_int64_offsets_past_2_to_the_31_elements(env):
     rows, i, o = 2**21 + 3, 1024, 8  # x: 2**31 + 3072 elements
     x = torch.randn(rows, i, device="cuda", dtype=torch.float16)
     w = torch.randn(o, i, device="cuda", dtype=torch.float16) / 32
-    y = torch.from_dlpack(linear.linear_forward(_cp(cupy, torch, x), _cp(cupy, torch, w), None))
+    y = torch_from_cupy(linear.linear_forward(cupy_from_torch(x), cupy_from_torch(w), None))
     for sl in (slice(0, 4), slice(rows - 4, rows)):  # the far end is where int32 wraps
         ref = x[sl].float() @ w.float().t()
         assert (y[sl].float() - ref).abs().max().item() < 5e-2
     gy = torch.zeros(rows, o, device="cuda", dtype=torch.float16)
     gy[-2:] = 1  # only the last rows contribute to dW: a wrapped offset would miss them
-    _, gw, gb = linear.linear_backward(_cp(cupy, torch, gy), _cp(cupy, torch, x), _cp(cupy, torch, w),
+    _, gw, gb = linear.linear_backward(cupy_from_torch(gy), cupy_from_torch(x), cupy_from_torch(w),
                                        needs=(False, True, True))
     ref = x[-2:].float().sum(dim=0)
-    assert (torch.from_dlpack(gw).float() - ref[None, :]).abs().max().item() < 5e-2
-    assert torch.equal(torch.from_dlpack(gb).float(), torch.full((o,), 2.0, device="cuda"))
+    assert (torch_from_cupy(gw).float() - ref[None, :]).abs().max().item() < 5e-2
+    assert torch.equal(torch_from_cupy(gb).float(), torch.full((o,), 2.0, device="cuda"))

@@ -14,8 +14,10 @@ import pytest
 
 import gpukernels.optim as gko
 from gpukernels import nn
+from gpukernels.backend import cupy_from_torch
 from gpukernels.nn.parameter import Parameter
 from gpukernels.tensor import Tensor
+from tests.gpu.helpers import gpu_env
 
 pytestmark = pytest.mark.gpu
 
@@ -32,12 +34,7 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def env():
-    import cupy
-    import torch
-
-    from gpukernels.triton import optim as tri
-
-    return cupy, torch, tri
+    return gpu_env("optim")
 
 
 @pytest.fixture
@@ -127,14 +124,13 @@ def test_low_precision_grads_with_float32_master_weights(env, grad_dtype):
     gen = torch.Generator(device="cuda").manual_seed(0)
     n = 100_003
     p0 = torch.randn(n, device="cuda", generator=gen)
-    ours = cupy.from_dlpack(p0.clone())
+    ours = cupy_from_torch(p0.clone())
     m, v = cupy.zeros(n, cupy.float32), cupy.zeros(n, cupy.float32)
     tp = p0.clone().requires_grad_(True)
     topt = torch.optim.Adam([tp], lr=1e-2, weight_decay=0.01)
     for step in range(1, 11):
         g = torch.randn(n, device="cuda", generator=gen).to(getattr(torch, grad_dtype))
-        g_ours = cupy.from_dlpack(g.view(torch.int16)).view(cupy.uint16) if grad_dtype == "bfloat16" \
-            else cupy.from_dlpack(g)
+        g_ours = cupy_from_torch(g)  # bf16 as uint16 bits
         tri.adam_update(ours, g_ours, m, v, None, step=step, lr=1e-2, weight_decay=0.01)
         tp.grad = g.float()  # the same values, widened: what our kernel computes with
         topt.step()
@@ -149,14 +145,14 @@ def test_one_launch_per_step_over_resnet50_shapes(env):
     gen = torch.Generator(device="cuda").manual_seed(0)
     values = [torch.randn(s, device="cuda", generator=gen) for s in sizes]
     grads = [torch.randn(s, device="cuda", generator=gen) for s in sizes]
-    params = [Parameter(cupy.from_dlpack(v.clone())) for v in values]
+    params = [Parameter(cupy_from_torch(v.clone())) for v in values]
     opt = gko.Adam(params, lr=1e-3)
     tparams = [v.clone().requires_grad_(True) for v in values]
     topt = torch.optim.Adam(tparams, lr=1e-3, fused=True)
     (flat,) = opt.flat_buffers()
     for _ in range(3):
         for p, view, g in zip(flat.params, flat.grad_views, grads):  # what a backward leaves
-            view[...] = cupy.from_dlpack(g)
+            view[...] = cupy_from_torch(g)
             p.grad = Tensor(view)
         before = tri.LAUNCHES
         opt.step()

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import pytest
 
+from gpukernels.backend import cupy_from_torch, torch_from_cupy
+from tests.gpu.helpers import each_config, gpu_env
+
 pytestmark = pytest.mark.gpu
 
 # (N, C, H, W, kernel, stride, padding, dilation)
@@ -23,24 +26,7 @@ KINDS = ["max_fwd", "max_bwd", "avg_fwd", "avg_bwd"]
 
 @pytest.fixture(scope="module")
 def env():
-    import cupy
-    import torch
-
-    from gpukernels.triton import pool
-
-    return cupy, torch, pool
-
-
-def _cp(cupy, torch, t):
-    """A CuPy view of a torch CUDA tensor (bf16 as uint16 bits)."""
-    if t.dtype == torch.bfloat16:
-        return cupy.from_dlpack(t.view(torch.int16)).view(cupy.uint16)
-    return cupy.from_dlpack(t)
-
-
-def _th(cupy, torch, a, dtype):
-    t = torch.from_dlpack(a.view(cupy.int16) if a.dtype == cupy.uint16 else a)
-    return t.view(torch.bfloat16) if dtype == torch.bfloat16 else t
+    return gpu_env("pool")
 
 
 def _pair(v):
@@ -49,7 +35,7 @@ def _pair(v):
 
 def _run_both(env, case, dtype, channels_last=False, seed=0):
     """(ours, theirs): y_max, dx_max, y_avg (padding counted), dx_avg (padding not counted)."""
-    cupy, torch, pool = env
+    _, torch, pool = env
     n, c, h, w, k, s, p, d = case
     k, s, p, d = _pair(k), _pair(s), _pair(p), _pair(d)
     g = torch.Generator(device="cuda").manual_seed(seed)
@@ -68,12 +54,12 @@ def _run_both(env, case, dtype, channels_last=False, seed=0):
     y_avg2.backward(gy_a)
     dx_avg = xt.grad
 
-    cx, cg, cga = _cp(cupy, torch, x), _cp(cupy, torch, gy), _cp(cupy, torch, gy_a)
+    cx, cg, cga = cupy_from_torch(x), cupy_from_torch(gy), cupy_from_torch(gy_a)
     oy, am = pool.max_pool2d_forward(cx, k, s, p, d)
     odx = pool.max_pool2d_backward(cg, am, tuple(x.shape), k, s, p, d)
     oya = pool.avg_pool2d_forward(cx, k, s, p, True)
     odxa = pool.avg_pool2d_backward(cga, tuple(x.shape), k, s, p, False)
-    ours = [_th(cupy, torch, a, dtype).float() for a in (oy, odx, oya, odxa)]
+    ours = [torch_from_cupy(a, bfloat16=dtype == torch.bfloat16).float() for a in (oy, odx, oya, odxa)]
     theirs = [t.float() for t in (y_max, dx_max, y_avg, dx_avg)]
     return ours, theirs
 
@@ -88,8 +74,7 @@ def _assert_close(ours, theirs, rtol, label, exact_max=True):
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_config_matches_pytorch(env, kind, monkeypatch):
     cupy, torch, pool = env
-    for cfg in pool.GPU_CONFIGS[kind]:
-        monkeypatch.setattr(pool.KERNELS[kind], "force", cfg)
+    for cfg in each_config(monkeypatch, pool.KERNELS[kind], pool.GPU_CONFIGS[kind]):
         for case in CASES:
             _assert_close(*_run_both(env, case, torch.float32), 1e-5, f"{kind} {cfg} {case}")
 
@@ -107,15 +92,15 @@ def test_int64_offsets_past_2_to_the_31_elements(env):
     cupy, torch, pool = env
     side = 46342  # 46342**2 > 2**31, even: 2x2/s2 windows tile the image exactly
     x = torch.randn(1, 1, side, side, device="cuda", dtype=torch.float16)
-    cx = _cp(cupy, torch, x)
+    cx = cupy_from_torch(x)
     y, am = pool.max_pool2d_forward(cx, 2, 2, 0, 1)
     ref, idx = torch.nn.functional.max_pool2d(x, 2, 2, return_indices=True)
-    ours = torch.from_dlpack(y)
+    ours = torch_from_cupy(y)
     for rows in (slice(0, 4), slice(side // 2 - 4, side // 2)):  # the far end is where int32 wraps
         assert torch.equal(ours[..., rows, :], ref[..., rows, :])
     del ref
     gy = torch.ones_like(ours)
-    dx = torch.from_dlpack(pool.max_pool2d_backward(_cp(cupy, torch, gy), am, (1, 1, side, side), 2, 2, 0, 1))
+    dx = torch_from_cupy(pool.max_pool2d_backward(cupy_from_torch(gy), am, (1, 1, side, side), 2, 2, 0, 1))
     del gy, y
     hits = torch.zeros(side * side, device="cuda", dtype=torch.float16)
     hits[idx[..., side // 2 - 4:, :].flatten()] = 1
