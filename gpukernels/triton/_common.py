@@ -1,6 +1,10 @@
-"""What every Triton launcher shares: kernel arguments (bf16 as uint16), float32 <-> storage
-conversions, int64 decisions, and ``Tuned``: a kernel with its GPU configs, autotuned on
-a GPU, one fixed config under the interpreter, any one config forced by the tests.
+"""What every Triton launcher shares: argument checks, kernel arguments (bf16 as uint16),
+float32 <-> storage conversions, int64 decisions (and ``widen4``, the kernels' stride
+widening), the layout and launch helpers of the flat elementwise kernels
+(``flat_operands``, ``empty_in_order``, ``flat_grid``, ``flat_block``, ``storage_round``,
+``INT32_SAFE``: activation, dropout, loss), and ``Tuned``: a kernel with its GPU configs,
+autotuned on a GPU, one fixed config under the interpreter, any one config forced by
+the tests.
 
 Config tuples: the kernel's block sizes in the order of ``Tuned.blocks``, then
 ``num_warps`` and ``num_stages``, e.g. ``(128, 64, 32, 8, 3)`` for (BLOCK_M, BLOCK_N,
@@ -54,6 +58,22 @@ def check_float(op: str, *arrays) -> None:
         raise RuntimeError(f"{op}: expected arrays on one device, got {sorted(devices)}")
 
 
+def check_arrays(op: str, **arrays) -> None:
+    """Each keyword an array (a ``TypeError`` naming it otherwise), then ``check_float``
+    of them all: one float dtype, one device."""
+    for name, a in arrays.items():
+        if not hasattr(a, "dtype") or not hasattr(a, "shape"):
+            raise TypeError(f"{op}: {name} must be a NumPy or CuPy array, got {type(a).__name__}")
+    check_float(op, *arrays.values())
+
+
+def check_same_shape(op: str, **two) -> None:
+    """The two keyword arrays have one shape (a ``ValueError`` naming both otherwise)."""
+    (name_a, a), (name_b, b) = two.items()
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(f"{op}: {name_a} shape {tuple(a.shape)} differs from {name_b} shape {tuple(b.shape)}")
+
+
 def from_float32(xp, a32, dtype):
     """float32 values stored as ``dtype`` (bf16 bit patterns: round to nearest even)."""
     if np.dtype(dtype) != np.uint16:
@@ -93,6 +113,89 @@ def strides(a) -> tuple:
 def needs_int64(*arrays) -> bool:
     """Offsets overflow int32 once a tensor reaches 2**31 elements: compile with int64."""
     return any(a is not None and a.size >= 2**31 for a in arrays)
+
+
+@triton.jit
+def widen4(a, b, c, d):
+    """Four int32 strides (or indices) as int64, for kernels compiled with INT64.
+
+    ``tl.cast``, not ``.to()``: Triton specialises an int argument equal to 1 (a unit
+    stride) to a constexpr, which has no ``.to``; ``tl.cast`` turns it into a tensor too."""
+    return tl.cast(a, tl.int64), tl.cast(b, tl.int64), tl.cast(c, tl.int64), tl.cast(d, tl.int64)
+
+
+# ----------------------------------------------------------------------------- flat kernels
+# Elementwise kernels (activation, dropout, loss) run flat over dense buffers in BLOCK
+# pieces: program p owns [p BLOCK, (p + 1) BLOCK); a full piece is accessed unmasked (so
+# it vectorises), only the last, partial piece is masked with its indices clamped.
+
+#: Flat kernels compute ``start + BLOCK`` and ``start + arange(BLOCK)``: past this many
+#: elements those overflow int32 before the tensor reaches 2**31 elements, so the
+#: launchers switch to INT64 here already (needs_int64 alone waits for 2**31).
+INT32_SAFE = 2**31 - 2**16
+
+
+def flat_grid(n):
+    """Launch grid of a flat kernel over ``n`` elements in BLOCK pieces."""
+    return lambda meta: (triton.cdiv(n, meta["BLOCK"]),)
+
+
+@triton.jit
+def flat_block(INT64: tl.constexpr, BLOCK: tl.constexpr):
+    """``(start, offs)`` of this program's piece of a flat kernel: ``start = pid BLOCK``
+    and its BLOCK offsets (int64 with INT64: launchers set it from ``INT32_SAFE``).
+    The piece is full, so unmasked, when ``start + BLOCK <= n``."""
+    pid = tl.program_id(0)
+    if INT64:
+        pid = pid.to(tl.int64)
+    start = pid * BLOCK
+    return start, start + tl.arange(0, BLOCK)
+
+
+def _dense_order(a):
+    """The axes of ``a`` outermost first, if its memory is that permutation of a
+    C-contiguous array (no gaps, no stride-0 broadcast, no negative stride); else None."""
+    dims = sorted(((s, i) for i, (s, size) in enumerate(zip(strides(a), a.shape)) if size != 1),
+                  reverse=True)
+    expect = 1
+    for s, i in reversed(dims):
+        if s != expect:
+            return None
+        expect *= a.shape[i]
+    return tuple(i for _, i in dims) + tuple(i for i, size in enumerate(a.shape) if size == 1)
+
+
+def flat_operands(xp, *arrays):
+    """The arrays (same shape) laid out so that a flat kernel can walk their buffers in
+    step, and the axis order of that layout (outermost first).
+
+    Arrays that are all dense in one axis order stay as they are (C order, channels-last,
+    ...); otherwise every one that is not C-contiguous is copied to C order."""
+    orders = [_dense_order(a) for a in arrays]
+    ref = arrays[0]
+    if orders[0] is not None and all(
+        o is not None and all(sa == sr for sa, sr, size in zip(strides(a), strides(ref), ref.shape) if size != 1)
+        for o, a in zip(orders, arrays)
+    ):
+        return arrays, orders[0]
+    return tuple(xp.ascontiguousarray(a) for a in arrays), tuple(range(ref.ndim))
+
+
+def empty_in_order(xp, shape, dtype, order):
+    """An empty array of ``shape`` whose memory runs over the axes in ``order`` (the
+    order ``flat_operands`` returned), so a flat kernel's output keeps its inputs' layout."""
+    buf = xp.empty(tuple(shape[i] for i in order), dtype=dtype)
+    return buf.transpose(tuple(int(i) for i in np.argsort(order))) if len(order) > 1 else buf
+
+
+def storage_round(dtype, value) -> float:
+    """``value`` rounded to the storage dtype (bf16 for uint16), as a Python float: the
+    constants the reference computes in its dtype (``x.dtype.type(slope)``)."""
+    dtype = np.dtype(dtype)
+    if dtype == np.uint16:
+        bits = from_float32(np, np.asarray(value, dtype=np.float32).reshape(1), dtype)
+        return float(to_float32(np, bits)[0])
+    return float(dtype.type(value))
 
 
 class Tuned:

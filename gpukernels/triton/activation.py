@@ -48,8 +48,9 @@ int64 offsets once a tensor nears 2**31 elements (``INT64``, from ``INT32_SAFE``
 block arithmetic must not wrap either); float32, float16 and bfloat16 (as uint16 bit
 patterns) storage; float64 is refused (TypeError), as by every Triton family. Configs
 are autotuned per element count ``n`` (and dtype) on a GPU. The layout and launch
-helpers (``flat_operands``, ``empty_in_order``, ``flat_grid``, ``storage_round``,
-``GPU_CONFIGS``) are shared with ``dropout`` and ``loss``.
+helpers (``flat_operands``, ``empty_in_order``, ``flat_grid``, ``flat_block``,
+``storage_round``) live in ``_common`` and serve ``dropout`` and ``loss`` too, which also
+reuse ``GPU_CONFIGS``.
 """
 
 from __future__ import annotations
@@ -62,7 +63,10 @@ import triton.language as tl
 
 from .. import backend
 from ..backend import get_array_module
-from ._common import Tuned, arg, check_float, from_float32, kernel_view, needs_int64, strides, to_float32
+from ._common import (
+    INT32_SAFE, Tuned, arg, check_arrays, check_same_shape, empty_in_order, flat_block, flat_grid, flat_operands,
+    from_float32, kernel_view, needs_int64, storage_round, strides,
+)
 
 _ACT = {"relu": 0, "leaky_relu": 1, "sigmoid": 2, "tanh": 3, "heaviside": 4}
 
@@ -125,11 +129,7 @@ def _backward(g, y, slope, ACT: tl.constexpr):
 def _act_fwd_kernel(x_ptr, y_ptr, n, slope, value,
                     ACT: tl.constexpr, INT64: tl.constexpr, BLOCK: tl.constexpr):
     """y[i] = act(x[i]) over the flat buffer; program p owns [p BLOCK, (p + 1) BLOCK)."""
-    pid = tl.program_id(0)
-    if INT64:
-        pid = pid.to(tl.int64)
-    start = pid * BLOCK
-    offs = start + tl.arange(0, BLOCK)
+    start, offs = flat_block(INT64, BLOCK)
     if start + BLOCK <= n:  # a full block: unmasked, so the accesses vectorise
         x = tl.load(x_ptr + offs).to(tl.float32)
         tl.store(y_ptr + offs, _forward(x, slope, value, ACT).to(y_ptr.dtype.element_ty))
@@ -144,11 +144,7 @@ def _act_fwd_kernel(x_ptr, y_ptr, n, slope, value,
 def _act_bwd_kernel(g_ptr, y_ptr, dx_ptr, n, slope,
                     ACT: tl.constexpr, INT64: tl.constexpr, BLOCK: tl.constexpr):
     """dx[i] = g[i] act'(y[i]) over the flat buffers (g, y and dx share one layout)."""
-    pid = tl.program_id(0)
-    if INT64:
-        pid = pid.to(tl.int64)
-    start = pid * BLOCK
-    offs = start + tl.arange(0, BLOCK)
+    start, offs = flat_block(INT64, BLOCK)
     if start + BLOCK <= n:
         g = tl.load(g_ptr + offs).to(tl.float32)
         y = tl.load(y_ptr + offs).to(tl.float32)
@@ -208,72 +204,7 @@ KERNELS = {
 }
 
 
-#: Flat kernels compute ``start + BLOCK`` and ``start + arange(BLOCK)``: past this many
-#: elements those overflow int32 before the tensor reaches 2**31 elements, so the
-#: launchers switch to INT64 here already (needs_int64 alone waits for 2**31).
-INT32_SAFE = 2**31 - 2**16
-
-
-def flat_grid(n):
-    """Launch grid of a flat kernel over ``n`` elements in BLOCK pieces."""
-    return lambda meta: (triton.cdiv(n, meta["BLOCK"]),)
-
-
-# ----------------------------------------------------------------------------- layouts
-
-
-def _dense_order(a):
-    """The axes of ``a`` outermost first, if its memory is that permutation of a
-    C-contiguous array (no gaps, no stride-0 broadcast, no negative stride); else None."""
-    dims = sorted(((s, i) for i, (s, size) in enumerate(zip(strides(a), a.shape)) if size != 1),
-                  reverse=True)
-    expect = 1
-    for s, i in reversed(dims):
-        if s != expect:
-            return None
-        expect *= a.shape[i]
-    return tuple(i for _, i in dims) + tuple(i for i, size in enumerate(a.shape) if size == 1)
-
-
-def flat_operands(xp, *arrays):
-    """The arrays (same shape) laid out so that a flat kernel can walk their buffers in
-    step, and the axis order of that layout (outermost first).
-
-    Arrays that are all dense in one axis order stay as they are (C order, channels-last,
-    ...); otherwise every one that is not C-contiguous is copied to C order."""
-    orders = [_dense_order(a) for a in arrays]
-    ref = arrays[0]
-    if orders[0] is not None and all(
-        o is not None and all(sa == sr for sa, sr, size in zip(strides(a), strides(ref), ref.shape) if size != 1)
-        for o, a in zip(orders, arrays)
-    ):
-        return arrays, orders[0]
-    return tuple(xp.ascontiguousarray(a) for a in arrays), tuple(range(ref.ndim))
-
-
-def empty_in_order(xp, shape, dtype, order):
-    """An empty array of ``shape`` whose memory runs over the axes in ``order``."""
-    buf = xp.empty(tuple(shape[i] for i in order), dtype=dtype)
-    return buf.transpose(tuple(int(i) for i in np.argsort(order))) if len(order) > 1 else buf
-
-
-def storage_round(dtype, value) -> float:
-    """``value`` rounded to the storage dtype (bf16 for uint16), as a Python float: the
-    constants the reference computes in its dtype (``x.dtype.type(slope)``)."""
-    dtype = np.dtype(dtype)
-    if dtype == np.uint16:
-        bits = from_float32(np, np.asarray(value, dtype=np.float32).reshape(1), dtype)
-        return float(to_float32(np, bits)[0])
-    return float(dtype.type(value))
-
-
 # ----------------------------------------------------------------------------- launchers
-
-
-def _check_array(op, name, a):
-    if not hasattr(a, "dtype") or not hasattr(a, "shape"):
-        raise TypeError(f"{op}: {name} must be a NumPy or CuPy array, got {type(a).__name__}")
-    check_float(op, a)
 
 
 def _check_slope(op, negative_slope):
@@ -284,7 +215,7 @@ def _check_slope(op, negative_slope):
 
 
 def _forward_launch(op, x, slope=0.0, value=0.0):
-    _check_array(op, "x", x)
+    check_arrays(op, x=x)
     xp = get_array_module(x)
     (x,), order = flat_operands(xp, x)
     y = empty_in_order(xp, x.shape, x.dtype, order)
@@ -296,11 +227,8 @@ def _forward_launch(op, x, slope=0.0, value=0.0):
 
 
 def _backward_launch(op, grad_y, y, slope=0.0):
-    _check_array(op, "grad_y", grad_y)
-    _check_array(op, "y", y)
-    check_float(op, grad_y, y)
-    if tuple(grad_y.shape) != tuple(y.shape):
-        raise ValueError(f"{op}: grad_y shape {tuple(grad_y.shape)} differs from y shape {tuple(y.shape)}")
+    check_arrays(op, grad_y=grad_y, y=y)
+    check_same_shape(op, grad_y=grad_y, y=y)
     xp = get_array_module(grad_y, y)
     (grad_y, y), order = flat_operands(xp, grad_y, y)
     dx = empty_in_order(xp, y.shape, y.dtype, order)
@@ -342,7 +270,7 @@ def leaky_relu_forward(x, negative_slope):
         negative_slope: real number >= 0 (the backward reads the sign of y).
     """
     slope = _check_slope("leaky_relu_forward", negative_slope)
-    _check_array("leaky_relu_forward", "x", x)
+    check_arrays("leaky_relu_forward", x=x)
     return _forward_launch("leaky_relu_forward", x, storage_round(x.dtype, slope))
 
 
@@ -355,7 +283,7 @@ def leaky_relu_backward(grad_y, y, negative_slope):
         negative_slope: the forward's slope.
     """
     slope = _check_slope("leaky_relu_backward", negative_slope)
-    _check_array("leaky_relu_backward", "y", y)
+    check_arrays("leaky_relu_backward", y=y)
     return _backward_launch("leaky_relu_backward", grad_y, y, storage_round(y.dtype, slope))
 
 
@@ -421,7 +349,7 @@ def heaviside_forward(x, values):
         y in x's dtype: x's (dense) layout for a number ``values``, else C-contiguous.
     """
     op = "heaviside_forward"
-    _check_array(op, "x", x)
+    check_arrays(op, x=x)
     if isinstance(values, np.ndarray) and values.ndim == 0:
         values = values.item()
     if isinstance(values, (numbers.Real, np.generic)):

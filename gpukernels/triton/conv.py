@@ -54,7 +54,7 @@ from .. import backend
 from ..backend import get_array_module, kernel_arg
 from ..reference.conv import conv2d_output_size  # noqa: F401 - the family's shared formula, re-exported
 from ._common import (Tuned, arg, check_float, from_float32, grouped_tile, kernel_view, needs_int64,
-                      precision, strides, to_float32)
+                      precision, strides, to_float32, widen4)
 
 _ACTIVATIONS = {None: 0, "relu": 1, "leaky_relu": 2}
 
@@ -82,6 +82,23 @@ def _masked_grad(g, y, ACTIVATION: tl.constexpr, slope):
 
 
 @triton.jit
+def _tile_mn(pid_m, pid_n, M, NCOLS, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Masks of the rows and columns of output tile (pid_m, pid_n) of an (M, NCOLS)
+    result, and their indices clamped to valid ones (masked lanes address row / column 0)."""
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = offs_m < M
+    n_ok = offs_n < NCOLS
+    return m_ok, n_ok, tl.where(m_ok, offs_m, 0), tl.where(n_ok, offs_n, 0)
+
+
+@triton.jit
+def _pixels(m, W, H):
+    """(column, row, image) of the flat pixel indices m of (N, H, W) images."""
+    return m % W, (m // W) % H, m // (W * H)
+
+
+@triton.jit
 def _conv2d_fwd_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr,
     N, C, H, W, O, OH, OW,
@@ -97,18 +114,11 @@ def _conv2d_fwd_kernel(
     """y[n, o, oh, ow] = act(b[o] + sum_{c,kh,kw} x[n, c, ih, iw] w[(kh, kw, c), o])."""
     M = N * OH * OW
     pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(O, BLOCK_N), GROUP_M)
-    if INT64:  # tl.cast, not .to(): a stride of 1 arrives as a constexpr int
-        sxn, sxc, sxh, sxw = tl.cast(sxn, tl.int64), tl.cast(sxc, tl.int64), tl.cast(sxh, tl.int64), tl.cast(sxw, tl.int64)
-        syn, syc, syh, syw = tl.cast(syn, tl.int64), tl.cast(syc, tl.int64), tl.cast(syh, tl.int64), tl.cast(syw, tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_ok = offs_m < M
-    n_ok = offs_n < O
-    m = tl.where(m_ok, offs_m, 0)
-    o = tl.where(n_ok, offs_n, 0)
-    ow = m % OW
-    oh = (m // OW) % OH
-    img = m // (OW * OH)
+    if INT64:  # widen4 uses tl.cast, not .to(): a stride of 1 arrives as a constexpr int
+        sxn, sxc, sxh, sxw = widen4(sxn, sxc, sxh, sxw)
+        syn, syc, syh, syw = widen4(syn, syc, syh, syw)
+    m_ok, n_ok, m, o = _tile_mn(pid_m, pid_n, M, O, BLOCK_M, BLOCK_N)
+    ow, oh, img = _pixels(m, OW, OH)
     ih0 = oh * STRIDE_H - pad_h
     iw0 = ow * STRIDE_W - pad_w
     x_img = img * sxn
@@ -183,17 +193,10 @@ def _conv2d_dgrad_kernel(
     M = N * H_PH * W_PH
     pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(C, BLOCK_N), GROUP_M)
     if INT64:
-        sgn, sgc, sgh, sgw = tl.cast(sgn, tl.int64), tl.cast(sgc, tl.int64), tl.cast(sgh, tl.int64), tl.cast(sgw, tl.int64)
-        sdn, sdc, sdh, sdw = tl.cast(sdn, tl.int64), tl.cast(sdc, tl.int64), tl.cast(sdh, tl.int64), tl.cast(sdw, tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_ok = offs_m < M
-    n_ok = offs_n < C
-    m = tl.where(m_ok, offs_m, 0)
-    c = tl.where(n_ok, offs_n, 0)
-    j = m % W_PH
-    i = (m // W_PH) % H_PH
-    img = m // (W_PH * H_PH)
+        sgn, sgc, sgh, sgw = widen4(sgn, sgc, sgh, sgw)
+        sdn, sdc, sdh, sdw = widen4(sdn, sdc, sdh, sdw)
+    m_ok, n_ok, m, c = _tile_mn(pid_m, pid_n, M, C, BLOCK_M, BLOCK_N)
+    j, i, img = _pixels(m, W_PH, H_PH)
     g_img = img * sgn
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -255,8 +258,8 @@ def _conv2d_wgrad_kernel(
     pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(O, BLOCK_M), num_n, GROUP_M)
     split = tl.program_id(1)
     if INT64:
-        sgn, sgc, sgh, sgw = tl.cast(sgn, tl.int64), tl.cast(sgc, tl.int64), tl.cast(sgh, tl.int64), tl.cast(sgw, tl.int64)
-        sxn, sxc, sxh, sxw = tl.cast(sxn, tl.int64), tl.cast(sxc, tl.int64), tl.cast(sxh, tl.int64), tl.cast(sxw, tl.int64)
+        sgn, sgc, sgh, sgw = widen4(sgn, sgc, sgh, sgw)
+        sxn, sxc, sxh, sxw = widen4(sxn, sxc, sxh, sxw)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = offs_m < O
     o = tl.where(m_ok, offs_m, 0)
@@ -286,9 +289,7 @@ def _conv2d_wgrad_kernel(
         offs_p = p0 + tl.arange(0, BLOCK_K)
         p_ok = offs_p < p_end
         p = tl.where(p_ok, offs_p, 0)
-        ow = p % OW
-        oh = (p // OW) % OH
-        img = p // (OW * OH)
+        ow, oh, img = _pixels(p, OW, OH)
         # A = dy'[o, p]: (BLOCK_M, BLOCK_K)
         ok_a = m_ok[:, None] & p_ok[None, :]
         offs_a = o[:, None] * sgc + (img * sgn + oh * sgh + ow * sgw)[None, :]

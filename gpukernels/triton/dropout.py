@@ -32,9 +32,10 @@ Kernels and memory traffic (itemsize b, n elements):
 - ``_dropout_bwd_kernel``: reads g and the mask, writes dx (3 n b).
 
 Flat over the buffers in BLOCK pieces, unmasked (vectorised) full pieces and a masked,
-index-clamped tail, as ``activation``; dense layouts (any axis order) run in place, the
-bits are drawn in C order and permuted to the memory order before packing, so a
-channels-last x drops the same logical elements as the reference.
+index-clamped tail, as ``activation`` (the flat-kernel helpers of ``_common``); dense
+layouts (any axis order) run in place, the bits are drawn in C order and permuted to
+the memory order before packing, so a channels-last x drops the same logical elements
+as the reference.
 """
 
 from __future__ import annotations
@@ -47,8 +48,11 @@ import triton.language as tl
 
 from ..backend import get_array_module, kernel_arg
 from ..random import generator
-from ._common import Tuned, arg, check_float, needs_int64
-from .activation import GPU_CONFIGS, INT32_SAFE, INTERPRET_CONFIG, empty_in_order, flat_grid, flat_operands, storage_round
+from ._common import (
+    INT32_SAFE, Tuned, arg, check_arrays, check_float, check_same_shape, empty_in_order, flat_block, flat_grid,
+    flat_operands, needs_int64, storage_round,
+)
+from .activation import GPU_CONFIGS, INTERPRET_CONFIG
 
 # ----------------------------------------------------------------------------- kernels
 
@@ -57,11 +61,7 @@ from .activation import GPU_CONFIGS, INT32_SAFE, INTERPRET_CONFIG, empty_in_orde
 def _dropout_fwd_kernel(x_ptr, bits_ptr, y_ptr, mask_ptr, n, scale,
                         HAS_X: tl.constexpr, INT64: tl.constexpr, BLOCK: tl.constexpr):
     """mask[i] = bit i of the packed keep bits ? scale : 0;  y[i] = x[i] * mask[i]."""
-    pid = tl.program_id(0)
-    if INT64:
-        pid = pid.to(tl.int64)
-    start = pid * BLOCK
-    offs = start + tl.arange(0, BLOCK)
+    start, offs = flat_block(INT64, BLOCK)
     if start + BLOCK <= n:  # a full block: unmasked, vectorised
         keep = (tl.load(bits_ptr + (offs >> 3)) >> (offs & 7).to(tl.uint8)) & 1
         m = keep.to(tl.float32) * scale
@@ -83,11 +83,7 @@ def _dropout_fwd_kernel(x_ptr, bits_ptr, y_ptr, mask_ptr, n, scale,
 @triton.jit
 def _dropout_bwd_kernel(g_ptr, m_ptr, dx_ptr, n, INT64: tl.constexpr, BLOCK: tl.constexpr):
     """dx[i] = g[i] * mask[i]."""
-    pid = tl.program_id(0)
-    if INT64:
-        pid = pid.to(tl.int64)
-    start = pid * BLOCK
-    offs = start + tl.arange(0, BLOCK)
+    start, offs = flat_block(INT64, BLOCK)
     if start + BLOCK <= n:
         g = tl.load(g_ptr + offs).to(tl.float32)
         m = tl.load(m_ptr + offs).to(tl.float32)
@@ -175,9 +171,7 @@ def dropout_forward(x, p):
         1/(1-p) (the reference's convention) and is what ``dropout_backward`` takes.
     """
     p = _check_p("dropout_forward", p)
-    if not hasattr(x, "dtype"):
-        raise TypeError(f"dropout_forward: x must be a NumPy or CuPy array, got {type(x).__name__}")
-    check_float("dropout_forward", x)
+    check_arrays("dropout_forward", x=x)
     xp = get_array_module(x)
     (x,), order = flat_operands(xp, x)
     return _launch_forward("dropout_forward", xp, x, x.shape, x.dtype, p, order)
@@ -191,12 +185,8 @@ def dropout_backward(grad_y, mask):
         mask: the saved mask.
     """
     op = "dropout_backward"
-    for name, a in (("grad_y", grad_y), ("mask", mask)):
-        if not hasattr(a, "dtype"):
-            raise TypeError(f"{op}: {name} must be a NumPy or CuPy array, got {type(a).__name__}")
-    check_float(op, grad_y, mask)
-    if tuple(grad_y.shape) != tuple(mask.shape):
-        raise ValueError(f"{op}: grad_y shape {tuple(grad_y.shape)} differs from mask shape {tuple(mask.shape)}")
+    check_arrays(op, grad_y=grad_y, mask=mask)
+    check_same_shape(op, grad_y=grad_y, mask=mask)
     xp = get_array_module(grad_y, mask)
     (grad_y, mask), order = flat_operands(xp, grad_y, mask)
     dx = empty_in_order(xp, mask.shape, mask.dtype, order)

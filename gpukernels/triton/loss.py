@@ -32,8 +32,9 @@ Kernels and memory traffic (itemsize b, n elements):
 - ``_mse_bwd_kernel``: reads diff (and g for 'none'), writes the gradient (2 or 3 n b).
 
 Flat over the buffers in BLOCK pieces, unmasked (vectorised) full pieces and a masked,
-index-clamped tail, as ``activation``; dense layouts (any axis order) run in place and
-the outputs keep them; other strides are copied to C order first.
+index-clamped tail, as ``activation`` (the flat-kernel helpers of ``_common``); dense
+layouts (any axis order) run in place and the outputs keep them; other strides are
+copied to C order first.
 """
 
 from __future__ import annotations
@@ -45,8 +46,11 @@ import triton
 import triton.language as tl
 
 from ..backend import get_array_module, kernel_arg
-from ._common import Tuned, arg, check_float, from_float32, needs_int64
-from .activation import GPU_CONFIGS, INT32_SAFE, INTERPRET_CONFIG, empty_in_order, flat_grid, flat_operands
+from ._common import (
+    INT32_SAFE, Tuned, arg, check_arrays, check_same_shape, empty_in_order, flat_block, flat_grid, flat_operands,
+    from_float32, needs_int64,
+)
+from .activation import GPU_CONFIGS, INTERPRET_CONFIG
 
 #: Elements per partial sum: the smallest BLOCK of every config (GPU and interpreter).
 PART = 1024
@@ -64,11 +68,7 @@ _REDUCTIONS = ("mean", "sum", "none")
 def _mse_fwd_kernel(a_ptr, t_ptr, diff_ptr, sq_ptr, part_ptr, n, num_parts,
                     REDUCE: tl.constexpr, INT64: tl.constexpr, BLOCK: tl.constexpr, PART: tl.constexpr):
     """diff = input - target; squares ('none') or per-PART partial sums of them."""
-    pid = tl.program_id(0)
-    if INT64:
-        pid = pid.to(tl.int64)
-    start = pid * BLOCK
-    offs = start + tl.arange(0, BLOCK)
+    start, offs = flat_block(INT64, BLOCK)
     if start + BLOCK <= n:  # a full block: unmasked, vectorised
         a = tl.load(a_ptr + offs).to(tl.float32)
         t = tl.load(t_ptr + offs).to(tl.float32)
@@ -112,11 +112,7 @@ def _mse_sum_kernel(part_ptr, out_ptr, num_parts, divisor, BLOCK: tl.constexpr):
 def _mse_bwd_kernel(g_ptr, diff_ptr, dx_ptr, n, scale,
                     G_SCALAR: tl.constexpr, INT64: tl.constexpr, BLOCK: tl.constexpr):
     """dx = diff * (g * scale) in float32, one rounding to the dtype."""
-    pid = tl.program_id(0)
-    if INT64:
-        pid = pid.to(tl.int64)
-    start = pid * BLOCK
-    offs = start + tl.arange(0, BLOCK)
+    start, offs = flat_block(INT64, BLOCK)
     if G_SCALAR:  # one value for every element: loaded once per program (cached)
         gs = tl.load(g_ptr).to(tl.float32) * scale
     if start + BLOCK <= n:
@@ -152,13 +148,6 @@ def _check_reduction(op, reduction):
         raise ValueError(f"{op}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
-def _check_arrays(op, **arrays):
-    for name, a in arrays.items():
-        if not hasattr(a, "dtype") or not hasattr(a, "shape"):
-            raise TypeError(f"{op}: {name} must be a NumPy or CuPy array, got {type(a).__name__}")
-    check_float(op, *arrays.values())
-
-
 def _scalar(xp, value, dtype):
     """A 0-d array holding ``value`` in ``dtype`` (bf16 bits for uint16)."""
     v32 = xp.full((), value, dtype=np.float32)
@@ -185,9 +174,8 @@ def mse_loss_forward(input, target, reduction):
     """
     op = "mse_loss_forward"
     _check_reduction(op, reduction)
-    _check_arrays(op, input=input, target=target)
-    if tuple(input.shape) != tuple(target.shape):
-        raise ValueError(f"{op}: input shape {tuple(input.shape)} differs from target shape {tuple(target.shape)}")
+    check_arrays(op, input=input, target=target)
+    check_same_shape(op, input=input, target=target)
     xp = get_array_module(input, target)
     (input, target), order = flat_operands(xp, input, target)
     dtype, n = input.dtype, input.size
@@ -227,13 +215,13 @@ def mse_loss_backward(grad, diff, reduction):
     """
     op = "mse_loss_backward"
     _check_reduction(op, reduction)
-    _check_arrays(op, diff=diff)
+    check_arrays(op, diff=diff)
     xp = get_array_module(diff)
     if isinstance(grad, np.ndarray) and grad.size == 1 and reduction != "none" and diff.dtype != np.uint16:
         grad = grad.item()  # a host value (even for a CuPy diff): a number, no device mismatch
     if isinstance(grad, (numbers.Real, np.generic)) and reduction != "none":
         grad = _scalar(xp, float(grad), diff.dtype)
-    _check_arrays(op, grad=grad, diff=diff)
+    check_arrays(op, grad=grad, diff=diff)
     n = diff.size
     scale = 2.0 / n if reduction == "mean" and n else 2.0  # float32 in the kernel, not the dtype
     if reduction == "none":

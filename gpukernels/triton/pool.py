@@ -72,7 +72,7 @@ import triton.language as tl
 
 from ..backend import get_array_module, kernel_arg
 from ..reference.conv import conv2d_output_size
-from ._common import Tuned, arg, check_float, kernel_view, needs_int64, strides
+from ._common import Tuned, arg, check_float, kernel_view, needs_int64, strides, widen4
 
 # ----------------------------------------------------------------------------- kernels
 
@@ -95,6 +95,15 @@ def _tile_rows(BLOCK: tl.constexpr, BLOCK_W: tl.constexpr, R, COLS, INT64: tl.co
 
 
 @triton.jit
+def _split_rows(r, ROWS, C, sn, sc):
+    """Rows r of a (N, C, ROWS) view: the index h along ROWS, the plane n*C + c, and the
+    plane's offset through the strides sn, sc."""
+    h = r % ROWS
+    nc = r // ROWS
+    return h, nc, (nc // C) * sn + (nc % C) * sc
+
+
+@triton.jit
 def _max_pool_fwd_kernel(
     x_ptr, y_ptr, idx_ptr,
     C, H, W, OH, OW,
@@ -106,13 +115,9 @@ def _max_pool_fwd_kernel(
 ):
     """y[r, ow] = max over the window, idx[r, ow] = its first maximum's tap; r = (n, c, oh)."""
     offs_r, offs_w, r_ok, w_ok, r, ow = _tile_rows(BLOCK, BLOCK_W, R, OW, INT64)
-    if INT64:
-        # tl.cast, not .to(): a stride equal to 1 arrives as a constexpr int on the GPU
-        sxn, sxc = tl.cast(sxn, tl.int64), tl.cast(sxc, tl.int64)
-        sxh, sxw = tl.cast(sxh, tl.int64), tl.cast(sxw, tl.int64)
-    oh = r % OH
-    nc = r // OH
-    x_row = (nc // C) * sxn + (nc % C) * sxc
+    if INT64:  # widen4 uses tl.cast: a stride equal to 1 arrives as a constexpr int on the GPU
+        sxn, sxc, sxh, sxw = widen4(sxn, sxc, sxh, sxw)
+    oh, nc, x_row = _split_rows(r, OH, C, sxn, sxc)
     ih0 = oh * STRIDE_H - pad_h
     iw0 = ow * STRIDE_W - pad_w
 
@@ -163,13 +168,9 @@ def _max_pool_bwd_kernel(
     tap; r = (n, c, ih). NWIN_* = ceil(extent / stride) windows per axis can contain a
     pixel (1: windows do not overlap, one argmax read per pixel)."""
     offs_r, offs_w, r_ok, w_ok, r, iw = _tile_rows(BLOCK, BLOCK_W, R, W, INT64)
-    if INT64:
-        # tl.cast, not .to(): a stride equal to 1 arrives as a constexpr int on the GPU
-        sgn, sgc = tl.cast(sgn, tl.int64), tl.cast(sgc, tl.int64)
-        sgh, sgw = tl.cast(sgh, tl.int64), tl.cast(sgw, tl.int64)
-    ih = r % H
-    nc = r // H
-    g_row = (nc // C) * sgn + (nc % C) * sgc
+    if INT64:  # widen4 uses tl.cast: a stride equal to 1 arrives as a constexpr int on the GPU
+        sgn, sgc, sgh, sgw = widen4(sgn, sgc, sgh, sgw)
+    ih, nc, g_row = _split_rows(r, H, C, sgn, sgc)
     i_row = nc * OH  # argmax: contiguous (N*C*OH, OW)
 
     acc = tl.zeros((BLOCK // BLOCK_W, BLOCK_W), tl.float32)
@@ -211,13 +212,9 @@ def _avg_pool_fwd_kernel(
 ):
     """y[r, ow] = sum over the window / D; r = (n, c, oh)."""
     offs_r, offs_w, r_ok, w_ok, r, ow = _tile_rows(BLOCK, BLOCK_W, R, OW, INT64)
-    if INT64:
-        # tl.cast, not .to(): a stride equal to 1 arrives as a constexpr int on the GPU
-        sxn, sxc = tl.cast(sxn, tl.int64), tl.cast(sxc, tl.int64)
-        sxh, sxw = tl.cast(sxh, tl.int64), tl.cast(sxw, tl.int64)
-    oh = r % OH
-    nc = r // OH
-    x_row = (nc // C) * sxn + (nc % C) * sxc
+    if INT64:  # widen4 uses tl.cast: a stride equal to 1 arrives as a constexpr int on the GPU
+        sxn, sxc, sxh, sxw = widen4(sxn, sxc, sxh, sxw)
+    oh, nc, x_row = _split_rows(r, OH, C, sxn, sxc)
     ih0 = oh * STRIDE_H - pad_h
     iw0 = ow * STRIDE_W - pad_w
 
@@ -255,13 +252,9 @@ def _avg_pool_bwd_kernel(
 ):
     """dx[r, iw] = sum over the windows containing (ih, iw) of dy / D; r = (n, c, ih)."""
     offs_r, offs_w, r_ok, w_ok, r, iw = _tile_rows(BLOCK, BLOCK_W, R, W, INT64)
-    if INT64:
-        # tl.cast, not .to(): a stride equal to 1 arrives as a constexpr int on the GPU
-        sgn, sgc = tl.cast(sgn, tl.int64), tl.cast(sgc, tl.int64)
-        sgh, sgw = tl.cast(sgh, tl.int64), tl.cast(sgw, tl.int64)
-    ih = r % H
-    nc = r // H
-    g_row = (nc // C) * sgn + (nc % C) * sgc
+    if INT64:  # widen4 uses tl.cast: a stride equal to 1 arrives as a constexpr int on the GPU
+        sgn, sgc, sgh, sgw = widen4(sgn, sgc, sgh, sgw)
+    ih, nc, g_row = _split_rows(r, H, C, sgn, sgc)
 
     acc = tl.zeros((BLOCK // BLOCK_W, BLOCK_W), tl.float32)
     for j in tl.static_range(NWIN_H):
@@ -354,10 +347,28 @@ def _windows(k, s, d):
     return -(-(d * (k - 1) + 1) // s)
 
 
-def _check_grad(op, grad_y, x_shape, out_hw):
+def _setup_forward(op, x, kernel, stride, padding, dilation=(1, 1)):
+    """A forward's checked input (readable by the kernel through its strides), its window
+    geometry (``_geometry``) and y: (N, C, OH, OW) contiguous, x's dtype."""
+    check_float(op, x)
+    x = kernel_view(x)
+    geometry = _geometry(op, x.shape, kernel, stride, padding, dilation)
+    y = get_array_module(x).empty((*x.shape[:2], *geometry[-1]), dtype=x.dtype)
+    return x, geometry, y
+
+
+def _setup_backward(op, grad_y, x_shape, kernel, stride, padding, dilation=(1, 1)):
+    """A backward's checked grad_y (readable through its strides; shaped as the
+    forward's output), the window geometry and dx: (N, C, H, W) contiguous, grad_y's dtype."""
+    check_float(op, grad_y)
+    grad_y = kernel_view(grad_y)
+    geometry = _geometry(op, x_shape, kernel, stride, padding, dilation)
+    out_hw = geometry[-1]
     if grad_y.ndim != 4 or tuple(grad_y.shape) != (*x_shape[:2], *out_hw):
         raise ValueError(f"{op}: grad_y must have shape {(*x_shape[:2], *out_hw)} for an input of "
                          f"shape {tuple(x_shape)}, got {tuple(grad_y.shape)}")
+    dx = get_array_module(grad_y).empty(tuple(int(v) for v in x_shape), dtype=grad_y.dtype)
+    return grad_y, geometry, dx
 
 
 def max_pool2d_forward(x, kernel, stride, padding, dilation):
@@ -374,13 +385,10 @@ def max_pool2d_forward(x, kernel, stride, padding, dilation):
         KH*KW < 128 else int32, (N, C, OH, OW): pass it to ``max_pool2d_backward``.
     """
     op = "max_pool2d"
-    check_float(op, x)
-    x = kernel_view(x)
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = _geometry(op, x.shape, kernel, stride, padding, dilation)
-    xp = get_array_module(x)
+    x, geometry, y = _setup_forward(op, x, kernel, stride, padding, dilation)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = geometry
     n, c, h, w = x.shape
-    y = xp.empty((n, c, oh, ow), dtype=x.dtype)
-    argmax = xp.empty((n, c, oh, ow), dtype=np.int8 if kh * kw < 128 else np.int32)
+    argmax = get_array_module(x).empty((n, c, oh, ow), dtype=np.int8 if kh * kw < 128 else np.int32)
     if y.size == 0:
         return y, argmax
     _launch("max_fwd", n * c * oh, ow, arg(x), arg(y), kernel_arg(argmax),
@@ -405,10 +413,8 @@ def max_pool2d_backward(grad_y, argmax, x_shape, kernel, stride, padding, dilati
         dx (N, C, H, W) contiguous, grad_y's dtype.
     """
     op = "max_pool2d_backward"
-    check_float(op, grad_y)
-    grad_y = kernel_view(grad_y)
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw), out_hw = _geometry(op, x_shape, kernel, stride, padding, dilation)
-    _check_grad(op, grad_y, x_shape, out_hw)
+    grad_y, geometry, dx = _setup_backward(op, grad_y, x_shape, kernel, stride, padding, dilation)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), out_hw = geometry
     want = np.int8 if kh * kw < 128 else np.int32
     if (getattr(argmax, "dtype", None) != want or tuple(argmax.shape) != tuple(grad_y.shape)
             or not argmax.flags.c_contiguous or type(argmax) is not type(grad_y)):
@@ -417,9 +423,7 @@ def max_pool2d_backward(grad_y, argmax, x_shape, kernel, stride, padding, dilati
                          f"{type(argmax).__name__} {getattr(argmax, 'dtype', None)} "
                          f"{tuple(getattr(argmax, 'shape', ()))}")
     argmax = kernel_view(argmax)
-    xp = get_array_module(grad_y)
-    n, c, h, w = (int(v) for v in x_shape)
-    dx = xp.empty((n, c, h, w), dtype=grad_y.dtype)
+    n, c, h, w = dx.shape
     if dx.size == 0:
         return dx
     _launch("max_bwd", n * c * h, w, arg(grad_y), kernel_arg(argmax), arg(dx),
@@ -441,12 +445,9 @@ def avg_pool2d_forward(x, kernel, stride, padding, count_include_pad=True):
         y (N, C, OH, OW) contiguous, x's dtype.
     """
     op = "avg_pool2d"
-    check_float(op, x)
-    x = kernel_view(x)
-    (kh, kw), (sh, sw), (ph, pw), _, (oh, ow) = _geometry(op, x.shape, kernel, stride, padding)
-    xp = get_array_module(x)
+    x, geometry, y = _setup_forward(op, x, kernel, stride, padding)
+    (kh, kw), (sh, sw), (ph, pw), _, (oh, ow) = geometry
     n, c, h, w = x.shape
-    y = xp.empty((n, c, oh, ow), dtype=x.dtype)
     if y.size == 0:
         return y
     _launch("avg_fwd", n * c * oh, ow, arg(x), arg(y), c, h, w, oh, ow, *strides(x), ph, pw,
@@ -467,13 +468,9 @@ def avg_pool2d_backward(grad_y, x_shape, kernel, stride, padding, count_include_
         dx (N, C, H, W) contiguous, grad_y's dtype.
     """
     op = "avg_pool2d_backward"
-    check_float(op, grad_y)
-    grad_y = kernel_view(grad_y)
-    (kh, kw), (sh, sw), (ph, pw), _, out_hw = _geometry(op, x_shape, kernel, stride, padding)
-    _check_grad(op, grad_y, x_shape, out_hw)
-    xp = get_array_module(grad_y)
-    n, c, h, w = (int(v) for v in x_shape)
-    dx = xp.empty((n, c, h, w), dtype=grad_y.dtype)
+    grad_y, geometry, dx = _setup_backward(op, grad_y, x_shape, kernel, stride, padding)
+    (kh, kw), (sh, sw), (ph, pw), _, out_hw = geometry
+    n, c, h, w = dx.shape
     if dx.size == 0:
         return dx
     _launch("avg_bwd", n * c * h, w, arg(grad_y), arg(dx), c, h, w, *out_hw, *strides(grad_y), ph, pw,
