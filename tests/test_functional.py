@@ -695,3 +695,14 @@ def test_grad_check_conv2d(stride, padding, dilation, groups, activation):
     g = gk.tensor(r.standard_normal(out_shape))
     grad_check(lambda x, w, b: (F.conv2d(x, w, b, stride, padding, dilation, groups, activation,
                                          0.2) * g).sum(), [x, w, b])
+
+
+def test_max_pool_backward_routes_an_infinite_gradient_only_to_the_argmax():
+    # g * mask would turn inf * 0 into NaN at every other tap of the window
+    x = gk.tensor(np.arange(16.0).reshape(1, 1, 4, 4), requires_grad=True)
+    y = F.max_pool2d(x, 2)
+    y.backward(gk.tensor(np.array([[[[np.inf, 1.0], [2.0, 3.0]]]])))
+    g = x.grad.numpy()[0, 0]
+    assert not np.isnan(g).any()
+    assert g[1, 1] == np.inf and g[1, 3] == 1.0 and g[3, 1] == 2.0 and g[3, 3] == 3.0
+    assert (g[[0, 0, 1], [0, 1, 0]] == 0).all()

@@ -78,8 +78,11 @@ def max_pool2d_backward(grad_y, argmax, x_shape, kernel, stride, padding, dilati
     n, c, h, w = x_shape
     g = xp.ascontiguousarray(grad_y.transpose(2, 3, 0, 1))
     gx = xp.zeros((h + 2 * padding[0], w + 2 * padding[1], n, c), dtype=grad_y.dtype)
+    # g * mask is the fast form, but inf * 0 is NaN: with a non-finite g select instead
+    finite = bool(xp.isfinite(g).all())
     for k, (i, j) in enumerate(_offsets(kernel)):
-        _window(gx, i, j, g.shape[:2], stride, dilation)[...] += xp.where(argmax == k, g, 0)  # not g * mask: inf * 0 is NaN
+        hit = argmax == k
+        _window(gx, i, j, g.shape[:2], stride, dilation)[...] += g * hit if finite else xp.where(hit, g, 0)
     return _to_nchw(gx, padding)
 
 
