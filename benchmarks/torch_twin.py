@@ -49,7 +49,8 @@ def torch_twin(module: nn.Module, dtype=torch.float32) -> torch.nn.Module:
         return bn
     if isinstance(module, nn.Residual):
         return _TorchResidual(torch_twin(module.body, dtype),
-                              None if module.shortcut is None else torch_twin(module.shortcut, dtype))
+                              None if module.shortcut is None else torch_twin(module.shortcut, dtype),
+                              module.activation)
     simple = {
         nn.ReLU: lambda m: torch.nn.ReLU(),
         nn.LeakyReLU: lambda m: torch.nn.LeakyReLU(m.negative_slope),
@@ -69,9 +70,12 @@ def torch_twin(module: nn.Module, dtype=torch.float32) -> torch.nn.Module:
 
 
 class _TorchResidual(torch.nn.Module):
-    def __init__(self, body, shortcut):
+    """``nn.Residual`` in PyTorch: body(x) + shortcut(x), then relu with activation="relu"."""
+
+    def __init__(self, body, shortcut, activation=None):
         super().__init__()
-        self.body, self.shortcut = body, shortcut
+        self.body, self.shortcut, self.activation = body, shortcut, activation
 
     def forward(self, x):
-        return self.body(x) + (x if self.shortcut is None else self.shortcut(x))
+        y = self.body(x) + (x if self.shortcut is None else self.shortcut(x))
+        return torch.relu(y) if self.activation == "relu" else y

@@ -16,7 +16,7 @@ from . import backend
 from .tensor import _FLOATS, Function, Tensor
 
 __all__ = [
-    "conv2d", "linear", "relu", "leaky_relu", "sigmoid", "tanh", "heaviside",
+    "conv2d", "linear", "relu", "add_relu", "leaky_relu", "sigmoid", "tanh", "heaviside",
     "max_pool2d", "avg_pool2d", "batch_norm", "softmax", "log_softmax", "cross_entropy",
     "mse_loss", "flatten", "dropout",
 ]
@@ -208,6 +208,43 @@ class TanhFunction(_Activation):
 def relu(x):
     """y = max(x, 0)."""
     return ReLUFunction.apply(_tensor(x, "relu: input"))
+
+
+class AddReLUFunction(Function):
+    """relu(a + b) in one kernel pass; both inputs get dL/dy * [y > 0]."""
+
+    def forward(self, a, b):
+        y = _kern("activation", a).add_relu_forward(a, b)
+        self.save_for_backward(y)
+        return y
+
+    def backward(self, g):
+        (y,) = self.saved
+        if not any(self.needs_input_grad[:2]):
+            return None, None
+        dz = _kern("activation", g).relu_backward(g, y)
+        return (dz if self.needs_input_grad[0] else None), (dz if self.needs_input_grad[1] else None)
+
+
+def add_relu(a, b):
+    """y = max(a + b, 0), fused: a residual block's ``relu(body(x) + shortcut(x))``.
+
+    One pass reads a and b and writes y (3 x itemsize per element) where ``relu(a + b)``
+    costs an add pass then a ReLU pass (5 x itemsize). dL/da = dL/db = dL/dy * [y > 0].
+    No broadcasting: PyTorch has no such op; this equals ``torch.relu(a + b)`` for
+    tensors of one shape.
+
+    Args:
+        a, b: floating-point tensors of the same shape, dtype and device.
+    """
+    _tensor(a, "add_relu: a")
+    _tensor(b, "add_relu: b")
+    if a.shape != b.shape:
+        raise ValueError(f"add_relu: a shape {a.shape} differs from b shape {b.shape}")
+    _same_dtype("add_relu", a=a, b=b)
+    if a.device != b.device:
+        raise RuntimeError(f"add_relu: a is on {a.device}, b on {b.device}")
+    return AddReLUFunction.apply(a, b)
 
 
 def leaky_relu(x, negative_slope=0.01):

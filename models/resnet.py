@@ -43,8 +43,11 @@ def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
 class BasicBlock(nn.Sequential):
     """relu(F(x) + shortcut(x)), F = conv3x3(stride) - BN - ReLU - conv3x3 - BN.
 
-    A ``Sequential`` of ``residual = nn.Residual(body, shortcut)`` and ``relu``, so
-    that it is a plain composition of library modules (``torch_twin`` mirrors it).
+    A ``Sequential`` of one ``residual = nn.Residual(body, shortcut, activation="relu")``,
+    so that it is a plain composition of library modules (``torch_twin`` mirrors it) and
+    the parameter names stay ``layerK.i.residual.body.conv1.weight`` etc. The sum and
+    the block's ReLU run fused (``F.add_relu``): one pass reading both branches and
+    writing the output, instead of an add pass plus a ReLU pass.
     (N, in_channels, H, W) -> (N, out_channels, ceil(H / stride), ceil(W / stride)).
     The shortcut is the identity (``None``) when the shape is kept, else a 1x1 conv with
     ``stride`` (no bias) + BN projection (option B).
@@ -64,7 +67,7 @@ class BasicBlock(nn.Sequential):
                 conv=nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
                 bn=nn.BatchNorm2d(out_channels),
             ))
-        super().__init__(OrderedDict(residual=nn.Residual(body, shortcut), relu=nn.ReLU()))
+        super().__init__(OrderedDict(residual=nn.Residual(body, shortcut, activation="relu")))
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
 
     def extra_repr(self):

@@ -281,13 +281,30 @@ class BatchNorm2d(_BatchNorm):
 
 
 class Residual(Module):
-    """y = body(x) + shortcut(x); the shortcut is the identity unless given (e.g. a 1x1
-    projection when the body changes the shape)."""
+    """y = body(x) + shortcut(x), or relu(body(x) + shortcut(x)) with ``activation="relu"``;
+    the shortcut is the identity unless given (e.g. a 1x1 projection when the body
+    changes the shape).
 
-    def __init__(self, body: Module, shortcut: Module | None = None):
+    PyTorch has no Residual module (torchvision writes the sum inside each block's
+    ``forward``); ``benchmarks.torch_twin`` mirrors it as ``body(x) + shortcut(x)``,
+    then ``relu`` with ``activation="relu"``.
+
+    Args:
+        body: the residual branch.
+        shortcut: the skip branch, or None for the identity.
+        activation: None, or "relu": the sum and the ReLU then run as one fused pass
+            (``F.add_relu``: reads both branches once and writes the output once, where a
+            separate add and ReLU cost two passes and an extra tensor). No parameters,
+            so the ``state_dict`` is the same either way.
+    """
+
+    def __init__(self, body: Module, shortcut: Module | None = None, activation: str | None = None):
         super().__init__()
+        if activation not in (None, "relu"):
+            raise ValueError(f"Residual: activation must be None or 'relu', got {activation!r}")
         self.body = body
         self.shortcut = shortcut
+        self.activation = activation
 
     def forward(self, x):
         y = self.body(x)
@@ -297,7 +314,12 @@ class Residual(Module):
                 f"Residual: body output {y.shape} and shortcut output {skip.shape} differ; "
                 "give a shortcut module that projects the input"
             )
+        if self.activation == "relu":
+            return F.add_relu(y, skip)
         return y + skip
+
+    def extra_repr(self):
+        return f"activation={self.activation!r}" if self.activation else ""
 
 
 class CrossEntropyLoss(Module):

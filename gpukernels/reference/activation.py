@@ -2,7 +2,8 @@
 
 Every backward reads the saved OUTPUT, never the input, so a layer keeps one tensor:
 relu/leaky_relu (slope >= 0) preserve the sign of their input, and sigmoid' = y(1-y),
-tanh' = 1 - y^2. Memory traffic: forward reads x and writes y; backward reads g and y
+tanh' = 1 - y^2 (``add_relu_forward`` = relu(a + b), a residual block's sum and ReLU in
+one pass, shares ReLU's backward). Memory traffic: forward reads x and writes y; backward reads g and y
 and writes the input gradient. Works on numpy and cupy arrays.
 
 ReLU, on every training step's path, splits NumPy's contiguous arrays of 8 MiB (forward:
@@ -54,6 +55,32 @@ def relu_backward(grad_y, y):
     df = dx.reshape(-1)
     _parallel.run_pieces(gf, lambda a, b: np.multiply(gf[a:b], yf[a:b] > 0, out=df[a:b]), 2)
     return dx
+
+
+def add_relu_forward(a, b):
+    """y = max(a + b, 0): a residual block's add and its ReLU in one temporary (reads a
+    and b once, writes y once, instead of an add pass then a ReLU pass). The backward is
+    ``relu_backward(grad_y, y)``, the gradient of a and of b alike."""
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(f"add_relu_forward: a shape {tuple(a.shape)} differs from b shape {tuple(b.shape)}")
+    if a.dtype != b.dtype:
+        raise TypeError(f"add_relu_forward: a and b must share one dtype, got {a.dtype} and {b.dtype}")
+    flat = _large_flat(2, a, b)
+    if flat is None:
+        xp = get_array_module(a, b)
+        y = xp.add(a, b)
+        xp.maximum(y, 0, out=y)
+        return y
+    af, bf = flat
+    y = np.empty_like(a, order="C")
+    yf = y.reshape(-1)
+
+    def piece(i, j):
+        np.add(af[i:j], bf[i:j], out=yf[i:j])
+        np.maximum(yf[i:j], 0, out=yf[i:j])
+
+    _parallel.run_pieces(af, piece, 2)
+    return y
 
 
 def leaky_relu_forward(x, negative_slope):

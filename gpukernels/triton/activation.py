@@ -1,5 +1,6 @@
 """Elementwise activations in Triton: ReLU, leaky ReLU, sigmoid, tanh and Heaviside
-forward, and the backward of the first four from the saved OUTPUT.
+forward, and the backward of the first four from the saved OUTPUT; plus ``add_relu``,
+relu(a + b), a residual block's sum and ReLU in one pass (its backward is ReLU's).
 
 The reference (the oracle every kernel is tested against) is
 ``gpukernels.reference.activation``: the same function names, arguments and results.
@@ -14,6 +15,7 @@ Formulas (float32 math whatever the storage dtype; one rounding to it at the sto
                 otherwise:   sign(x) (1 - 2 / (exp(2|x|) + 1))   (exp overflow gives +-1)
                                                   dx = g (1 - y^2)
     heaviside   y = x > 0 ? 1 : (x < 0 ? 0 : values)   (NaN -> values, as the reference)
+    add_relu    s = a + b,  y = s < 0 ? 0 : s       da = db = g * [y > 0]   (relu_backward)
 
 The backward never needs the input: ReLU and leaky ReLU (s >= 0) keep the sign of their
 input, sigmoid' = y (1 - y), tanh' = 1 - y^2, so a layer keeps one tensor. Special values
@@ -31,7 +33,9 @@ two; the gpu tests compare with torch.tanh), and costs ~12 FMAs, nothing against
 memory time.
 
 Memory traffic, one pass each: forward reads x and writes y (2 x itemsize bytes per
-element), backward reads g and y and writes dx (3 x itemsize); nothing else. Every
+element), backward reads g and y and writes dx (3 x itemsize); nothing else.
+``add_relu_forward`` reads a and b and writes y (3 x itemsize), where an add pass then a
+ReLU pass move 5 x itemsize. Every
 kernel runs flat over the buffer in BLOCK-wide pieces: a full piece is loaded and stored
 without a mask, so Triton emits 16-byte vector accesses (it specialises a launch on
 16-byte aligned pointers, which CuPy's allocations are); only the last, partial piece
@@ -158,6 +162,22 @@ def _act_bwd_kernel(g_ptr, y_ptr, dx_ptr, n, slope,
 
 
 @triton.jit
+def _add_relu_kernel(a_ptr, b_ptr, y_ptr, n, INT64: tl.constexpr, BLOCK: tl.constexpr):
+    """y[i] = relu(a[i] + b[i]) over the flat buffers (a, b and y share one layout):
+    the sum in float32, rounded once to the storage dtype at the store."""
+    start, offs = flat_block(INT64, BLOCK)
+    if start + BLOCK <= n:
+        s = tl.load(a_ptr + offs).to(tl.float32) + tl.load(b_ptr + offs).to(tl.float32)
+        tl.store(y_ptr + offs, tl.where(s < 0, 0.0, s).to(y_ptr.dtype.element_ty))  # keeps NaN
+    else:
+        ok = offs < n
+        offs = tl.where(ok, offs, 0)
+        s = (tl.load(a_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+             + tl.load(b_ptr + offs, mask=ok, other=0.0).to(tl.float32))
+        tl.store(y_ptr + offs, tl.where(s < 0, 0.0, s).to(y_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
 def _heaviside_kernel(x_ptr, v_ptr, y_ptr, n, D1, D2, D3,
                       sx0, sx1, sx2, sx3, sv0, sv1, sv2, sv3,
                       INT64: tl.constexpr, BLOCK: tl.constexpr):
@@ -201,6 +221,7 @@ KERNELS = {
     "fwd": Tuned(_act_fwd_kernel, ("BLOCK",), GPU_CONFIGS, ["n"], INTERPRET_CONFIG),
     "bwd": Tuned(_act_bwd_kernel, ("BLOCK",), GPU_CONFIGS, ["n"], INTERPRET_CONFIG),
     "heaviside": Tuned(_heaviside_kernel, ("BLOCK",), HEAVISIDE_CONFIGS, ["n"], INTERPRET_CONFIG),
+    "add_relu": Tuned(_add_relu_kernel, ("BLOCK",), GPU_CONFIGS, ["n"], INTERPRET_CONFIG),
 }
 
 
@@ -260,6 +281,33 @@ def relu_backward(grad_y, y):
         y: the output of ``relu_forward``.
     """
     return _backward_launch("relu_backward", grad_y, y)
+
+
+def add_relu_forward(a, b):
+    """y = max(a + b, 0) in one pass (NaN stays NaN): the sum and ReLU of a residual block.
+
+    Reads a and b once and writes y once (3 x itemsize per element; an add pass then a
+    ReLU pass move 5). The sum is float32, rounded once to the storage dtype, so fp16 /
+    bf16 results may differ from a rounded sum then ReLU by that one rounding. The
+    backward is ``relu_backward(grad_y, y)``, the gradient of both a and b.
+
+    Args:
+        a, b: float32 / float16 / bf16-as-uint16 arrays of one shape, dtype and device,
+            any strides (a shared dense layout is kept, otherwise both copied to C order).
+
+    Returns:
+        y, same shape and dtype as a (a's and b's dense layout when they share one).
+    """
+    op = "add_relu_forward"
+    check_arrays(op, a=a, b=b)
+    check_same_shape(op, a=a, b=b)
+    xp = get_array_module(a, b)
+    (a, b), order = flat_operands(xp, a, b)
+    y = empty_in_order(xp, a.shape, a.dtype, order)
+    n = y.size
+    if n:
+        KERNELS["add_relu"][flat_grid(n)](arg(a), arg(b), arg(y), n, INT64=needs_int64(a) or n >= INT32_SAFE)
+    return y
 
 
 def leaky_relu_forward(x, negative_slope):
@@ -400,7 +448,8 @@ def heaviside_forward(x, values):
 
 def aot_specs():
     """Every activation x every config of the forward and backward kernels (fp32), and on
-    the first config the fp16 / bf16 / INT64 variants; heaviside's strided kernel per config."""
+    the first config the fp16 / bf16 / INT64 variants; add_relu's kernel likewise;
+    heaviside's strided kernel per config."""
     from .aot import KernelSpec, signature_for  # noqa: PLC0415
 
     specs = []
@@ -420,6 +469,16 @@ def aot_specs():
                         kernel=name, signature=signature_for(fn, const, pointers, dtype, floats=floats,
                                                              i64=("n",) if over.get("INT64") else ()),
                         constexprs=const, num_warps=warps, num_stages=stages, tensor_cores=False))
+    fn = _add_relu_kernel
+    for i, (block, warps, stages) in enumerate(GPU_CONFIGS):
+        for label, over in [("fp32", {})] + ([("fp16", {}), ("bf16", {}), ("fp32 int64", {"INT64": True})] if i == 0 else []):
+            const = {"INT64": False, "BLOCK": block, **over}
+            specs.append(KernelSpec(
+                name=f"activation.add_relu[{block} w{warps} {label}]", module=__name__,
+                kernel="_add_relu_kernel",
+                signature=signature_for(fn, const, ("a_ptr", "b_ptr", "y_ptr"), label.split()[0], floats=(),
+                                        i64=("n",) if over.get("INT64") else ()),
+                constexprs=const, num_warps=warps, num_stages=stages, tensor_cores=False))
     fn = _heaviside_kernel
     for i, (block, warps, stages) in enumerate(HEAVISIDE_CONFIGS):
         for label, over in [("fp32", {})] + ([("bf16", {}), ("fp32 int64", {"INT64": True})] if i == 0 else []):

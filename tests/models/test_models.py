@@ -150,7 +150,8 @@ def test_resnet_structure_and_init():
     # option B: a projection exactly where the shape changes (first block of stages 2, 3)
     projected = [b.stride for b in blocks if b[0].shortcut is not None]
     assert projected == [2, 2]
-    assert all(isinstance(b[0], nn.Residual) and isinstance(b[1], nn.ReLU) for b in blocks)
+    # the block's ReLU is fused into the residual sum (F.add_relu): no separate module
+    assert all(len(b) == 1 and isinstance(b[0], nn.Residual) and b[0].activation == "relu" for b in blocks)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert all(c.bias is None for c in convs)  # every conv is followed by a BN
     # Kaiming normal, fan_out: std = sqrt(2 / (64 * 9)) for the 64-channel 3x3 convs

@@ -29,6 +29,7 @@ OPS = [
     ("conv2d", "conv", lambda x, w, b: F.conv2d(x, w, b, padding=1, activation="relu"), (X4, W4, B4)),
     ("linear", "linear", F.linear, (X2, WL, BL)),
     ("relu", "activation", F.relu, (X4,)),
+    ("add_relu", "activation", F.add_relu, (X4, X4[:, ::-1].copy())),
     ("leaky_relu", "activation", lambda x: F.leaky_relu(x, 0.1), (X4,)),
     ("sigmoid", "activation", F.sigmoid, (X4,)),
     ("tanh", "activation", F.tanh, (X4,)),
