@@ -3,11 +3,22 @@ checks shared by every benchmark entry."""
 
 from __future__ import annotations
 
+import csv
+import datetime
+import io
+import json
 import os
+import platform
+import re
+import shlex
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -56,6 +67,21 @@ class Ceilings:
     gemm_gflops: float
     device: str
 
+    @property
+    def slug(self) -> str:
+        """The device as a folder name: ``CPU x2 (NumPy backend)`` -> ``cpu-x2-numpy``,
+        ``NVIDIA H100 80GB HBM3 (cuda backend)`` -> ``nvidia-h100-80gb-hbm3``."""
+        return device_slug(self.device)
+
+
+def device_slug(device: str) -> str:
+    """Lower-case, dash-separated ``device`` without the ``(... backend)`` note (a CPU keeps
+    its backend's name, e.g. ``numpy``; the cuda backend is implied by a GPU's name)."""
+    m = re.match(r"^(.*?)\s*\((\S+) backend\)\s*$", device)
+    if m:
+        device = m.group(1) if m.group(2).lower() == "cuda" else f"{m.group(1)} {m.group(2)}"
+    return re.sub(r"[^a-z0-9.]+", "-", device.lower()).strip("-.") or "unknown-device"
+
 
 def measure_gpu_ceilings(quick: bool = False) -> Ceilings:
     """Device copy bandwidth (a 1 GiB copy, read + write) and bf16 GEMM GFLOP/s (8192^3,
@@ -102,21 +128,239 @@ def format_table(results: list[Result], ceilings: Ceilings) -> str:
         "-" * len(head),
     ]
     for r in results:
-        if r.flops:
-            rate = r.flops / r.ours_s / 1e9
-            rate_s = f"{rate:7.1f} GF/s {100 * rate / ceilings.gemm_gflops:4.0f}%"
-        elif r.bytes:
-            rate = r.bytes / r.ours_s / 1e9
-            rate_s = f"{rate:7.1f} GB/s {100 * rate / ceilings.copy_gbps:4.0f}%"
-        elif r.unit == "img/s":
-            rate_s = f"{r.extra['batch'] / r.ours_s:.0f} vs {r.extra['batch'] / r.theirs_s:.0f} img/s"
-        else:
-            rate_s = ""
         lines.append(
             f"{r.entry:<16} {r.case:<44} {1e3 * r.ours_s:9.2f} {1e3 * r.theirs_s:9.2f} "
-            f"{r.ratio:6.2f} {rate_s:>24}"
+            f"{r.ratio:6.2f} {rate_text(r, ceilings):>24}"
         )
     return "\n".join(lines)
+
+
+def rate(r: Result, ceilings: Ceilings) -> tuple[float | None, str, float | None]:
+    """``(rate, unit, percent of the ceiling)`` of our time: GFLOP/s against the GEMM ceiling
+    for a FLOP-counted row, GB/s against the copy ceiling for a byte-counted one, our img/s
+    (no ceiling) for a training row, else ``(None, "", None)``."""
+    if r.flops:
+        g = r.flops / r.ours_s / 1e9
+        return g, "GFLOP/s", 100 * g / ceilings.gemm_gflops
+    if r.bytes:
+        g = r.bytes / r.ours_s / 1e9
+        return g, "GB/s", 100 * g / ceilings.copy_gbps
+    if r.unit == "img/s" and "batch" in r.extra:
+        return r.extra["batch"] / r.ours_s, "img/s", None
+    return None, "", None
+
+
+def rate_text(r: Result, ceilings: Ceilings) -> str:
+    """The table's rate column: ``"  28.8 GF/s    9%"``, ``"512 vs 640 img/s"`` or ``""``."""
+    value, unit, pct = rate(r, ceilings)
+    if unit == "GFLOP/s":
+        return f"{value:7.1f} GF/s {pct:4.0f}%"
+    if unit == "GB/s":
+        return f"{value:7.1f} GB/s {pct:4.0f}%"
+    if unit == "img/s":
+        return f"{value:.0f} vs {r.extra['batch'] / r.theirs_s:.0f} img/s"
+    return ""
+
+
+# ----------------------------------------------------------------------------- result files
+
+RESULT_FIELDS = ("entry", "case", "ours_s", "theirs_s", "ratio", "flops", "bytes", "rate",
+                 "rate_unit", "pct_of_ceiling", "extra")
+STAMP_FIELDS = ("commit", "date_utc", "device", "ceilings", "python", "numpy", "torch", "triton",
+                "cupy", "gpu_driver", "command")
+
+
+def row_dict(r: Result, ceilings: Ceilings) -> dict:
+    """One row of the result files (the keys of ``RESULT_FIELDS``)."""
+    value, unit, pct = rate(r, ceilings)
+    return {"entry": r.entry, "case": r.case, "ours_s": r.ours_s, "theirs_s": r.theirs_s,
+            "ratio": r.ratio, "flops": r.flops, "bytes": r.bytes, "rate": value, "rate_unit": unit,
+            "pct_of_ceiling": pct, "extra": dict(r.extra)}
+
+
+def git_commit(repo: Path | None = None) -> str:
+    """``git rev-parse HEAD`` of ``repo`` (default: this checkout), with ``-dirty`` when
+    tracked files have changes; ``"unknown"`` outside git or without git."""
+    repo = repo or Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                              text=True, timeout=30, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head + "-dirty" if dirty else head) or "unknown"
+
+
+def _module_version(name: str) -> str:
+    try:
+        module = __import__(name)
+    except ImportError:
+        return "not installed"
+    except Exception as exc:  # noqa: BLE001 - a broken install (e.g. no CUDA for cupy)
+        return f"unavailable ({type(exc).__name__})"
+    return str(getattr(module, "__version__", "unknown"))
+
+
+def gpu_driver_version() -> str | None:
+    """The GPU driver when a GPU is present (``None`` otherwise): the CUDA driver API version
+    from torch.cuda or CuPy, with the NVIDIA driver's from ``nvidia-smi`` where it runs."""
+    api = None
+    try:
+        if torch.cuda.is_available():
+            api = torch._C._cuda_getDriverVersion()  # noqa: SLF001 - e.g. 12040
+    except Exception:  # noqa: BLE001
+        api = None
+    if api is None and gk.cuda_available():
+        try:
+            import cupy  # noqa: PLC0415
+
+            api = cupy.cuda.runtime.driverGetVersion()
+        except Exception:  # noqa: BLE001
+            api = None
+    if not api:
+        return None
+    text = f"CUDA driver API {api // 1000}.{api % 1000 // 10}"
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            out = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=30, check=True).stdout
+            if out.strip():
+                text = f"NVIDIA {out.strip().splitlines()[0]}, {text}"
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return text
+
+
+def run_stamp(ceilings: Ceilings, argv: list[str] | None = None) -> dict:
+    """What every result file is stamped with (the keys of ``STAMP_FIELDS``): commit, UTC
+    date, device, ceilings, versions, GPU driver and the command line (``argv``: the
+    arguments of ``benchmarks.run``)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    return {
+        "commit": git_commit(),
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "device": ceilings.device,
+        "ceilings": {"copy_gbps": ceilings.copy_gbps, "gemm_gflops": ceilings.gemm_gflops},
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "triton": _module_version("triton"),
+        "cupy": _module_version("cupy"),
+        "gpu_driver": gpu_driver_version() or "no GPU",
+        "command": shlex.join(["python", "-m", "benchmarks.run", *args]),
+    }
+
+
+def _write_atomic(path: Path, write) -> None:
+    """``write(binary file)`` into a temp file next to ``path``, then ``os.replace`` it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _stamp_lines(stamp: dict) -> list[str]:
+    out = []
+    for key in STAMP_FIELDS:
+        value = stamp[key]
+        if key == "ceilings":
+            value = f"copy {value['copy_gbps']:.1f} GB/s, GEMM {value['gemm_gflops']:.0f} GFLOP/s"
+        out.append(f"{key}: {value}")
+    return out
+
+
+def _csv_text(rows: list[dict], stamp: dict) -> str:
+    buf = io.StringIO()
+    for line in _stamp_lines(stamp):
+        buf.write(f"# {line}\n")
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(RESULT_FIELDS)
+    for row in rows:
+        w.writerow(["" if row[k] is None else json.dumps(row[k], sort_keys=True, default=str)
+                    if k == "extra" else row[k] for k in RESULT_FIELDS])
+    return buf.getvalue()
+
+
+def _md_text(rows: list[dict], stamp: dict) -> str:
+    def cell(x) -> str:
+        return str(x).replace("|", "\\|")
+
+    lines = ["# Benchmark results", ""]
+    lines += [f"- {line}" for line in _stamp_lines(stamp)]
+    lines += ["", "ratio = torch time / our time (> 1: ours faster); rate and % of ceiling are ours.", "",
+              "| entry | case | ours ms | torch ms | ratio | rate | % of ceiling | extra |",
+              "|---|---|---:|---:|---:|---:|---:|---|"]
+    for row in rows:
+        rate_s = "" if row["rate"] is None else f"{row['rate']:.1f} {row['rate_unit']}"
+        pct = "" if row["pct_of_ceiling"] is None else f"{row['pct_of_ceiling']:.0f}%"
+        extra = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in row["extra"].items())
+        lines.append(f"| {cell(row['entry'])} | {cell(row['case'])} | {1e3 * row['ours_s']:.3f} | "
+                     f"{1e3 * row['theirs_s']:.3f} | {row['ratio']:.2f} | {rate_s} | {pct} | {cell(extra)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_png(path: Path, rows: list[dict], stamp: dict) -> bool:
+    """The ratio of every row as a horizontal bar from 1.0 (log axis), a line at 1.0, the
+    stamp in the title, footer and PNG metadata; ``False`` without matplotlib."""
+    try:
+        import matplotlib  # noqa: PLC0415
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        return False
+    labels = [f"{r['entry']}: {r['case']}" for r in rows]
+    ratios = [r["ratio"] for r in rows]
+    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.28 * max(len(rows), 1)))
+    y = list(range(len(rows)))[::-1]
+    # bars grow from 1.0 on a log axis: right when ours is faster, left when slower
+    ax.barh(y, [v - 1.0 for v in ratios], left=1.0, color=["tab:green" if v >= 1 else "tab:red" for v in ratios])
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.set_xscale("log")
+    if ratios:
+        lo, hi = min(min(ratios), 1.0), max(max(ratios), 1.0)
+        ax.set_xlim(lo / 1.5, hi * 1.5)
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.set_xlabel("ratio = torch time / our time (> 1: ours faster; log scale)")
+    ax.set_title(f"{stamp['device']} - {stamp['commit'][:12]} - {stamp['date_utc']}", fontsize=9)
+    fig.text(0.01, 0.005, f"torch {stamp['torch']}, numpy {stamp['numpy']}, python {stamp['python']}, "
+             f"triton {stamp['triton']}, cupy {stamp['cupy']}; {stamp['command']}", fontsize=6)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    meta = {"Title": "gpukernels benchmark results", "Comment": json.dumps(stamp, sort_keys=True, default=str)}
+    try:
+        _write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=120, metadata=meta))
+    finally:
+        plt.close(fig)
+    return True
+
+
+def write_results(results: list[Result], ceilings: Ceilings, out_root, argv: list[str] | None = None) -> Path:
+    """Write ``results.{csv,json,md,png}`` under ``out_root/<device slug>/`` (each atomically,
+    each stamped by ``run_stamp``) and return that folder. Without matplotlib the PNG is
+    skipped with a note on stderr."""
+    out = Path(out_root) / ceilings.slug
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = run_stamp(ceilings, argv)
+    rows = [row_dict(r, ceilings) for r in results]
+    doc = {**stamp, "rows": rows}
+    _write_atomic(out / "results.json",
+                  lambda f: f.write((json.dumps(doc, indent=2, default=str) + "\n").encode()))
+    _write_atomic(out / "results.csv", lambda f: f.write(_csv_text(rows, stamp).encode()))
+    _write_atomic(out / "results.md", lambda f: f.write(_md_text(rows, stamp).encode()))
+    if not _write_png(out / "results.png", rows, stamp):
+        print("matplotlib not installed: results.png skipped", file=sys.stderr)
+    return out
 
 
 def check_close(name: str, ours, theirs, atol: float, rtol: float) -> None:

@@ -3,7 +3,9 @@
 First the machine's ceilings (copy bandwidth, GEMM GFLOP/s), then every entry: each
 checks its result against PyTorch before timing, then prints ours vs PyTorch on the
 same machine in the same run, with the ratio (> 1: ours faster) and the rate against
-the ceiling.
+the ceiling. The results are then written, stamped with the commit, date, device,
+ceilings, versions and command line, as ``results.{csv,json,md,png}`` under
+``benchmarks/results/<device slug>/`` (``--out DIR`` replaces ``benchmarks/results``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -19,11 +22,12 @@ import gpukernels as gk
 
 from . import (bench_activation, bench_batchnorm, bench_conv, bench_cross_entropy, bench_linear,
                bench_optim, bench_pool, bench_train)
-from .common import format_table, measure_ceilings
+from .common import format_table, measure_ceilings, write_results
 
 ENTRIES = {"conv": bench_conv, "linear": bench_linear, "activation": bench_activation,
            "pool": bench_pool, "batchnorm": bench_batchnorm, "cross_entropy": bench_cross_entropy,
            "optim": bench_optim, "train": bench_train}
+RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 
 
 def main(argv=None) -> int:
@@ -36,6 +40,9 @@ def main(argv=None) -> int:
                         help="cuda: our Triton kernels vs cuDNN; cpu: the NumPy backend vs torch CPU")
     parser.add_argument("--threads", type=int, default=None,
                         help="PyTorch CPU threads (default: all cores, as our NumPy BLAS uses)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="root folder of the result files (default: benchmarks/results); "
+                             "they go to DIR/<device slug>/")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in ENTRIES]
@@ -58,6 +65,9 @@ def main(argv=None) -> int:
     print(format_table(results, ceilings))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"{time.perf_counter() - start:.1f} s in all")
+    out = write_results(results, ceilings, args.out or RESULTS_ROOT,
+                        sys.argv[1:] if argv is None else argv)
+    print(f"results written to {out}")
     return 0
 
 

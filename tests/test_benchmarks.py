@@ -1,19 +1,88 @@
 """The benchmark runner stays runnable: a quick run checks every entry against PyTorch
-(each entry raises on a wrong result before it times anything) and prints the table."""
+(each entry raises on a wrong result before it times anything), prints the table and
+writes the stamped result files."""
+
+import csv
+import json
 
 import pytest
 
 pytest.importorskip("torch")
 
+STAMP = ("commit", "date_utc", "device", "ceilings", "python", "numpy", "torch", "triton", "cupy",
+         "gpu_driver", "command")
+HEADER = ["entry", "case", "ours_s", "theirs_s", "ratio", "flops", "bytes", "rate", "rate_unit",
+          "pct_of_ceiling", "extra"]
 
-def test_quick_benchmark_run_checks_and_prints_every_entry(capsys):
+
+def test_quick_benchmark_run_checks_and_prints_every_entry(capsys, tmp_path):
     from benchmarks import run
 
-    assert run.main(["--quick", "--repeat", "1", "--device", "cpu"]) == 0
+    assert run.main(["--quick", "--repeat", "1", "--device", "cpu", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     for entry in ("conv2d fwd+bwd", "cross_entropy", "train step"):
         assert entry in out
     assert "ceilings: copy" in out
+
+
+def test_quick_run_writes_stamped_result_files(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    from benchmarks import run
+
+    argv = ["--quick", "--repeat", "1", "--device", "cpu", "--only", "conv,activation", "--out", str(tmp_path)]
+    assert run.main(argv) == 0
+    dirs = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert len(dirs) == 1 and dirs[0].name.startswith("cpu-x")
+    out = dirs[0]
+    assert str(out) in capsys.readouterr().out
+    for name in ("results.csv", "results.json", "results.md", "results.png"):
+        assert (out / name).is_file(), name
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+
+    doc = json.loads((out / "results.json").read_text())
+    for key in STAMP:
+        assert key in doc, key
+    assert doc["commit"] and doc["date_utc"].endswith("Z")
+    assert doc["ceilings"]["copy_gbps"] > 0 and doc["ceilings"]["gemm_gflops"] > 0
+    assert "benchmarks.run --quick" in doc["command"] and "conv,activation" in doc["command"]
+    assert doc["gpu_driver"] == "no GPU"
+    rows = doc["rows"]
+    assert {r["entry"].split()[0] for r in rows} >= {"conv2d", "relu"}
+    for r in rows:
+        assert r["ratio"] > 0 and r["ours_s"] > 0 and r["theirs_s"] > 0
+        assert isinstance(r["extra"], dict)
+
+    lines = (out / "results.csv").read_text().splitlines()
+    stamp_lines = [ln for ln in lines if ln.startswith("#")]
+    assert any(ln.startswith("# commit: ") for ln in stamp_lines)
+    data = list(csv.reader(ln for ln in lines if not ln.startswith("#")))
+    assert data[0] == HEADER
+    assert len(data) == len(rows) + 1
+
+    md = (out / "results.md").read_text()
+    assert "| entry | case |" in md and f"commit: {doc['commit']}" in md
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_device_slug():
+    from benchmarks.common import device_slug
+
+    assert device_slug("CPU x2 (NumPy backend)") == "cpu-x2-numpy"
+    assert device_slug("NVIDIA H100 80GB HBM3 (cuda backend)") == "nvidia-h100-80gb-hbm3"
+
+
+def test_results_without_matplotlib_skip_the_png(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from benchmarks.common import Ceilings, Result, write_results
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    ceilings = Ceilings(10.0, 100.0, "CPU x2 (NumPy backend)")
+    rows = [Result("relu fwd", "1M float32", 1e-3, 2e-3, bytes=8e6, extra={"baseline": "torch"})]
+    out = write_results(rows, ceilings, tmp_path, ["--quick"])
+    assert sorted(p.name for p in out.iterdir()) == ["results.csv", "results.json", "results.md"]
+    assert "results.png skipped" in capsys.readouterr().err
+    assert json.loads((out / "results.json").read_text())["rows"][0]["ratio"] == 2.0
 
 
 def test_unknown_entry_is_a_usage_error():
