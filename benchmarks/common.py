@@ -180,7 +180,10 @@ def row_dict(r: Result, ceilings: Ceilings) -> dict:
 
 def git_commit(repo: Path | None = None) -> str:
     """``git rev-parse HEAD`` of ``repo`` (default: this checkout), with ``-dirty`` when
-    tracked files have changes; ``"unknown"`` outside git or without git."""
+    tracked files have changes; ``GPUKERNELS_COMMIT`` when set (a Docker image has no
+    .git: docker/Dockerfile bakes it in); ``"unknown"`` outside git or without git."""
+    if os.environ.get("GPUKERNELS_COMMIT"):
+        return os.environ["GPUKERNELS_COMMIT"]
     repo = repo or Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
