@@ -118,6 +118,9 @@ def run_gpu(quick: bool = False, repeat: int = 100) -> list[Result]:
                 if lname == "NCHW":  # correctness first
                     tol = 2e-2 if dtype == torch.bfloat16 else 5e-3
                     check_close_gpu(f"conv2d {label} forward", y_saved, t_fwd(), tol)
+                    t_fb()  # and every gradient, before fwd+bwd is timed
+                    for gname, ours_g, t in zip(("grad_input", "grad_weight", "grad_bias"), ours_fb(), (tx, tw, tb)):
+                        check_close_gpu(f"conv2d {label} {gname}", ours_g, t.grad, tol)
                 theirs_fwd[lname], theirs_fb[lname] = gpu_time(t_fwd, repeat), gpu_time(t_fb, repeat)
             best_f = min(theirs_fwd, key=theirs_fwd.get)
             best_b = min(theirs_fb, key=theirs_fb.get)

@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     results = []
     for name in names:
         if on_gpu and not hasattr(ENTRIES[name], "run_gpu"):
-            print(f"skipping {name}: no GPU entry yet (its Triton kernels are not written)", file=sys.stderr)
+            print(f"skipping {name}: this entry has no GPU version yet", file=sys.stderr)
             continue
         print(f"running {name} ...", file=sys.stderr, flush=True)
         results += ENTRIES[name].run(quick=args.quick, repeat=repeat)

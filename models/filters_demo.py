@@ -20,9 +20,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 
 import numpy as np
+
+from models.train import atomic_write
 
 SIZE = 64  # side of the synthetic scene and of the upscaled digit
 DIGIT_SCALE = SIZE // 8
@@ -85,21 +86,7 @@ def draw(panels, title: str, out: str) -> None:
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
         fig.suptitle(title)
         fig.tight_layout()
-        directory = os.path.dirname(os.path.abspath(out))
-        # same directory as the target, so os.replace is an atomic rename on one filesystem
-        fd, tmp = tempfile.mkstemp(prefix=".filters_demo-", suffix=".png", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fig.savefig(fh, format="png", dpi=100)
-            # mkstemp makes the file 0600; give it the mode a plain open() would have
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
-            os.replace(tmp, out)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write(out, lambda fh: fig.savefig(fh, format="png", dpi=100))
     finally:
         plt.close(fig)
 

@@ -79,8 +79,6 @@ def _init_weights(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
 
 
 def resnet(depth: int, num_classes: int = 10, in_channels: int = 3, widths=(16, 32, 64)) -> nn.Sequential:

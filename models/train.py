@@ -152,7 +152,7 @@ def _check_args(p, args):
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def _atomic_write(path: str, write) -> None:
+def atomic_write(path: str, write) -> None:
     """Call ``write(file)`` on a temp file beside ``path``, then rename it over ``path``:
     a crash or a full disk leaves the previous file intact."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -162,6 +162,9 @@ def _atomic_write(path: str, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)  # mkstemp makes the file 0600: give it a plain open()'s mode
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -170,23 +173,22 @@ def _atomic_write(path: str, write) -> None:
 
 
 # What must match between a checkpoint and the run resuming it.
-_RESUME_KEYS = ("model", "dataset", "optimizer", "batch_size", "train_size", "seed")
+_RESUME_KEYS = ("model", "dataset", "optimizer", "batch_size", "train_size", "seed", "weight_decay")
 
 
 def save_checkpoint(path, args, lr, epoch, model, optimizer, loader, history):
     state = {
         "format": CHECKPOINT_FORMAT,
-        "args": {**{k: getattr(args, k) for k in _RESUME_KEYS}, "lr": lr,
-                 "weight_decay": args.weight_decay},
+        "args": {**{k: getattr(args, k) for k in _RESUME_KEYS}, "lr": lr},
         "epoch": epoch,
-        "model": {k: v.numpy().copy() for k, v in model.state_dict().items()},
+        "model": {k: v.numpy() for k, v in model.state_dict().items()},  # pickled right away
         "optimizer": optimizer.state_dict(),
         "rng": get_rng_state(),
         "loader": loader.state_dict(),
         "history": history,
     }
     try:
-        _atomic_write(path, lambda f: pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL))
+        atomic_write(path, lambda f: pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL))
     except OSError as exc:
         raise TrainError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from exc
 
@@ -222,10 +224,10 @@ def evaluate(model, loader) -> float:
     correct = total = 0
     with gk.no_grad():
         for x, y in loader:
-            correct += int((model(x).argmax(1).numpy() == y.numpy()).sum())
+            correct = correct + (model(x).data.argmax(1) == y.data).sum()
             total += len(y)
     model.train()
-    return correct / total
+    return int(correct) / total
 
 
 def _progress(loader, epoch, epochs, enabled):
@@ -274,13 +276,13 @@ def train_epoch(model, optimizer, loader, epoch, epochs, limit=float("inf"), pro
         if log_every and step % log_every == 0:
             line = f"epoch {epoch} step {step} loss {value:.6f}"
             bar.write(line) if bar is not loader else print(line, flush=True)
-        correct += int((logits.data.argmax(1) == y.data).sum())
+        correct = correct + (logits.data.argmax(1) == y.data).sum()  # on the device: read once an epoch
         seen += len(y)
         if bar is not loader:
             bar.set_postfix(loss=f"{value:.4f}", img_s=f"{seen / busy:.0f}", refresh=False)
     if bar is not loader:
         bar.close()
-    return float(np.mean(losses)), correct / seen, seen, busy
+    return float(np.mean(losses)), int(correct) / seen, seen, busy
 
 
 def save_plot(path: str, history: dict) -> None:
@@ -302,7 +304,7 @@ def save_plot(path: str, history: dict) -> None:
         ax.legend()
     fig.tight_layout()
     try:
-        _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     except OSError as exc:
         raise TrainError(f"cannot write plot {path}: {exc.strerror or exc}") from exc
     finally:
@@ -333,8 +335,6 @@ def run(args) -> dict:
 
     gk.manual_seed(args.seed)
     model = _make_model(args.model, tuple(x_train.shape[1:]), num_classes)
-    if device == "cuda":
-        model.to("cuda")
     optimizer = make_opt(model.parameters(), lr, args.weight_decay)
     history = {"train_loss": [], "train_acc": [], "test_acc": []}
     first = 1

@@ -216,13 +216,13 @@ class Optimizer:
     def _group_flats(self, index: int) -> list:
         """The flat buffers of param group ``index``, rebuilt when a parameter no longer
         is its view or the group's parameter list changed."""
-        params = list({id(p): p for p in self.param_groups[index]["params"]}.values())
-        key = tuple(map(id, params))
+        key = tuple(map(id, self.param_groups[index]["params"]))  # cheap: checked every step
         while len(self._flat) <= index:
             self._flat.append(None)
         entry = self._flat[index]
         if entry is not None and entry[0] == key and all(f.valid() for f in entry[1]):
             return entry[1]
+        params = list({id(p): p for p in self.param_groups[index]["params"]}.values())
         parts: dict = {}
         for p in params:  # one buffer per (device, dtype), in the group's order
             parts.setdefault((p.device, p.data.dtype), []).append(p)

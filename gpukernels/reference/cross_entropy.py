@@ -12,7 +12,7 @@ distribution: q = (1 - eps) onehot + eps / C.
 
 from __future__ import annotations
 
-from ..backend import get_array_module
+from ..backend import get_array_module, to_numpy
 
 
 def softmax_forward(x, dim):
@@ -58,6 +58,11 @@ def cross_entropy_forward(logits, target, reduction, ignore_index, label_smoothi
     n, c = logits.shape
     dt = logits.dtype.type
     valid = target != ignore_index
+    bad = valid & ((target < 0) | (target >= c))
+    if bool(bad.any()):  # a negative index would silently pick another class
+        first = int(to_numpy(bad).nonzero()[0][0])
+        raise ValueError(f"cross_entropy: target[{first}] = {int(target[first])} is not a class "
+                         f"index in [0, {c}) nor ignore_index={ignore_index}")
     safe_target = xp.where(valid, target, 0)
     rows = xp.arange(n)
     # Five passes over (N, C): max, shift, exp, sum, scale. The exp'ed buffer becomes

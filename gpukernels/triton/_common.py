@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from .. import backend
-from ..backend import kernel_arg
+from ..backend import get_array_module, kernel_arg
 
 #: Element types the Triton launchers take. bfloat16 exists in neither NumPy nor CuPy, so
 #: bf16 arrays travel as uint16 bit patterns (what torch's ``.view(torch.int16)`` or
@@ -34,10 +34,15 @@ def arg(a):
 def kernel_view(a):
     """``a`` as memory a kernel may read with ``strides(a)``: NumPy arrays that are
     read-only (``broadcast_to`` views) or have negative strides, which ``kernel_arg``
-    refuses, are copied to C order here, BEFORE the launcher reads their strides."""
+    refuses, and arrays whose strides are negative or not whole elements, are copied to
+    C order here, BEFORE the launcher reads their strides. None stays None."""
+    if a is None:
+        return None
     if isinstance(a, np.ndarray) and (not a.flags.writeable or any(s < 0 for s in a.strides)):
         return np.array(a, order="C")  # always a fresh, writeable copy (ascontiguousarray
         # returns a read-only C-contiguous array, e.g. broadcast_to(g, g.shape), as is)
+    if any(s < 0 or s % a.itemsize for s in a.strides):  # CuPy: negative or odd strides
+        return get_array_module(a).ascontiguousarray(a)
     return a
 
 
@@ -77,7 +82,7 @@ def check_same_shape(op: str, **two) -> None:
 def from_float32(xp, a32, dtype):
     """float32 values stored as ``dtype`` (bf16 bit patterns: round to nearest even)."""
     if np.dtype(dtype) != np.uint16:
-        return a32.astype(dtype)
+        return a32.astype(dtype, copy=False)  # float32 stays as it is: no extra pass
     bits = xp.ascontiguousarray(a32, dtype=np.float32).view(np.uint32)
     return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
 

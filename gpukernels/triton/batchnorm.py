@@ -93,7 +93,7 @@ import triton.language as tl
 
 from .. import backend
 from ..backend import get_array_module, kernel_arg
-from ._common import FLOAT_DTYPES, Tuned, arg, check_float, dtype_name, needs_int64, strides, to_float32
+from ._common import FLOAT_DTYPES, Tuned, arg, check_float, dtype_name, kernel_view, needs_int64, strides, to_float32
 
 # ----------------------------------------------------------------------------- kernels
 
@@ -494,18 +494,6 @@ KERNELS = {
 # ----------------------------------------------------------------------------- launch helpers
 
 
-def _ready(xp, a):
-    """``a`` as the kernel will read it: NumPy arrays that ``kernel_arg`` would copy (read-
-    only, e.g. a stride-0 broadcast view, or negatively strided) and negatively strided
-    CuPy arrays become contiguous here, so the strides we pass are the memory's."""
-    if a is None:
-        return None
-    copy = any(s < 0 or s % a.itemsize for s in a.strides)
-    if isinstance(a, np.ndarray) and not a.flags.writeable:
-        copy = True
-    return xp.ascontiguousarray(a) if copy else a
-
-
 def _empty_like_layout(xp, a, dtype):
     """A dense array of ``a``'s shape with its dimension order (by decreasing stride)."""
     order = sorted(range(a.ndim), key=lambda d: -abs(a.strides[d]))
@@ -541,7 +529,7 @@ def _layout(xp, inputs, make_outputs):
     """Inputs made kernel-ready, outputs allocated (by ``make_outputs(first_input)``), and
     their joint (R_OUT, R_IN, strides); everything contiguous if the views will not
     collapse to two dimensions."""
-    inputs = [_ready(xp, a) for a in inputs]
+    inputs = [kernel_view(a) for a in inputs]
     if _collapse(inputs) is None:
         inputs = [xp.ascontiguousarray(a) for a in inputs]
     outputs = make_outputs(inputs[-1])
@@ -645,8 +633,8 @@ def batch_norm_forward(x, running_mean, running_var, weight, bias, training, mom
     c = x.shape[1]
     running_mean = _param(op, xp, "running_mean", running_mean, c, x, writable=True)
     running_var = _param(op, xp, "running_var", running_var, c, x, writable=True)
-    weight = _ready(xp, _param(op, xp, "weight", weight, c, x))
-    bias = _ready(xp, _param(op, xp, "bias", bias, c, x))
+    weight = kernel_view(_param(op, xp, "weight", weight, c, x))
+    bias = kernel_view(_param(op, xp, "bias", bias, c, x))
     if (running_mean is None) != (running_var is None):
         raise ValueError(f"{op}: give both running_mean and running_var, or neither")
     if not training and running_mean is None:
@@ -731,7 +719,7 @@ def batch_norm_backward(grad_y, x, mean, inv_std, weight, training, needs=(True,
     if grad_y.shape != x.shape:
         raise ValueError(f"{op}: grad_y has shape {grad_y.shape}, x has {x.shape}")
     c = x.shape[1]
-    weight = _ready(xp, _param(op, xp, "weight", weight, c, x))
+    weight = kernel_view(_param(op, xp, "weight", weight, c, x))
     for name, v in (("mean", mean), ("inv_std", inv_std)):
         if getattr(v, "shape", None) != (c,):
             raise ValueError(f"{op}: {name} must have shape ({c},), got {getattr(v, 'shape', None)}")

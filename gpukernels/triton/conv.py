@@ -467,9 +467,6 @@ def _dgrad_one(grad_y, y, weight, grad_x, stride, padding, dilation, activation,
     n, c, h, w, o, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = _geometry(grad_x, weight, stride, padding, dilation)
     # (KH, KW, O, C): B matrix of the transposed problem, contiguous along C
     wt = xp.ascontiguousarray(weight.transpose(2, 3, 0, 1))
-    if y is not None and strides(y) != strides(grad_y):
-        y = xp.ascontiguousarray(y)
-        grad_y = xp.ascontiguousarray(grad_y)
     int64 = needs_int64(grad_y, grad_x)
     for ih_first, h_ph, kh0, n_kh, step_h in _phases(h, kh, sh, ph, dh):
         for iw_first, w_ph, kw0, n_kw, step_w in _phases(w, kw, sw, pw, dw):
@@ -506,9 +503,6 @@ def _wgrad_one(grad_y, y, x, weight, need_bias, stride, padding, dilation, activ
     """Returns float32 (grad_weight (O, C, KH, KW), grad_bias (O,) or None)."""
     xp = get_array_module(grad_y)
     n, c, h, w, o, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = _geometry(x, weight, stride, padding, dilation)
-    if y is not None and strides(y) != strides(grad_y):
-        y = xp.ascontiguousarray(y)
-        grad_y = xp.ascontiguousarray(grad_y)
     kc, p = c * kh * kw, n * oh * ow
     packed = kc <= PACKED_MAX_K and c < 16
     splits = _split_k(o, kc, p)
@@ -555,12 +549,16 @@ def conv2d_backward(grad_y, x, weight, y, stride, padding, dilation, groups, act
     o, c = weight.shape[0], x.shape[1]
     cg, og = c // groups, o // groups
     grad_x = xp.empty(x.shape, dtype=x.dtype) if needs[0] else None
-    gw = xp.zeros(weight.shape, dtype=x.dtype) if needs[1] else None
-    gb = xp.zeros((o,), dtype=x.dtype) if needs[2] else None
     if grad_y.size == 0 or x.size == 0:
         if grad_x is not None:
             grad_x[...] = 0
-        return grad_x, gw, gb
+        return (grad_x, xp.zeros(weight.shape, dtype=x.dtype) if needs[1] else None,
+                xp.zeros((o,), dtype=x.dtype) if needs[2] else None)
+    gw = xp.empty(weight.shape, dtype=x.dtype) if needs[1] else None  # every group fills its rows
+    gb = xp.empty((o,), dtype=x.dtype) if needs[2] else None
+    if y is not None and strides(y) != strides(grad_y):
+        # the kernels read dy and y with one set of strides: lay both out the same, once
+        y, grad_y = xp.ascontiguousarray(y), xp.ascontiguousarray(grad_y)
     for g in range(groups):
         xs, cs = slice(g * og, (g + 1) * og), slice(g * cg, (g + 1) * cg)
         gy_g = grad_y[:, xs]

@@ -297,3 +297,13 @@ def test_functional_batch_norm_dispatches_to_triton_under_interpret():
     assert backend.last_dispatch["batchnorm"] == "gpukernels.reference.batchnorm"
     for name, a, e in zip(["y", "x.grad", "w.grad", "b.grad", "running_mean", "running_var"], ours, theirs):
         assert_close(a, e, atol=1e-4, rtol=1e-4, name=name)
+
+
+def test_a_read_only_contiguous_input_is_accepted(tri):
+    # np.broadcast_to(x, x.shape) is C-contiguous but read-only: kernel_view must copy it
+    from gpukernels.reference import batchnorm as ref
+
+    x = np.random.default_rng(5).standard_normal((4, 3, 5, 5)).astype(np.float32)
+    y, _, _ = tri.batch_norm_forward(np.broadcast_to(x, x.shape), None, None, None, None, True, 0.1, 1e-5)
+    y_ref, _, _ = ref.batch_norm_forward(x.astype(np.float64), None, None, None, None, True, 0.1, 1e-5)
+    assert_close(y, y_ref, atol=1e-5, rtol=1e-4, name="read-only input")
