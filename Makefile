@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-gpu train bench clean
+.PHONY: test test-gpu train bench readme-results clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ train: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
+
+# The README's results section, from the GPU folders under benchmarks/results/ (CPU ones skip).
+readme-results: $(STAMP)
+	$(PY) -m benchmarks.readme
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
