@@ -13,6 +13,7 @@ from .backend import cuda_available, get_backend, set_backend
 from .tensor import (
     Function,
     Tensor,
+    bfloat16,
     bool_,
     enable_grad,
     float16,
@@ -25,7 +26,8 @@ from .tensor import (
     tensor,
 )
 from .random import manual_seed
-from . import functional, nn, optim  # noqa: E402 - they import the names above
+from .amp import autocast, get_autocast_dtype
+from . import cuda_graph, functional, nn, optim  # noqa: E402 - they import the names above
 from .creation import arange, ones, randn, zeros, ones_like, zeros_like  # noqa: E402
 
 __version__ = "0.1.0"
@@ -33,6 +35,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Function", "Tensor", "tensor", "no_grad", "enable_grad", "is_grad_enabled",
     "set_backend", "get_backend", "cuda_available", "backend", "manual_seed",
-    "functional", "nn", "optim", "zeros", "ones", "randn", "arange", "zeros_like",
-    "ones_like", "float16", "float32", "float64", "int32", "int64", "bool_",
+    "functional", "nn", "optim", "cuda_graph", "zeros", "ones", "randn", "arange", "zeros_like",
+    "ones_like", "float16", "float32", "float64", "int32", "int64", "bool_", "bfloat16",
+    "autocast", "get_autocast_dtype",
 ]

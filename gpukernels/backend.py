@@ -28,9 +28,10 @@ environment variable; the default is ``cuda`` when CuPy sees a GPU, else ``numpy
 Kernel arguments: Triton accepts any object with ``data_ptr()`` and ``dtype``.
 ``kernel_arg`` turns a CuPy array into such an object (zero-copy) and a NumPy array
 into a CPU ``torch`` tensor sharing its memory (``torch.from_numpy``), which is what the
-interpreter reads and writes. Triton launches on PyTorch's current stream and CuPy
-works on its current stream; both default to the legacy null stream, which orders
-them. Do not switch either library to another stream around our ops.
+interpreter reads and writes. On ``cuda`` Triton kernels launch on CuPy's current
+stream, like CuPy's own kernels (``_launch_triton_on_cupy_streams``; by default Triton
+would ask torch), so a step enqueued inside ``with cupy.cuda.Stream():`` (a CUDA graph
+capture, ``gpukernels.cuda_graph``) stays on one stream.
 """
 
 from __future__ import annotations
@@ -308,6 +309,47 @@ def kernel_arg(array, dtype: str | None = None):
     return t.view(getattr(torch, dtype)) if dtype else t
 
 
+# ----------------------------------------------------------------------------- graph capture
+
+_capture = {"active": False, "checks": []}
+
+
+def capturing() -> bool:
+    """True while ``gpukernels.cuda_graph`` records a CUDA graph: code that would read a
+    device value on the host (a sync, illegal during capture) or bake a per-step host
+    value into a kernel argument must not run now (it raises, or defers its check)."""
+    return _capture["active"]
+
+
+def _set_capturing(active: bool) -> list:
+    """Start (True) or stop (False) a capture; returns the checks deferred during it."""
+    checks, _capture["checks"] = _capture["checks"], []
+    _capture["active"] = bool(active)
+    return checks
+
+
+def defer_check(check) -> None:
+    """During a capture: ``check()`` (which reads device values and raises on bad data)
+    runs after each replay of the graph instead of now."""
+    if not _capture["active"]:
+        raise RuntimeError("defer_check() outside a CUDA graph capture: run the check now")
+    _capture["checks"].append(check)
+
+
+def _launch_triton_on_cupy_streams() -> None:
+    """Make Triton launch on CuPy's current stream. With torch imported, Triton asks
+    torch for the current stream; our arrays live on CuPy's, and a CUDA graph records
+    only what goes to the capturing (CuPy) stream. Idempotent."""
+    from triton.runtime import driver  # noqa: PLC0415 - cuda backend only
+
+    active = driver.active
+    if getattr(active, "_gk_cupy_stream", False):
+        return
+    cupy = _cupy()
+    active.get_current_stream = lambda device=None: cupy.cuda.get_current_stream().ptr
+    active._gk_cupy_stream = True
+
+
 # ----------------------------------------------------------------------------- dispatch
 
 _REFERENCE, _TRITON = "gpukernels.reference", "gpukernels.triton"
@@ -340,6 +382,8 @@ def kernels(family: str, device: str = "cpu") -> ModuleType:
     key = (implementation(family, backend), family)
     module = _modules.get(key)
     if module is None:
+        if backend == "cuda" and key[0] == _TRITON:
+            _launch_triton_on_cupy_streams()
         module = _modules[key] = importlib.import_module(f"{key[0]}.{family}")
     last_dispatch[family] = module.__name__
     return module

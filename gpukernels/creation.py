@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from . import backend
 from .random import generator
-from .tensor import Tensor, _as_dtype, float32
+import numpy as np
+
+from .tensor import Tensor, _as_dtype, cast_array, float32
 
 
 def _shape(size):
@@ -22,7 +24,7 @@ def zeros(*size, dtype=float32, device=None, requires_grad=False) -> Tensor:
 
 
 def ones(*size, dtype=float32, device=None, requires_grad=False) -> Tensor:
-    return Tensor(_xp(device).ones(_shape(size), dtype=_as_dtype(dtype)), requires_grad)
+    return Tensor(cast_array(_xp(device).ones(_shape(size), np.float32), _as_dtype(dtype)), requires_grad)
 
 
 def zeros_like(t: Tensor, requires_grad=False) -> Tensor:
@@ -30,12 +32,13 @@ def zeros_like(t: Tensor, requires_grad=False) -> Tensor:
 
 
 def ones_like(t: Tensor, requires_grad=False) -> Tensor:
-    return Tensor(backend.get_array_module(t.data).ones_like(t.data), requires_grad)
+    ones = backend.get_array_module(t.data).ones(t.data.shape, np.float32)
+    return Tensor(cast_array(ones, t.dtype), requires_grad)
 
 
 def randn(*size, dtype=float32, device=None, requires_grad=False) -> Tensor:
     """Standard normal samples from the library generator (``gk.manual_seed``)."""
-    host = generator().standard_normal(_shape(size)).astype(_as_dtype(dtype))
+    host = cast_array(generator().standard_normal(_shape(size)), _as_dtype(dtype))
     return Tensor(_xp(device).asarray(host), requires_grad)
 
 
@@ -44,7 +47,7 @@ def arange(start, end=None, step=1, dtype=None, device=None) -> Tensor:
         start, end = 0, start
     data = _xp(device).arange(start, end, step)
     if dtype is not None:
-        data = data.astype(_as_dtype(dtype))
+        data = cast_array(data, _as_dtype(dtype))
     elif data.dtype.kind == "f":
         data = data.astype(float32)
     return Tensor(data)

@@ -13,7 +13,8 @@ import numbers
 import numpy as np
 
 from . import backend
-from .tensor import _FLOATS, Function, Tensor
+from .amp import full_precision, low_precision
+from .tensor import _FLOATS, Function, Tensor, bfloat16
 
 __all__ = [
     "conv2d", "linear", "relu", "add_relu", "leaky_relu", "sigmoid", "tanh", "heaviside",
@@ -25,7 +26,19 @@ __all__ = [
 
 
 def _kern(family, array):
-    return backend.kernels(family, backend.device_of(array))
+    module = backend.kernels(family, backend.device_of(array))
+    if array.dtype == bfloat16 and module.__name__.startswith("gpukernels.reference"):
+        raise TypeError(
+            f"{family}: bfloat16 needs the Triton kernels (the 'cuda' or 'interpret' backend); "
+            f"the NumPy reference has no bf16 arithmetic (backend {backend.get_backend()!r}); "
+            "use float16 or float32 there")
+    return module
+
+
+class _KernelFunction(Function):
+    """An op whose kernels (Triton: bf16 as uint16) handle every float dtype."""
+
+    bf16 = True
 
 
 def _tensor(x, name, ndim=None, floating=True):
@@ -74,7 +87,7 @@ def _check_slope(negative_slope):
 # ----------------------------------------------------------------------------- conv2d
 
 
-class Conv2dFunction(Function):
+class Conv2dFunction(_KernelFunction):
     def forward(self, x, weight, bias, stride, padding, dilation, groups, activation, negative_slope):
         self.args = (stride, padding, dilation, groups, activation, negative_slope)
         y = _kern("conv", x).conv2d_forward(x, weight, bias, *self.args)
@@ -107,6 +120,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
     _tensor(weight, "conv2d: weight", 4)
     if bias is not None:
         _tensor(bias, "conv2d: bias", 1)
+    x, weight, bias = low_precision(x, weight, bias)
     _same_dtype("conv2d", input=x, weight=weight, bias=bias)
     stride = _pair(stride, "stride", 1)
     padding = _pair(padding, "padding", 0)
@@ -139,7 +153,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
 # ----------------------------------------------------------------------------- linear
 
 
-class LinearFunction(Function):
+class LinearFunction(_KernelFunction):
     def forward(self, x, weight, bias):
         self.save_for_backward(x, weight)
         return _kern("linear", x).linear_forward(x, weight, bias)
@@ -166,6 +180,7 @@ def linear(x, weight, bias=None):
         )
     if bias is not None and (_tensor(bias, "linear: bias", 1).shape != (weight.shape[0],)):
         raise ValueError(f"linear: bias must have shape ({weight.shape[0]},), got {bias.shape}")
+    x, weight, bias = low_precision(x, weight, bias)
     _same_dtype("linear", input=x, weight=weight, bias=bias)
     return LinearFunction.apply(x, weight, bias)
 
@@ -173,7 +188,7 @@ def linear(x, weight, bias=None):
 # ----------------------------------------------------------------------------- activations
 
 
-class _Activation(Function):
+class _Activation(_KernelFunction):
     """Elementwise activation whose backward reads only the saved output."""
 
     name = ""
@@ -210,7 +225,7 @@ def relu(x):
     return ReLUFunction.apply(_tensor(x, "relu: input"))
 
 
-class AddReLUFunction(Function):
+class AddReLUFunction(_KernelFunction):
     """relu(a + b) in one kernel pass; both inputs get dL/dy * [y > 0]."""
 
     def forward(self, a, b):
@@ -262,7 +277,7 @@ def tanh(x):
     return TanhFunction.apply(_tensor(x, "tanh: input"))
 
 
-class HeavisideFunction(Function):
+class HeavisideFunction(_KernelFunction):
     def forward(self, x, values):
         return _kern("activation", x).heaviside_forward(x, values)
 
@@ -287,7 +302,7 @@ def heaviside(x, values=0.0):
 # ----------------------------------------------------------------------------- pooling
 
 
-class MaxPool2dFunction(Function):
+class MaxPool2dFunction(_KernelFunction):
     def forward(self, x, kernel, stride, padding, dilation):
         self.args = (kernel, stride, padding, dilation)
         y, argmax = _kern("pool", x).max_pool2d_forward(x, *self.args)
@@ -299,7 +314,7 @@ class MaxPool2dFunction(Function):
         return (_kern("pool", g).max_pool2d_backward(g, argmax, shape, *self.args),)
 
 
-class AvgPool2dFunction(Function):
+class AvgPool2dFunction(_KernelFunction):
     def forward(self, x, kernel, stride, padding, count_include_pad):
         self.args = (kernel, stride, padding, count_include_pad)
         self.shape = x.shape
@@ -344,7 +359,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, count_include_pad=True):
 # ----------------------------------------------------------------------------- batch norm
 
 
-class BatchNormFunction(Function):
+class BatchNormFunction(_KernelFunction):
     def forward(self, x, weight, bias, running_mean, running_var, training, momentum, eps):
         y, mean, inv_std = _kern("batchnorm", x).batch_norm_forward(
             x, running_mean, running_var, weight, bias, training, momentum, eps
@@ -400,7 +415,7 @@ def _dim(dim, ndim, name="dim"):
     return int(dim) % max(ndim, 1)
 
 
-class SoftmaxFunction(Function):
+class SoftmaxFunction(_KernelFunction):
     def forward(self, x, dim):
         self.dim = dim
         y = _kern("cross_entropy", x).softmax_forward(x, dim)
@@ -411,7 +426,7 @@ class SoftmaxFunction(Function):
         return _kern("cross_entropy", g).softmax_backward(g, self.saved[0], self.dim), None
 
 
-class LogSoftmaxFunction(Function):
+class LogSoftmaxFunction(_KernelFunction):
     def forward(self, x, dim):
         self.dim = dim
         y = _kern("cross_entropy", x).log_softmax_forward(x, dim)
@@ -425,16 +440,18 @@ class LogSoftmaxFunction(Function):
 def softmax(x, dim=-1):
     """y_i = exp(x_i - max x) / sum_j exp(x_j - max x) along ``dim``."""
     _tensor(x, "softmax: input")
+    (x,) = full_precision(x)
     return SoftmaxFunction.apply(x, _dim(dim, x.ndim))
 
 
 def log_softmax(x, dim=-1):
     """y_i = x_i - max x - log sum_j exp(x_j - max x) along ``dim``."""
     _tensor(x, "log_softmax: input")
+    (x,) = full_precision(x)
     return LogSoftmaxFunction.apply(x, _dim(dim, x.ndim))
 
 
-class CrossEntropyFunction(Function):
+class CrossEntropyFunction(_KernelFunction):
     def forward(self, logits, target, reduction, ignore_index, label_smoothing):
         self.reduction = reduction
         loss, grad_logits = _kern("cross_entropy", logits).cross_entropy_forward(
@@ -477,12 +494,13 @@ def cross_entropy(logits, target, reduction="mean", ignore_index=-100, label_smo
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
     if target.device != logits.device:
         raise RuntimeError(f"cross_entropy: input is on {logits.device}, target on {target.device}")
+    (logits,) = full_precision(logits)
     # out-of-range class indices are checked by the kernels themselves (ValueError naming
     # the first): one pass over the targets, and on a GPU one host sync, not two
     return CrossEntropyFunction.apply(logits, target.data, reduction, int(ignore_index), float(label_smoothing))
 
 
-class MSELossFunction(Function):
+class MSELossFunction(_KernelFunction):
     def forward(self, input, target, reduction):
         self.reduction = reduction
         loss, diff = _kern("loss", input).mse_loss_forward(input, target, reduction)
@@ -500,6 +518,7 @@ def mse_loss(input, target, reduction="mean"):
     _tensor(target, "mse_loss: target")
     if input.shape != target.shape:
         raise ValueError(f"mse_loss: input shape {input.shape} differs from target shape {target.shape}")
+    input, target = full_precision(input, target)
     _same_dtype("mse_loss", input=input, target=target)
     _check_reduction(reduction)
     return MSELossFunction.apply(input, target, reduction)
@@ -515,7 +534,7 @@ def flatten(x, start_dim=0, end_dim=-1):
     return x.flatten(start_dim, end_dim)
 
 
-class DropoutFunction(Function):
+class DropoutFunction(_KernelFunction):
     def forward(self, x, p):
         y, mask = _kern("dropout", x).dropout_forward(x, p)
         self.save_for_backward(mask)

@@ -69,7 +69,60 @@ class enable_grad(contextlib.ContextDecorator):
 float16, float32, float64 = np.dtype("float16"), np.dtype("float32"), np.dtype("float64")
 int32, int64, bool_ = np.dtype("int32"), np.dtype("int64"), np.dtype("bool")
 
-_FLOATS = (float16, float32, float64)
+#: bfloat16 (8-bit exponent, 7-bit mantissa). NumPy and CuPy have no such dtype, so a bf16
+#: tensor keeps its bit patterns in a ``uint16`` array (what ``torch.bfloat16.view(int16)``
+#: holds) and ``gk.bfloat16 is numpy.dtype("uint16")``; the library has no unsigned 16-bit
+#: integer tensors. Integer arithmetic on those bits would be silently wrong, so bf16
+#: tensors only go through the ops that know (``Function.bf16``): the fused kernels of
+#: ``gk.functional`` on the Triton backends, shape ops, casts and gradient sums.
+bfloat16 = np.dtype("uint16")
+
+_FLOATS = (float16, float32, float64, bfloat16)
+
+
+def from_float32(xp, a32, dtype):
+    """float32 values stored as ``dtype`` (bf16 bit patterns: round to nearest even;
+    NaN stays NaN)."""
+    if np.dtype(dtype) != bfloat16:
+        return a32.astype(dtype, copy=False)  # float32 stays as it is: no extra pass
+    bits = xp.ascontiguousarray(a32, dtype=np.float32).view(np.uint32)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    # the rounding carry could turn a NaN payload into inf or -0: keep NaNs quiet NaNs
+    # (a select, not a host-side any(): no device sync, and CUDA-graph safe)
+    return xp.where((bits & 0x7FFFFFFF) > 0x7F800000, np.uint16(0x7FC0), rounded).astype(np.uint16, copy=False)
+
+
+def to_float32(xp, a):
+    """The float32 values of ``a`` (bf16 bit patterns widened exactly)."""
+    if a.dtype != bfloat16:
+        return a.astype(np.float32)
+    return (xp.ascontiguousarray(a).astype(np.uint32) << 16).view(np.float32)
+
+
+def cast_array(a, dtype):
+    """``a`` as ``dtype``, bf16 (uint16 bits) included; ``a`` itself when it already is."""
+    dtype = np.dtype(dtype)
+    if a.dtype == dtype:
+        return a
+    xp = backend.get_array_module(a)
+    if dtype == bfloat16:
+        return from_float32(xp, a.astype(np.float32, copy=False), bfloat16)
+    if a.dtype == bfloat16:
+        return to_float32(xp, a).astype(dtype, copy=False)
+    return a.astype(dtype)
+
+
+def add_arrays(a, b):
+    """a + b for gradient sums: bf16 bit patterns are added as float32 and rounded once."""
+    if a.dtype == bfloat16 or b.dtype == bfloat16:
+        xp = backend.get_array_module(a, b)
+        return from_float32(xp, to_float32(xp, a) + to_float32(xp, b), bfloat16)
+    return a + b
+
+
+def dtype_name(dtype) -> str:
+    """``"bfloat16"`` for the bf16 storage dtype, NumPy's name otherwise."""
+    return "bfloat16" if np.dtype(dtype) == bfloat16 else np.dtype(dtype).name
 
 
 def _as_dtype(dtype):
@@ -86,7 +139,7 @@ def _to_array(data, dtype, device):
     xp = backend.xp_for_device(device)
     if hasattr(data, "dtype") and hasattr(data, "shape"):  # numpy / cupy array or scalar
         array = backend.to_device(data if hasattr(data, "ndim") else np.asarray(data), device)
-        return array.astype(dtype, copy=False) if dtype is not None else array
+        return cast_array(array, dtype) if dtype is not None else array
     host = np.asarray(data)
     if dtype is None:
         if host.dtype.kind == "f":
@@ -95,7 +148,7 @@ def _to_array(data, dtype, device):
             dtype = int64
         elif host.dtype.kind != "b":
             raise TypeError(f"tensor(): cannot make a tensor from {type(data).__name__} data")
-    return xp.asarray(host if dtype is None else host.astype(dtype))
+    return xp.asarray(host if dtype is None else cast_array(host, dtype))
 
 
 def tensor(data, requires_grad: bool = False, dtype=None, device=None) -> Tensor:
@@ -129,6 +182,9 @@ class Function:
     """
 
     needs_input_grad: tuple = ()
+    #: Whether forward/backward handle bfloat16 (uint16 bit patterns) correctly; an op
+    #: that would compute on the bits as integers refuses bf16 inputs instead.
+    bf16: bool = False
 
     def save_for_backward(self, *values):
         self.saved = values
@@ -138,6 +194,9 @@ class Function:
         fn = cls()
         tensors = [a for a in args if isinstance(a, Tensor)]
         _check_same_device(cls.__name__, tensors)
+        if not cls.bf16:
+            for t in tensors:
+                _refuse_bf16(t, cls.__name__)
         fn.needs_input_grad = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
         raw = [a.data if isinstance(a, Tensor) else a for a in args]
         out = fn.forward(*raw, **kwargs)
@@ -153,6 +212,14 @@ class Function:
 
     def backward(self, grad):  # pragma: no cover - interface
         raise NotImplementedError
+
+
+def _refuse_bf16(t, op):
+    if t.dtype == bfloat16:
+        raise TypeError(
+            f"{op}: got a bfloat16 tensor of shape {t.shape}; bf16 data is held as uint16 "
+            "bit patterns, which only the fused gk.functional ops (on the cuda/interpret "
+            "backends), shape ops and casts understand: call .float() first")
 
 
 def _check_same_device(op, tensors):
@@ -222,17 +289,21 @@ class Tensor:
     def __repr__(self):
         grad = ", requires_grad=True" if self.requires_grad else ""
         dev = ", device='cuda'" if self.device == "cuda" else ""
-        body = np.array2string(self.numpy(), separator=", ", prefix="tensor(")
-        return f"tensor({body}, dtype={self.dtype}{dev}{grad})"
+        values = to_float32(np, self.numpy()) if self.dtype == bfloat16 else self.numpy()
+        body = np.array2string(values, separator=", ", prefix="tensor(")
+        return f"tensor({body}, dtype={dtype_name(self.dtype)}{dev}{grad})"
 
     # -- conversion ----------------------------------------------------------------------
     def numpy(self) -> np.ndarray:
-        """The data as a host ``numpy.ndarray`` (shares memory on the CPU, as PyTorch)."""
+        """The data as a host ``numpy.ndarray`` (shares memory on the CPU, as PyTorch).
+        A bfloat16 tensor gives its uint16 bit patterns; ``.float().numpy()`` the values."""
         return backend.to_numpy(self.data)
 
     def item(self):
         if self.data.size != 1:
             raise ValueError(f"item(): the tensor has {self.data.size} elements, expected 1")
+        if self.dtype == bfloat16:
+            return float(to_float32(np, backend.to_numpy(self.data).reshape(1))[0])
         return self.data.reshape(()).item()
 
     def tolist(self):
@@ -251,6 +322,12 @@ class Tensor:
 
     def float(self) -> Tensor:
         return self.to(float32)
+
+    def half(self) -> Tensor:
+        return self.to(float16)
+
+    def bfloat16(self) -> Tensor:
+        return self.to(bfloat16)
 
     def double(self) -> Tensor:
         return self.to(float64)
@@ -279,7 +356,7 @@ class Tensor:
         self._retain_grad = True
 
     def zero_(self) -> Tensor:
-        self.data[...] = 0
+        self.data[...] = 0  # +0.0 is all-zero bits in every float dtype, bf16 included
         return self
 
     def backward(self, gradient=None, retain_graph: bool = False) -> None:
@@ -301,14 +378,14 @@ class Tensor:
                     f"backward(): grad can be implicitly created only for scalar outputs; "
                     f"this tensor has shape {self.shape}, pass a gradient of that shape"
                 )
-            grad = backend.get_array_module(self.data).ones_like(self.data)
+            grad = cast_array(backend.get_array_module(self.data).ones(self.data.shape, np.float32), self.dtype)
         else:
             grad = gradient.data if isinstance(gradient, Tensor) else gradient
             if tuple(grad.shape) != self.shape:
                 raise RuntimeError(
                     f"backward(): gradient has shape {tuple(grad.shape)}, expected {self.shape}"
                 )
-            grad = grad.astype(self.dtype, copy=False)
+            grad = cast_array(grad, self.dtype)
         _run_backward(self, grad, retain_graph)
 
     # -- arithmetic ----------------------------------------------------------------------
@@ -323,7 +400,10 @@ class Tensor:
                 dtype = float32  # int tensor with a Python float: float32, as in PyTorch
             else:
                 dtype = np.result_type(self.dtype, other)
-            return Tensor(xp.asarray(other, dtype=dtype))
+            # full, not asarray: a fill kernel with the value as its argument, no host ->
+            # device copy (which a CUDA graph would replay from a reused staging buffer)
+            return Tensor(cast_array(xp.full((), other, dtype=np.float32), dtype) if dtype == bfloat16
+                          else xp.full((), other, dtype=dtype))
         return Tensor(xp.asarray(other))
 
     def __add__(self, other):
@@ -371,6 +451,9 @@ class Tensor:
 
     # comparisons are not differentiable: they return bool tensors
     def _compare(self, other, op):
+        _refuse_bf16(self, "comparison")
+        if isinstance(other, Tensor):
+            _refuse_bf16(other, "comparison")
         other = other.data if isinstance(other, Tensor) else other
         return Tensor(op(self.data, other))
 
@@ -394,6 +477,7 @@ class Tensor:
         return Max.apply(self, dim=_axes(dim, self.ndim), keepdim=keepdim)
 
     def argmax(self, dim=None, keepdim: bool = False) -> Tensor:
+        _refuse_bf16(self, "argmax")
         out = self.data.argmax(axis=dim)
         if keepdim and dim is not None:
             out = backend.get_array_module(out).expand_dims(out, dim)
@@ -535,7 +619,7 @@ def _run_backward(root: Tensor, grad, retain_graph: bool) -> None:
                     f"{tuple(pg.shape)} for an input of shape {parent.shape}"
                 )
             key = id(parent)
-            grads[key] = pg if key not in grads else grads[key] + pg
+            grads[key] = pg if key not in grads else add_arrays(grads[key], pg)
 
 
 def _accumulate(tensor: Tensor, g, handed_out: set) -> None:
@@ -550,10 +634,13 @@ def _accumulate(tensor: Tensor, g, handed_out: set) -> None:
     gradient in one contiguous array (one copy, the bytes a gather at step time would
     move). ``zero_grad(set_to_none=True)`` drops ``.grad``; the next backward writes the
     slice again."""
-    g = g.astype(tensor.dtype, copy=False)
+    g = cast_array(g, tensor.dtype)
     view = getattr(tensor, "_grad_view", None)
     if tensor.grad is not None:
-        tensor.grad.data += g
+        if g.dtype == bfloat16:
+            tensor.grad.data[...] = add_arrays(tensor.grad.data, g)
+        else:
+            tensor.grad.data += g
     elif (view is not None and view.shape == g.shape and view.dtype == g.dtype
           and backend.device_of(view) == backend.device_of(g)):
         view[...] = g
@@ -740,6 +827,8 @@ class Max(Function):
 
 
 class Reshape(Function):
+    bf16 = True
+
     def forward(self, a, shape):
         self.shape = a.shape
         try:
@@ -752,6 +841,8 @@ class Reshape(Function):
 
 
 class Permute(Function):
+    bf16 = True
+
     def forward(self, a, dims):
         self.inverse = tuple(np.argsort(dims))
         return a.transpose(dims)
@@ -778,6 +869,8 @@ class GetItem(Function):
 
 
 class _Clone(Function):
+    bf16 = True
+
     def forward(self, a):
         return a.copy()
 
@@ -786,15 +879,19 @@ class _Clone(Function):
 
 
 class _Cast(Function):
+    bf16 = True
+
     def forward(self, a, dtype):
         self.dtype = a.dtype
-        return a.astype(dtype)
+        return cast_array(a, dtype)
 
     def backward(self, g):
-        return (g.astype(self.dtype),)
+        return (cast_array(g, self.dtype),)
 
 
 class _ToDevice(Function):
+    bf16 = True
+
     def forward(self, a, device):
         self.device = backend.device_of(a)
         return backend.to_device(a, device)

@@ -44,6 +44,7 @@ class TrainError(Exception):
 
 def _make_model(name: str, in_shape: tuple, num_classes: int):
     from models.cnn import cnn_for  # noqa: PLC0415 - models import gk.nn; keep --help fast
+    from models.fast_cifar import fast_cifar  # noqa: PLC0415
     from models.mlp import mlp  # noqa: PLC0415
     from models.resnet import resnet8, resnet20  # noqa: PLC0415
 
@@ -52,6 +53,7 @@ def _make_model(name: str, in_shape: tuple, num_classes: int):
         "cnn": lambda: cnn_for(in_shape, num_classes),
         "resnet8": lambda: resnet8(num_classes=num_classes, in_channels=in_shape[0]),
         "resnet20": lambda: resnet20(num_classes=num_classes, in_channels=in_shape[0]),
+        "fastcifar": lambda: fast_cifar(num_classes=num_classes, in_channels=in_shape[0]),
     }
     try:
         return factories[name]()
@@ -59,18 +61,41 @@ def _make_model(name: str, in_shape: tuple, num_classes: int):
         raise TrainError(f"--model {name} does not fit {in_shape} images: {exc}") from exc
 
 
-MODELS = ("mlp", "cnn", "resnet8", "resnet20")
+MODELS = ("mlp", "cnn", "resnet8", "resnet20", "fastcifar")
 
-# name -> (factory(params, lr, weight_decay), default learning rate)
+# name -> (factory(params, lr, weight_decay, capturable), default learning rate);
+# capturable: step counts on the device, so --cuda-graph can record optimizer.step()
 OPTIMIZERS = {
-    "sgd": (lambda p, lr, wd: gk.optim.SGD(p, lr=lr, weight_decay=wd), 0.1),
-    "momentum": (lambda p, lr, wd: gk.optim.SGD(p, lr=lr, momentum=0.9, weight_decay=wd), 0.05),
-    "adagrad": (lambda p, lr, wd: gk.optim.Adagrad(p, lr=lr, weight_decay=wd), 0.01),
-    "rmsprop": (lambda p, lr, wd: gk.optim.RMSprop(p, lr=lr, weight_decay=wd), 1e-3),
-    "adam": (lambda p, lr, wd: gk.optim.Adam(p, lr=lr, weight_decay=wd), 3e-3),
-    "adamw": (lambda p, lr, wd: gk.optim.AdamW(p, lr=lr, weight_decay=wd), 3e-3),
+    "sgd": (lambda p, lr, wd, c: gk.optim.SGD(p, lr=lr, weight_decay=wd, capturable=c), 0.1),
+    "momentum": (lambda p, lr, wd, c: gk.optim.SGD(p, lr=lr, momentum=0.9, weight_decay=wd,
+                                                   capturable=c), 0.05),
+    "adagrad": (lambda p, lr, wd, c: gk.optim.Adagrad(p, lr=lr, weight_decay=wd, capturable=c), 0.01),
+    "rmsprop": (lambda p, lr, wd, c: gk.optim.RMSprop(p, lr=lr, weight_decay=wd, capturable=c), 1e-3),
+    "adam": (lambda p, lr, wd, c: gk.optim.Adam(p, lr=lr, weight_decay=wd, capturable=c), 3e-3),
+    "adamw": (lambda p, lr, wd, c: gk.optim.AdamW(p, lr=lr, weight_decay=wd, capturable=c), 3e-3),
 }
 DEVICES = ("auto", "cpu", "cuda", "interpret")
+
+# --precision -> (autocast dtype or None, TF32 convolutions on a GPU)
+PRECISIONS = {
+    "fp32": (None, False),
+    "tf32": (None, True),
+    "bf16": (gk.bfloat16, True),
+    "fp16": (gk.float16, True),
+}
+
+
+def _select_precision(precision: str | None, device: str):
+    """Apply ``--precision`` (TF32 switch); returns (name, autocast dtype or None)."""
+    if precision is None:
+        precision = "tf32" if device == "cuda" else "fp32"
+    dtype, tf32 = PRECISIONS[precision]
+    if precision == "bf16" and device != "cuda":
+        raise TrainError(f"--precision bf16 needs --device cuda (got {device}): NumPy has no "
+                         "bfloat16 and the Triton interpreter no bf16 matrix products; "
+                         "--precision fp16 tries reduced precision on a CPU")
+    backend.set_allow_tf32(tf32)
+    return precision, dtype
 
 
 def _select_device(device: str) -> str:
@@ -114,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--no-augment", action="store_true", help="no random crop/flip on CIFAR-10")
     p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--precision", choices=tuple(PRECISIONS),
+                   help="fp32: float32 everywhere; tf32 (default on cuda): float32 storage, TF32 "
+                        "tensor-core convolutions; bf16: bfloat16 activations and gradients, float32 "
+                        "accumulation and master weights (cuda only); fp16: the same in float16, "
+                        "no loss scaling (for trying reduced precision on a CPU)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="record the whole training step (forward, backward, optimizer) as a CUDA "
+                        "graph after 3 eager steps and replay it (--device cuda; drops the last "
+                        "partial batch of each epoch)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", metavar="PATH", help="write a checkpoint here after every epoch")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint PATH")
@@ -138,6 +172,8 @@ def _check_args(p, args):
     for flag, value in (("--train-size", args.train_size), ("--test-size", args.test_size)):
         if value is not None and value < 1:
             p.error(f"{flag} must be >= 1, got {value}")
+    if args.cuda_graph and args.device not in ("cuda", "auto"):
+        p.error(f"--cuda-graph needs --device cuda (CUDA graphs), got --device {args.device}")
     if args.resume and not args.checkpoint:
         p.error("--resume needs --checkpoint PATH (the checkpoint to continue from)")
     for flag, path in (("--checkpoint", args.checkpoint), ("--plot", args.plot)):
@@ -218,16 +254,42 @@ def load_checkpoint(path, args) -> dict:
 # ----------------------------------------------------------------------------- training
 
 
-def evaluate(model, loader) -> float:
-    """Accuracy of ``model`` (in eval mode, no autograd) over ``loader``."""
+def _hits(logits, y):
+    """How many rows of ``logits`` have their largest value at ``y`` (a device scalar:
+    no host sync). Low-precision logits are widened first (bf16 bits do not compare)."""
+    scores = logits.detach()
+    if scores.dtype != gk.float32:
+        scores = scores.float()
+    return (scores.data.argmax(1) == y.data).sum()
+
+
+def evaluate(model, loader, precision=None) -> float:
+    """Accuracy of ``model`` (in eval mode, no autograd) over ``loader``; ``precision``:
+    the autocast dtype of the forward (None: float32)."""
     model.eval()
     correct = total = 0
-    with gk.no_grad():
+    with gk.no_grad(), gk.autocast(precision or gk.bfloat16, enabled=precision is not None):
         for x, y in loader:
-            correct = correct + (model(x).data.argmax(1) == y.data).sum()
+            correct = correct + _hits(model(x), y)
             total += len(y)
     model.train()
     return int(correct) / total
+
+
+def make_train_step(model, optimizer, precision=None):
+    """One training step ``step(x, y) -> (loss, logits)``: zero_grad, forward and loss
+    (under autocast when ``precision`` is a dtype), backward, optimizer update."""
+
+    def step(x, y):
+        optimizer.zero_grad()
+        with gk.autocast(precision or gk.bfloat16, enabled=precision is not None):
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+        loss.backward()
+        optimizer.step()
+        return loss, logits
+
+    return step
 
 
 def _progress(loader, epoch, epochs, enabled):
@@ -247,21 +309,23 @@ def _progress(loader, epoch, epochs, enabled):
 DIVERGENCE_FACTOR = 1e3
 
 
-def train_epoch(model, optimizer, loader, epoch, epochs, limit=float("inf"), progress=True,
+def train_epoch(train_step, loader, epoch, epochs, limit=float("inf"), progress=True,
                 log_every=0):
-    """One pass over ``loader``. Returns (mean loss, accuracy, images, seconds in steps).
+    """One pass over ``loader`` with ``train_step(x, y) -> (loss, logits)`` (from
+    ``make_train_step``, or a ``GraphedStep`` of it). Returns (mean loss, accuracy,
+    images, seconds in steps).
 
     Raises TrainError at the first loss that is NaN, infinite or above ``limit``,
-    naming the epoch and step. ``log_every`` > 0 prints the loss of every that many steps.
+    naming the epoch and step (the checkpoint on disk is the last epoch's, untouched).
+    ``log_every`` > 0 prints the loss of every that many steps.
     """
     losses, correct, seen, busy = [], 0, 0, 0.0
     bar = _progress(loader, epoch, epochs, progress)
     for step, (x, y) in enumerate(bar, start=1):
         start = time.perf_counter()
-        optimizer.zero_grad()
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
-        value = loss.item()
+        loss, logits = train_step(x, y)
+        value = loss.item()  # the step's one host sync
+        busy += time.perf_counter() - start
         if not np.isfinite(value):
             raise TrainError(f"the loss became {value} at epoch {epoch}, step {step} "
                              "(try a lower --lr); training stopped")
@@ -269,14 +333,11 @@ def train_epoch(model, optimizer, loader, epoch, epochs, limit=float("inf"), pro
             raise TrainError(f"the loss reached {value:.4g} at epoch {epoch}, step {step}, over "
                              f"{limit:.4g} ({DIVERGENCE_FACTOR:g}x its start): the run diverged "
                              "(try a lower --lr); training stopped")
-        loss.backward()
-        optimizer.step()
-        busy += time.perf_counter() - start
         losses.append(value)
         if log_every and step % log_every == 0:
             line = f"epoch {epoch} step {step} loss {value:.6f}"
             bar.write(line) if bar is not loader else print(line, flush=True)
-        correct = correct + (logits.data.argmax(1) == y.data).sum()  # on the device: read once an epoch
+        correct = correct + _hits(logits, y)  # on the device: read once an epoch
         seen += len(y)
         if bar is not loader:
             bar.set_postfix(loss=f"{value:.4f}", img_s=f"{seen / busy:.0f}", refresh=False)
@@ -314,6 +375,9 @@ def save_plot(path: str, history: dict) -> None:
 def run(args) -> dict:
     """The whole run for parsed ``args``; returns the summary printed as JSON."""
     device = _select_device(args.device)
+    if args.cuda_graph and device != "cuda":
+        raise TrainError(f"--cuda-graph needs --device cuda (CUDA graphs); this run is on {device}")
+    precision, autocast_dtype = _select_precision(args.precision, device)
     make_opt, default_lr = OPTIMIZERS[args.optimizer]
     lr = args.lr if args.lr is not None else default_lr
     if args.plot:
@@ -330,12 +394,17 @@ def run(args) -> dict:
         x_test, y_test = x_test[: args.test_size], y_test[: args.test_size]
     num_classes = int(max(y_train.max(), y_test.max())) + 1
     augment = random_crop_flip(4) if args.dataset == "cifar10" and not args.no_augment else None
-    train = DataLoader(x_train, y_train, args.batch_size, shuffle=True, seed=args.seed, augment=augment)
+    # a CUDA graph is recorded for one batch shape: no partial last batch
+    train = DataLoader(x_train, y_train, args.batch_size, shuffle=True, seed=args.seed, augment=augment,
+                       drop_last=args.cuda_graph)
+    if args.cuda_graph and len(x_train) < args.batch_size:
+        raise TrainError(f"--cuda-graph drops partial batches: {len(x_train)} training images make "
+                         f"no full batch of {args.batch_size}")
     test = DataLoader(x_test, y_test, 256)
 
     gk.manual_seed(args.seed)
     model = _make_model(args.model, tuple(x_train.shape[1:]), num_classes)
-    optimizer = make_opt(model.parameters(), lr, args.weight_decay)
+    optimizer = make_opt(model.parameters(), lr, args.weight_decay, args.cuda_graph)
     history = {"train_loss": [], "train_acc": [], "test_acc": []}
     first = 1
     if args.resume:
@@ -360,21 +429,27 @@ def run(args) -> dict:
 
     print(f"{args.model} on {args.dataset} ({len(x_train)} train / {len(x_test)} test images "
           f"{tuple(x_train.shape[1:])}), {model.num_parameters():,} parameters, "
-          f"{args.optimizer} lr {lr:g}, device {device}", flush=True)
+          f"{args.optimizer} lr {lr:g}, device {device}, precision {precision}"
+          f"{', CUDA graph' if args.cuda_graph else ''}", flush=True)
+    train_step = make_train_step(model, optimizer, autocast_dtype)
+    if args.cuda_graph:
+        from gpukernels.cuda_graph import GraphedStep  # noqa: PLC0415
+
+        train_step = GraphedStep(train_step, warmup=3)
     start = time.perf_counter()
     images = busy = 0.0
     for epoch in range(first, args.epochs + 1):
         limit = DIVERGENCE_FACTOR * max(history["train_loss"][:1] + [np.log(num_classes)])
         try:
             with np.errstate(all="ignore"):  # overflow is caught as a non-finite loss instead
-                loss, acc, seen, seconds = train_epoch(model, optimizer, train, epoch, args.epochs,
+                loss, acc, seen, seconds = train_epoch(train_step, train, epoch, args.epochs,
                                                        limit, not args.no_progress, args.log_every)
         except TrainError as exc:
             kept = (f"; the last good checkpoint ({args.checkpoint}, epoch {epoch - 1}) is kept"
                     if args.checkpoint and (epoch > 1) else "")
             raise TrainError(f"{exc}{kept}") from None
         images, busy = images + seen, busy + seconds
-        test_acc = evaluate(model, test)
+        test_acc = evaluate(model, test, autocast_dtype)
         for key, value in zip(history, (loss, acc, test_acc)):
             history[key].append(value)
         print(f"epoch {epoch:3d}/{args.epochs}  loss {loss:.4f}  train acc {acc:.4f}  "
@@ -392,6 +467,7 @@ def run(args) -> dict:
         "train_loss": round(history["train_loss"][-1], 4), "seconds": round(seconds, 2),
         "images_per_second": round(images / busy, 1) if busy else None,
         "optimizer": args.optimizer, "lr": lr, "batch_size": args.batch_size, "seed": args.seed,
+        "precision": precision, "cuda_graph": args.cuda_graph,
         "parameters": model.num_parameters(),
     }
 

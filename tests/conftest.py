@@ -1,5 +1,5 @@
 """Every test starts from the same library state, whatever order xdist runs them in:
-the NumPy backend and the library generator seeded with 0.
+the NumPy backend, the library generator seeded with 0, TF32 allowed.
 
 Triton kernels run on Triton's interpreter in a test session (tests/triton/), unless
 GPUKERNELS_TEST_GPU=1 asks for the compiled kernels of the `gpu`-marked tests (a
@@ -20,6 +20,7 @@ def _fresh_library_state():
     previous = gk.get_backend()
     gk.set_backend("numpy")
     gk.manual_seed(0)
+    gk.backend.set_allow_tf32(True)  # the default; models.train --precision changes it
     yield
     if previous != "numpy":
         gk.set_backend(previous)

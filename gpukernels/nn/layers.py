@@ -6,7 +6,7 @@ import math
 
 from .. import functional as F
 from .. import backend
-from ..tensor import Tensor, _as_dtype, float32
+from ..tensor import Tensor, _as_dtype, bfloat16, float32
 from . import init
 from .module import Module
 from .parameter import Parameter
@@ -181,8 +181,9 @@ class AdaptiveAvgPool2d(Module):
         h, w = x.shape[2:]
         oh = h if self._size[0] is None else self._size[0]
         ow = w if self._size[1] is None else self._size[1]
-        if (oh, ow) == (1, 1):
-            # global average pool: one reduction, no window bookkeeping
+        if (oh, ow) == (1, 1) and x.dtype != bfloat16:
+            # global average pool: one reduction, no window bookkeeping (bf16 bit
+            # patterns cannot be averaged as integers: they take the pooling kernel)
             return x.mean(dim=(2, 3), keepdim=True)
         if (oh, ow) == (h, w):
             return x  # one window per pixel: the input itself

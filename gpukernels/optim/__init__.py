@@ -5,7 +5,9 @@ per (device, dtype) (``flat.py``); ``step()`` makes one call of the backend's up
 function (``backend.kernels("optim", device)``: ``gpukernels.reference.optim`` on
 NumPy, ``gpukernels.triton.optim`` on the Triton backends, one kernel launch) per
 buffer, updating it in place. ``max_grad_norm=`` fuses global-norm gradient clipping
-into the step.
+into the step. ``capturable=True`` (Adam, AdamW, Adagrad; accepted by SGD and RMSprop,
+where it changes nothing) keeps the step counts on the device so that ``step()`` can
+be recorded in a CUDA graph (``gpukernels.cuda_graph``); see ``optimizer.py``.
 """
 
 from .adagrad import Adagrad

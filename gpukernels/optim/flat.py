@@ -10,7 +10,11 @@ For each (param group, device, dtype) an optimizer keeps one ``FlatParams``:
   a fresh array (``gpukernels.tensor._accumulate``), so ``param.grad.data`` is a view too;
 - ``state[name]``: one array per optimizer state (``exp_avg``, ``momentum_buffer``, ...)
   of the same layout; ``optimizer.state[param][name]`` holds the parameter's view, so
-  ``state_dict()`` keeps PyTorch's per-parameter layout.
+  ``state_dict()`` keeps PyTorch's per-parameter layout;
+- ``steps`` (optimizers with ``capturable=True``): one float32 step count per parameter
+  on the buffer's device (PyTorch's capturable ``state["step"]`` tensors);
+  ``optimizer.state[param]["step"]`` holds the parameter's 0-d view, and the update
+  advances the counts on the device.
 
 An update is then one call over whole arrays: one kernel launch on the Triton backends,
 whatever the number of parameter tensors (``gpukernels.triton.optim``).
@@ -47,6 +51,9 @@ from ..tensor import Tensor
 
 #: Every parameter's view starts at a multiple of this many bytes of the buffer.
 ALIGN_BYTES = 128
+#: dtype of the device step counts of capturable optimizers (PyTorch's: float32, exact
+#: to 2**24 steps).
+STEP_DTYPE = np.float32
 
 
 def _dead():
@@ -63,7 +70,8 @@ class FlatParams:
 
     Attributes:
         params, device, dtype, offsets, sizes, numel (padded length of every buffer),
-        data, grad, views, grad_views, state (name -> buffer), state_views (name -> views).
+        data, grad, views, grad_views, state (name -> buffer), state_views (name -> views),
+        steps (float32 counts, one per parameter, or None), step_views (their 0-d views).
     """
 
     def __init__(self, params, owner=None):
@@ -82,6 +90,8 @@ class FlatParams:
         self._init: dict = {}
         self.state: dict = {}
         self.state_views: dict = {}
+        self.steps = None
+        self.step_views: list = []
         xp = backend.xp_for_device(self.device)
         self.data = xp.zeros(n, dtype=self.dtype)
         self.grad = xp.zeros(n, dtype=self.dtype)
@@ -153,6 +163,44 @@ class FlatParams:
             view.fill(self._init[name])
         return view
 
+    def ensure_steps(self) -> bool:
+        """Allocate the step counts (zeros, float32, on the device) unless they exist;
+        True when allocated now."""
+        if self.steps is not None:
+            return False
+        self.steps = backend.xp_for_device(self.device).zeros(len(self.params), dtype=STEP_DTYPE)
+        self.step_views = self._step_views(self.steps)
+        return True
+
+    @staticmethod
+    def _step_views(steps):
+        return [steps[i:i + 1].reshape(()) for i in range(steps.size)]
+
+    def adopt_steps(self, states) -> list:
+        """Copy step counts that are not views of ``steps`` (host numbers loaded by
+        ``load_state_dict``, arrays left in an old buffer or assigned by a user) into
+        their slots, and make ``states[param]["step"]`` the view. Arrays are copied on
+        the device (never read on the host). Returns ``(index, value)`` of the host
+        numbers copied."""
+        self.ensure_steps()
+        numbers = []
+        for i, (p, view) in enumerate(zip(self.params, self.step_views)):
+            entry = states.get(p)
+            value = entry.get("step") if entry else None
+            if value is None or value is view:
+                continue
+            if isinstance(value, Tensor):
+                value = value.data
+            if hasattr(value, "shape"):
+                if value.size != 1:
+                    raise ValueError(f"optimizer state 'step' must hold one count, got shape {tuple(value.shape)}")
+                self._copy(view, value.reshape(()))
+            else:
+                view[...] = value
+                numbers.append((i, value))
+            entry["step"] = view
+        return numbers
+
     def adopt(self, states, names) -> None:
         """Copy state arrays that are not views of this buffer (loaded by
         ``load_state_dict``, assigned by a user, left in an old buffer) into their slots,
@@ -204,6 +252,10 @@ class FlatParams:
         self.views, self.grad_views = self._views(self.data), self._views(self.grad)
         self.state = {name: convert(buf) for name, buf in self.state.items()}
         self.state_views = {name: self._views(buf) for name, buf in self.state.items()}
+        old_step_views = self.step_views
+        if self.steps is not None:  # counts stay float32, follow the device
+            self.steps = backend.to_device(self.steps, new_device)
+            self.step_views = self._step_views(self.steps)
         for i, p in enumerate(self.params):
             grad = p.grad
             p.data, p._grad_view = self.views[i], self.grad_views[i]
@@ -216,4 +268,6 @@ class FlatParams:
             for name, views in old_state_views.items():
                 if entry and entry.get(name) is views[i]:
                     entry[name] = self.state_views[name][i]
+            if entry and old_step_views and entry.get("step") is old_step_views[i]:
+                entry["step"] = self.step_views[i]
         return True

@@ -33,11 +33,29 @@ State arrays live on the device of their parameter, as raw arrays (``numpy.ndarr
 or ``cupy.ndarray``) that are views of the state buffers; ``state_dict()`` copies them
 to host NumPy arrays, so a checkpoint pickles, and ``load_state_dict`` copies them back
 into the buffers.
+
+CUDA graphs (``capturable=True``, PyTorch's option; ``gpukernels.cuda_graph`` records
+``step()`` once and replays it): a graph bakes every kernel argument, so nothing that
+changes from step to step may reach a kernel as a host value. Adam / AdamW / Adagrad
+with ``capturable=True`` keep each parameter's step count on the device
+(``state[p]["step"]``: a 0-d float32 view of the flat buffer's ``steps``) and the
+update call advances it there and derives the bias corrections / decayed rate from it
+(``gpukernels.triton.optim``: a one-program kernel before the update); ``step()`` then
+reads no device value on the host. Parameters are grouped into one call per *cohort*
+(parameters whose counts are equal because they were created, or loaded, with equal
+counts and stepped together ever since), tracked on the host without reading the
+counts. While ``backend.capturing()``, ``step()`` refuses what a replay would get
+wrong: a non-capturable optimizer whose update depends on the step, state created now
+(a replay would create it again: run an eager step first), a buffer rebuilt now,
+clipping over several devices (its norm is combined on the host). Hyper-parameters
+(``lr``, betas, ...) are Python floats, so a graph keeps the values it was captured
+with, as in PyTorch.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import numbers
 import warnings
@@ -48,6 +66,12 @@ import numpy as np
 from .. import backend
 from ..tensor import Tensor, enable_grad, no_grad
 from .flat import FlatParams
+
+#: Words for the state whose creation a graph capture refuses (in its message).
+_STATE_WORDS = {"momentum_buffer": "momentum buffers", "exp_avg": "first moments (exp_avg)",
+                "exp_avg_sq": "second moments (exp_avg_sq)", "max_exp_avg_sq": "AMSGrad maxima (max_exp_avg_sq)",
+                "square_avg": "square averages (square_avg)", "grad_avg": "gradient averages (grad_avg)",
+                "sum": "accumulators (sum)", "step": "step counts"}
 
 
 class _RequiredParameter:
@@ -101,7 +125,11 @@ class Optimizer:
     hyper-parameters), ``_state_specs(group)`` (the state buffers and their initial
     values), ``_prepare(param, state, group, flat, index, fresh)`` (create a parameter's
     state, advance its step; returns the key of the launch it joins) and
-    ``_launch(kernels, flat, group, key, segments, grad_scale)`` (one update call).
+    ``_launch(kernels, flat, group, key, segments, grad_scale, indices)`` (one update
+    call); for CUDA graphs, ``_step_dependent(group)`` / ``_capture_reason`` (what a
+    replay of a non-capturable update would get wrong) and ``_device_steps(group)``
+    (the step counts live on the device: ``capturable=True`` of an optimizer whose
+    update depends on the step).
     """
 
     def __init__(self, params, defaults: dict, *, max_grad_norm=None):
@@ -113,6 +141,11 @@ class Optimizer:
                 raise ValueError("Invalid max_grad_norm: max_grad_norm=0 (must be > 0, or None)")
         self.max_grad_norm = max_grad_norm
         self.last_grad_norm = None
+        # capturable: each parameter's cohort token (equal tokens: equal device step
+        # counts), the step() calls so far, fresh tokens
+        self._cohorts: dict = {}
+        self._calls = 0
+        self._tokens = itertools.count()
         # per param group: (ids of its parameters, [FlatParams, one per device and dtype])
         self._flat: list = []
         if isinstance(params, Tensor):
@@ -146,9 +179,57 @@ class Optimizer:
         parameters with equal keys are updated by one call)."""
         raise NotImplementedError
 
-    def _launch(self, kernels, flat: FlatParams, group: dict, key, segments, grad_scale) -> None:
-        """One update call of ``kernels`` over ``flat`` (only ``segments`` when given)."""
+    def _launch(self, kernels, flat: FlatParams, group: dict, key, segments, grad_scale, indices) -> None:
+        """One update call of ``kernels`` over ``flat`` (only ``segments`` when given;
+        ``indices``: the parameters it updates)."""
         raise NotImplementedError
+
+    def _step_dependent(self, group: dict) -> bool:
+        """Whether ``group``'s update uses a scalar that changes with the step count (a
+        CUDA graph of a non-capturable step would replay step N's value forever)."""
+        return False
+
+    #: what a replay of a non-capturable, step-dependent update would freeze
+    _capture_reason = "its step-dependent scalars would stay those of step N"
+
+    def _device_steps(self, group: dict) -> bool:
+        """Whether ``group``'s step counts live on the device (``capturable=True`` of an
+        optimizer whose update uses the count)."""
+        return False
+
+    # -- step counts -----------------------------------------------------------------------
+    def _new_step(self, param, flat: FlatParams, index: int, group: dict):
+        """A new parameter's step count: ``0`` on the host, or (device steps) its slot of
+        ``flat.steps`` set to 0."""
+        if not self._device_steps(group):
+            return 0
+        flat.ensure_steps()
+        view = flat.step_views[index]
+        view.fill(0)
+        self._cohorts[id(param)] = ("init", 0, self._calls)
+        return view
+
+    def _advance_step(self, param, state: dict, group: dict):
+        """Host counts: ``step += 1``, returns the new count (the update's launch key:
+        one call per distinct count). Device counts: the update call advances them;
+        returns the parameter's cohort token (equal tokens, equal counts)."""
+        if self._device_steps(group):
+            token = self._cohorts.get(id(param))
+            if token is None:  # a count nothing tells us about: a launch of its own
+                token = self._cohorts[id(param)] = ("own", next(self._tokens))
+            return token
+        step = state["step"]
+        if _is_array(step) or isinstance(step, Tensor):  # was capturable (group changed)
+            state["step"] = step = _step_number(step)
+        state["step"] = step + 1
+        return state["step"]
+
+    def _adopt_steps(self, flat: FlatParams) -> None:
+        """Make every device count of ``flat`` a view of ``flat.steps`` (copying in
+        host numbers and foreign arrays); a host number ``v`` gives the cohort token
+        ("init", v, calls), shared by every parameter given ``v`` now."""
+        for i, value in flat.adopt_steps(self.state):
+            self._cohorts[id(flat.params[i])] = ("init", value, self._calls)
 
     # -- groups ----------------------------------------------------------------------------
     def add_param_group(self, param_group: dict) -> None:
@@ -222,6 +303,12 @@ class Optimizer:
         entry = self._flat[index]
         if entry is not None and entry[0] == key and all(f.valid() for f in entry[1]):
             return entry[1]
+        if entry is not None and backend.capturing():
+            raise RuntimeError(
+                f"{type(self).__name__}.step() cannot be captured in a CUDA graph while its flat "
+                "buffers must be rebuilt (a parameter's .data was rebound, or the group's parameters "
+                "changed): a replay would copy the old values again; run an eager step before capture"
+            )
         params = list({id(p): p for p in self.param_groups[index]["params"]}.values())
         parts: dict = {}
         for p in params:  # one buffer per (device, dtype), in the group's order
@@ -240,13 +327,15 @@ class Optimizer:
         names = []
         for p in flat.params:
             for name, value in self.state.get(p, {}).items():
-                if _is_array(value) and tuple(value.shape) == p.shape and name not in names:
+                if name != "step" and _is_array(value) and tuple(value.shape) == p.shape and name not in names:
                     names.append(name)
         flat.state.clear()
         flat.state_views.clear()
         for name in names:
             flat.ensure_state(name, specs.get(name, 0.0))
         flat.adopt(self.state, names)
+        if self._device_steps(group) and any("step" in self.state.get(p, {}) for p in flat.params):
+            self._adopt_steps(flat)
 
     def _gather_grads(self, flat: FlatParams) -> list:
         """Indices of ``flat``'s parameters that have a gradient, after copying into the
@@ -280,6 +369,11 @@ class Optimizer:
             grads, segments = per_device.setdefault(flat.device, ([], []))
             grads.append(flat.grad)
             segments.append(None if len(members) == len(flat.params) else flat.segments(members))
+        if len(per_device) > 1 and backend.capturing():
+            raise RuntimeError(
+                f"{type(self).__name__}.step() cannot be captured in a CUDA graph with max_grad_norm over "
+                f"gradients on several devices ({sorted(per_device)}): their norms are combined on the host"
+            )
         results = [backend.kernels("optim", device).clip_coefficient(grads, self.max_grad_norm, segments=segments)
                    for device, (grads, segments) in per_device.items()]
         if len(results) == 1:
@@ -290,10 +384,45 @@ class Optimizer:
         self.last_grad_norm = norm
         return 1.0 if coef > 1 else coef  # NaN stays NaN, as torch.clamp(max=1)
 
+    def _check_capture_state(self, group: dict, flat: FlatParams, members: list) -> None:
+        """While capturing: refuse to create state, or to copy state arrays (loaded,
+        assigned) into the buffers: a replay would create or copy them again."""
+        wanted = list(self._state_specs(group))
+        device_steps = self._device_steps(group)
+        missing: dict = {}
+        foreign = set()
+        for i in members:
+            state = self.state.get(flat.params[i], {})
+            for name in wanted + (["step"] if device_steps else []):
+                value = state.get(name)
+                if value is None:
+                    missing[name] = missing.get(name, 0) + 1
+                elif name == "step":
+                    if not flat.step_views or value is not flat.step_views[i]:
+                        foreign.add(name)
+                elif name not in flat.state_views or value is not flat.state_views[name][i]:
+                    foreign.add(name)
+        if missing:
+            what = ", ".join(_STATE_WORDS.get(name, name) for name in missing)
+            raise RuntimeError(
+                f"{type(self).__name__}.step() cannot be captured in a CUDA graph on the first step of "
+                f"{max(missing.values())} parameter(s): {what} not yet created (a replay would create them "
+                "again); run at least one eager step before capture"
+            )
+        if foreign:
+            raise RuntimeError(
+                f"{type(self).__name__}.step() cannot be captured in a CUDA graph now: state "
+                f"{sorted(foreign)} was assigned outside the optimizer's buffers and would be copied in "
+                "(a replay would copy it again); run at least one eager step before capture"
+            )
+
     def _step_flat(self, group: dict, flat: FlatParams, members: list, grad_scale) -> None:
         specs = self._state_specs(group)
+        device_steps = self._device_steps(group)
         fresh = {name: flat.ensure_state(name, init) for name, init in specs.items()}
         flat.adopt(self.state, list(specs))
+        if device_steps:
+            self._adopt_steps(flat)
         launches: dict = {}
         for i in members:
             p = flat.params[i]
@@ -302,7 +431,12 @@ class Optimizer:
         kernels = backend.kernels("optim", flat.device)
         whole = len(members) == len(flat.params) and len(launches) == 1
         for key, indices in launches.items():
-            self._launch(kernels, flat, group, key, None if whole else flat.segments(indices), grad_scale)
+            self._launch(kernels, flat, group, key, None if whole else flat.segments(indices), grad_scale,
+                         indices)
+            if device_steps:  # stepped together: still equal counts, whatever the replays
+                token = next(self._tokens)
+                for i in indices:
+                    self._cohorts[id(flat.params[i])] = token
 
     # -- updates ---------------------------------------------------------------------------
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -338,14 +472,27 @@ class Optimizer:
         buffer (see the module docstring), after one norm reduction with
         ``max_grad_norm``.
 
+        While a CUDA graph is being recorded (``backend.capturing()``) it raises
+        ``RuntimeError`` rather than record a step that replays wrongly: an optimizer
+        whose update depends on the step count but is not ``capturable``, or a step
+        that would create state (run at least one eager step before capture).
+
         Args:
             closure: optional callable that re-evaluates the model and returns the
                 loss; it runs with gradients enabled and its result is returned.
         """
+        if backend.capturing():  # before anything runs, as torch's capture health check
+            for group in self.param_groups:
+                if not group.get("capturable", False) and self._step_dependent(group):
+                    raise RuntimeError(
+                        f"{type(self).__name__}(capturable=False) cannot be captured in a CUDA graph: "
+                        f"{self._capture_reason}; construct it with capturable=True"
+                    )
         loss = None
         if closure is not None:
             with enable_grad():
                 loss = closure()
+        self._calls += 1
         with no_grad():
             work = []
             for index, group in enumerate(self.param_groups):
@@ -353,6 +500,9 @@ class Optimizer:
                     members = self._gather_grads(flat)
                     if members:
                         work.append((group, flat, members))
+            if backend.capturing():  # every refusal before the first launch
+                for group, flat, members in work:
+                    self._check_capture_state(group, flat, members)
             grad_scale = self._clip_scale(work) if self.max_grad_norm is not None and work else None
             for group, flat, members in work:
                 self._step_flat(group, flat, members, grad_scale)
@@ -369,7 +519,9 @@ class Optimizer:
 
         ``{"state": {index: {name: value}}, "param_groups": [{..., "params": [index]}]}``:
         parameters are numbered in the order of the groups; arrays are host NumPy
-        copies, step counts plain ints.
+        copies, step counts plain ints (also the device counts of a capturable
+        optimizer, read back here), so a checkpoint loads whatever the ``capturable``
+        of the optimizer that loads it.
         """
         index: dict[int, int] = {}
         groups = []
@@ -382,7 +534,8 @@ class Optimizer:
         state = {}
         for p, values in self.state.items():
             if id(p) in index:
-                state[index[id(p)]] = {k: _to_host(v) for k, v in values.items()}
+                state[index[id(p)]] = {k: _step_number(v) if k == "step" else _to_host(v)
+                                       for k, v in values.items()}
         return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -391,7 +544,10 @@ class Optimizer:
         The parameter groups must have the same number of parameters as when saved, and
         every state array the shape of its parameter; arrays are copied to the device
         (and floating ones cast to the dtype) of their parameter. Hyper-parameters are
-        restored from the saved groups.
+        restored from the saved groups, except ``capturable``, which stays this
+        optimizer's (how it runs, not training state; PyTorch would take the saved
+        flag): step counts, saved as numbers or arrays, become host ints or device
+        counts accordingly, so checkpoints load both ways.
 
         Args:
             state_dict: the dict returned by ``state_dict()``.
@@ -428,12 +584,15 @@ class Optimizer:
                     f"parameter group lists (known: {sorted(id_map)})"
                 )
             p = id_map[key]
-            state[p] = {name: _to_param(p, key, name, v) for name, v in values.items()}
+            state[p] = {name: _step_number(v) if name == "step" else _to_param(p, key, name, v)
+                        for name, v in values.items()}
         new_groups = []
         for group, saved in zip(self.param_groups, saved_groups):
             saved["params"] = group["params"]
             if "param_names" in group and "param_names" not in saved:
                 saved["param_names"] = group["param_names"]
+            if "capturable" in group:
+                saved["capturable"] = group["capturable"]
             self._validate(saved)
             new_groups.append(saved)
         self.state = state
@@ -463,6 +622,17 @@ def _to_host(value):
     if _is_array(value) and not isinstance(value, np.generic):
         return np.array(backend.to_numpy(value), copy=True)
     return copy.deepcopy(value)
+
+
+def _step_number(value):
+    """A step count as a host number (an int when whole): from an int, a float, a 0-d /
+    one-element array (NumPy, CuPy: read back) or a Tensor."""
+    if isinstance(value, Tensor):
+        value = value.data
+    if hasattr(value, "shape"):
+        value = value.item() if hasattr(value, "item") else np.asarray(value).item()
+    value = float(value) if not isinstance(value, numbers.Integral) else int(value)
+    return int(value) if float(value).is_integer() else value
 
 
 def _to_param(param, key, name, value):

@@ -23,12 +23,20 @@ class RMSprop(Optimizer):
         centered: normalize by an estimate of the gradient's variance.
         maximize: maximize the objective instead of minimizing it.
         max_grad_norm: clip the gradients to this global norm first (see ``Optimizer``).
+        capturable: accepted for PyTorch's interface (its meaning: safe to capture in a
+            CUDA graph); it changes nothing, because RMSprop's update does not depend on
+            the step count: every step after the first (which creates the state: capture
+            then raises ``RuntimeError``, run at least one eager step first) may be
+            captured either way. ``state["step"]`` stays a host int that only eager
+            steps advance (graph replays do not): it is informational, the update never
+            reads it. A graph keeps the ``lr`` it was captured with.
     """
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
-                 centered=False, *, maximize=False, max_grad_norm=None):
+                 centered=False, *, maximize=False, max_grad_norm=None, capturable=False):
         defaults = {"lr": lr, "momentum": momentum, "alpha": alpha, "eps": eps,
-                    "centered": centered, "weight_decay": weight_decay, "maximize": maximize}
+                    "centered": centered, "weight_decay": weight_decay, "maximize": maximize,
+                    "capturable": bool(capturable)}
         super().__init__(params, defaults, max_grad_norm=max_grad_norm)
 
     def _validate(self, group):
@@ -56,7 +64,7 @@ class RMSprop(Optimizer):
         state["step"] += 1
         return None  # the update does not depend on the step: one call for all
 
-    def _launch(self, kernels, flat, group, key, segments, grad_scale):
+    def _launch(self, kernels, flat, group, key, segments, grad_scale, indices):
         kernels.rmsprop_update(
             flat.data, flat.grad, flat.state["square_avg"],
             flat.state["grad_avg"] if group["centered"] else None,

@@ -21,12 +21,19 @@ class SGD(Optimizer):
         nesterov: Nesterov momentum; needs ``momentum > 0`` and ``dampening == 0``.
         maximize: maximize the objective instead of minimizing it.
         max_grad_norm: clip the gradients to this global norm first (see ``Optimizer``).
+        capturable: accepted for a uniform interface (PyTorch's meaning: safe to capture
+            in a CUDA graph); it changes nothing, because SGD's update never depends on
+            the step count after the first step: every SGD step may be captured except
+            the first one with momentum, which creates the momentum buffers (``step()``
+            then raises ``RuntimeError`` while a graph is being recorded: run at least
+            one eager step before capture). A graph keeps the ``lr`` it was captured with.
     """
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0,
-                 nesterov=False, *, maximize=False, max_grad_norm=None):
+                 nesterov=False, *, maximize=False, max_grad_norm=None, capturable=False):
         defaults = {"lr": lr, "momentum": momentum, "dampening": dampening,
-                    "weight_decay": weight_decay, "nesterov": nesterov, "maximize": maximize}
+                    "weight_decay": weight_decay, "nesterov": nesterov, "maximize": maximize,
+                    "capturable": bool(capturable)}
         super().__init__(params, defaults, max_grad_norm=max_grad_norm)
 
     def _validate(self, group):
@@ -53,7 +60,7 @@ class SGD(Optimizer):
             state["momentum_buffer"] = flat.slot("momentum_buffer", index)
         return first
 
-    def _launch(self, kernels, flat, group, first, segments, grad_scale):
+    def _launch(self, kernels, flat, group, first, segments, grad_scale, indices):
         kernels.sgd_update(
             flat.data, flat.grad, flat.state["momentum_buffer"] if group["momentum"] != 0 else None,
             lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],

@@ -5,8 +5,13 @@ Every update function updates the parameter array ``p`` and its state arrays IN 
 (views of ``p`` stay valid) and never writes the gradient ``g``. The arithmetic follows
 the order of PyTorch's ``_single_tensor_*`` implementations, so float64 results agree
 with ``torch.optim`` to rounding. Step-dependent scalars (bias corrections, the decayed
-Adagrad rate) are computed on the host as Python floats. The same names and signatures
-are what the Triton backend (``gpukernels.triton.optim``) implements, each as one kernel.
+Adagrad rate) are computed on the host as Python floats from an int ``step``, or, when
+``step`` is an array (the optimizers' ``capturable=True``), on the arrays' device from
+the count it holds, which the update advances in place first (``step += 1``), as
+``torch.optim``'s capturable path does: nothing is read back to the host, so a captured
+update replays with the count of each replay. The same names and signatures are what
+the Triton backend (``gpukernels.triton.optim``) implements, each as one kernel (two
+with a step array: the count's advance, then the update).
 
 Two keyword arguments serve the optimizers' flat buffers (``gpukernels.optim.flat``),
 where every parameter of a group is a slice of one array:
@@ -79,6 +84,57 @@ def _pieces(segments, **arrays):
         yield {name: None if a is None else a[start:stop] for name, a in flat.items()}
 
 
+def is_step_array(step) -> bool:
+    """``step`` is a device count (capturable) rather than a host int."""
+    return hasattr(step, "shape") and hasattr(step, "dtype")
+
+
+STEP_DTYPES = (np.dtype(np.float32), np.dtype(np.int32))
+
+
+def check_step(op, step, step_index, p):
+    """Validate a step-count array (and ``step_index``) for ``p``'s update; returns the
+    indices as a tuple of ints, or ``None`` (every element)."""
+    from ..backend import device_of  # noqa: PLC0415
+
+    if step.dtype not in STEP_DTYPES:
+        raise TypeError(f"{op}: step must be a float32 or int32 array of step counts, got {step.dtype}")
+    if step.size == 0 or not step.flags.c_contiguous:
+        raise ValueError(f"{op}: step must be a non-empty C-contiguous array, got shape {tuple(step.shape)} "
+                         f"strides {step.strides}")
+    if device_of(step) != device_of(p):
+        raise RuntimeError(f"{op}: step is on {device_of(step)}, p on {device_of(p)}")
+    if step_index is None:
+        return None
+    index = tuple(int(i) for i in step_index)
+    if not index or not all(0 <= i < step.size for i in index):
+        raise ValueError(f"{op}: step_index must hold indices into the {step.size} step counts, got {index}")
+    return index
+
+
+def _advance_step(op, step, step_index, p):
+    """``step += 1`` in place on the device (only the elements at ``step_index`` when
+    given); returns the new count of the first of them as a float64 0-d array on that
+    device (the counts advanced together are equal: the optimizers launch together only
+    parameters with equal counts)."""
+    index = check_step(op, step, step_index, p)
+    xp = get_array_module(step)
+    flat = step.reshape(-1)
+    if index is None:
+        flat += 1
+        first = 0
+    else:
+        flat[xp.asarray(index)] += 1
+        first = index[0]
+    return flat[first:first + 1].astype(np.float64).reshape(())
+
+
+def _as_scalar(value, dtype):
+    """A device float64 0-d value as a 0-d array of ``dtype``: one rounding, the one a
+    Python float gets when it meets an array of ``dtype``, so the update is the same."""
+    return get_array_module(value).asarray(value).astype(dtype)
+
+
 
 
 def sgd_update(p, g, momentum_buffer, *, lr, momentum=0.0, dampening=0.0,
@@ -120,7 +176,7 @@ def _sgd(p, g, momentum_buffer, lr, momentum, dampening, weight_decay, nesterov,
 
 
 def adagrad_update(p, g, state_sum, *, step, lr, lr_decay=0.0, weight_decay=0.0,
-                   eps=1e-10, maximize=False, grad_scale=None, segments=None):
+                   eps=1e-10, maximize=False, grad_scale=None, segments=None, step_index=None):
     """Adagrad.
 
     ``g' = ±g + wd * p``;  ``clr = lr / (1 + (step - 1) * lr_decay)``;
@@ -130,12 +186,21 @@ def adagrad_update(p, g, state_sum, *, step, lr, lr_decay=0.0, weight_decay=0.0,
         p: parameter array, updated in place.
         g: gradient array (read only).
         state_sum: accumulated squared gradients, updated in place.
-        step: the step number, counting from 1 for the first update.
+        step: the step number, counting from 1 for the first update; or (capturable)
+            a float32 / int32 array of step counts on ``p``'s device, BEFORE this
+            update: advanced in place (``+= 1``) first, ``clr`` then computed on the
+            device from the new count (see ``step_index``).
         lr, lr_decay, weight_decay, eps: as in ``torch.optim.Adagrad``.
         maximize: ascend instead of descend.
         grad_scale, segments: see the module docstring.
+        step_index: with a step array, the indices of the counts to advance (default:
+            every element); they must be equal, the first one's new value is used.
     """
-    clr = lr / (1 + (step - 1) * lr_decay)
+    if is_step_array(step):
+        s = _advance_step("adagrad_update", step, step_index, p)
+        clr = _as_scalar(lr / (1 + (s - 1) * lr_decay), p.dtype)
+    else:
+        clr = lr / (1 + (step - 1) * lr_decay)
     for a in _pieces(segments, p=p, g=g, s=state_sum):
         _adagrad(a["p"], _scaled(a["g"], grad_scale), a["s"], clr, weight_decay, eps, maximize)
 
@@ -196,7 +261,7 @@ def _rmsprop(p, g, square_avg, grad_avg, momentum_buffer, lr, alpha, eps, weight
 
 def adam_update(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, *, step, lr, beta1=0.9,
                 beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled=False, amsgrad=False,
-                maximize=False, grad_scale=None, segments=None):
+                maximize=False, grad_scale=None, segments=None, step_index=None):
     """Adam / AdamW, optionally AMSGrad.
 
     ``g' = ±g`` (+ ``wd * p`` unless ``decoupled``; decoupled: ``p *= 1 - lr * wd``);
@@ -209,15 +274,29 @@ def adam_update(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, *, step, lr, beta1=0.
         g: gradient array (read only).
         exp_avg, exp_avg_sq: first and second moment estimates, updated in place.
         max_exp_avg_sq: running maximum of ``exp_avg_sq`` (``amsgrad``), else ``None``.
-        step: the step number, counting from 1 for the first update.
+        step: the step number, counting from 1 for the first update; or (capturable)
+            a float32 / int32 array of step counts on ``p``'s device, BEFORE this
+            update: advanced in place (``+= 1``) first, the bias corrections then
+            computed on the device from the new count (see ``step_index``), as
+            ``torch.optim.Adam(capturable=True)``.
         lr, beta1, beta2, eps, weight_decay, amsgrad: as in ``torch.optim.Adam``.
         decoupled: AdamW's decoupled weight decay instead of the L2 term.
         maximize: ascend instead of descend.
         grad_scale, segments: see the module docstring.
+        step_index: with a step array, the indices of the counts to advance (default:
+            every element); they must be equal, the first one's new value is used.
     """
-    bias_correction1 = 1 - beta1**step
-    bias_correction2_sqrt = (1 - beta2**step) ** 0.5
-    step_size = lr / bias_correction1
+    if is_step_array(step):
+        s = _advance_step("adam_update", step, step_index, p)
+        # float64 on the device, the host path's arithmetic (NumPy's pow: within about
+        # an ulp of Python's ``**``), then rounded once to p's dtype as the host path's
+        # Python floats are: float32 updates come out the same, float64 ones to ~1e-16
+        step_size = _as_scalar(lr / (1 - beta1**s), p.dtype)
+        bias_correction2_sqrt = _as_scalar((1 - beta2**s) ** 0.5, p.dtype)
+    else:
+        bias_correction1 = 1 - beta1**step
+        bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+        step_size = lr / bias_correction1
     for a in _pieces(segments, p=p, g=g, m=exp_avg, v=exp_avg_sq,
                      vmax=max_exp_avg_sq if amsgrad else None):
         _adam(a["p"], _scaled(a["g"], grad_scale), a["m"], a["v"], a["vmax"], lr, beta1, beta2,

@@ -19,6 +19,7 @@ import triton.language as tl
 
 from .. import backend
 from ..backend import get_array_module, kernel_arg
+from ..tensor import dtype_name, from_float32, to_float32  # noqa: F401 - the launchers' bf16 conversions
 
 #: Element types the Triton launchers take. bfloat16 exists in neither NumPy nor CuPy, so
 #: bf16 arrays travel as uint16 bit patterns (what torch's ``.view(torch.int16)`` or
@@ -44,10 +45,6 @@ def kernel_view(a):
     if any(s < 0 or s % a.itemsize for s in a.strides):  # CuPy: negative or odd strides
         return get_array_module(a).ascontiguousarray(a)
     return a
-
-
-def dtype_name(dtype) -> str:
-    return "bfloat16" if np.dtype(dtype) == np.uint16 else np.dtype(dtype).name
 
 
 def check_float(op: str, *arrays) -> None:
@@ -77,21 +74,6 @@ def check_same_shape(op: str, **two) -> None:
     (name_a, a), (name_b, b) = two.items()
     if tuple(a.shape) != tuple(b.shape):
         raise ValueError(f"{op}: {name_a} shape {tuple(a.shape)} differs from {name_b} shape {tuple(b.shape)}")
-
-
-def from_float32(xp, a32, dtype):
-    """float32 values stored as ``dtype`` (bf16 bit patterns: round to nearest even)."""
-    if np.dtype(dtype) != np.uint16:
-        return a32.astype(dtype, copy=False)  # float32 stays as it is: no extra pass
-    bits = xp.ascontiguousarray(a32, dtype=np.float32).view(np.uint32)
-    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-
-
-def to_float32(xp, a):
-    """The float32 values of ``a`` (bf16 bit patterns widened exactly)."""
-    if a.dtype != np.uint16:
-        return a.astype(np.float32)
-    return (xp.ascontiguousarray(a).astype(np.uint32) << 16).view(np.float32)
 
 
 def precision(dtype) -> str:

@@ -23,7 +23,23 @@ Per element, with ``g' = ±g * c`` (``c`` the clipping coefficient, 1 without cl
 
 in the order of torch's single-tensor implementations (``lerp`` in its two-branch
 form). Step-dependent scalars (``lr / bc1``, ``sqrt(bc2)``, ``clr``) are computed on the
-host as Python floats, once per launch.
+host as Python floats, once per launch, from an int ``step``; or, when ``step`` is a
+device array of counts (the optimizers' ``capturable=True``, so that a CUDA graph can
+record the step: a graph bakes every kernel argument), on the device:
+
+- ``_step_kernel`` (ONE program, launched just before the update) advances the counts
+  (``step += 1``) and writes the new count's scalars, in float64, to a 2-element
+  device array that the update kernel loads (``DEVICE_STEP``) instead of taking them
+  as arguments. Cost: one extra launch per update (launch latency: a few
+  microseconds eager, about one replayed in a graph; estimates, not measured here),
+  whose work is a handful of float64 operations plus one read-modify-write per step
+  count, and two scalar float64 loads per update program (L2 hits). Fusing the
+  advance into the update kernel would save that launch but needs a grid-wide ticket
+  (every program must read the old count before one of them writes the new one): an
+  atomic per program and a second reset-counter protocol, for a microsecond.
+- ``beta^step`` is ``exp2(step * log2(beta))`` in float64 (``log2(beta)`` from the
+  host: it does not depend on the step): within ~1e-16 of the host's ``beta**step``,
+  so float32 updates round to the same values as with an int step.
 
 Memory traffic per parameter (the minimum, which is what the kernels move: p and each
 state array read once and written once, 4 bytes each in float32, g read once in its own
@@ -64,10 +80,13 @@ Known traps avoided:
 - NaN propagates as in torch: ``max`` (AMSGrad) keeps NaN, a NaN norm gives a NaN
   coefficient (``torch.clamp(max=1)`` keeps NaN).
 
-``LAUNCHES`` counts the kernel launches of this module (the tests count one per step).
+``LAUNCHES`` counts the kernel launches of this module (the tests count one per step,
+two with a step array).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import triton
@@ -75,7 +94,7 @@ import triton.language as tl
 
 from .. import backend
 from ..backend import kernel_arg
-from ..reference.optim import _check_norm_args, _norm_dtype
+from ..reference.optim import _check_norm_args, _norm_dtype, check_step, is_step_array
 from ._common import Tuned, arg, dtype_name, needs_int64
 
 #: Kernel launches made by this module since import (tests read the difference).
@@ -97,6 +116,9 @@ INTERPRET_CONFIG = (4096, 4, 1)
 #: The config of launches over a segment table (its chunks are TABLE_BLOCK long) and of
 #: INT64 launches (64-bit addresses take registers: a smaller block per program).
 FIXED_CONFIG = (TABLE_BLOCK, 4, 1)
+#: Counts per loop step of ``_step_kernel`` (one program of 4 warps).
+STEP_BLOCK = 256
+_STEP_ADAM, _STEP_ADAGRAD = 0, 1
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.uint16), np.dtype(np.float64))
 _SCALE_NONE, _SCALE_VALUE, _SCALE_POINTER = 0, 1, 2
@@ -207,15 +229,17 @@ def _sgd_kernel(
 
 @triton.jit
 def _adagrad_kernel(
-    p_ptr, g_ptr, sum_ptr, table_ptr, scale_ptr, n,
+    p_ptr, g_ptr, sum_ptr, table_ptr, scale_ptr, hyper_ptr, n,
     clr: tl.float64, weight_decay: tl.float64, eps: tl.float64, gscale: tl.float64,
-    WEIGHT_DECAY: tl.constexpr, MAXIMIZE: tl.constexpr, SCALE: tl.constexpr,
+    WEIGHT_DECAY: tl.constexpr, MAXIMIZE: tl.constexpr, SCALE: tl.constexpr, DEVICE_STEP: tl.constexpr,
     HAS_TABLE: tl.constexpr, INT64: tl.constexpr, CDT: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """s += g'^2; p -= clr g' / (sqrt(s) + eps)."""
+    """s += g'^2; p -= clr g' / (sqrt(s) + eps); clr from hyper[0] with DEVICE_STEP."""
     offs, mask, g = _prologue(table_ptr, n, g_ptr, scale_ptr, gscale, SCALE, MAXIMIZE, HAS_TABLE, INT64,
                               CDT, BLOCK)
     one = tl.full((), 1.0, tl.float64)
+    if DEVICE_STEP:
+        clr = tl.load(hyper_ptr)
     p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(CDT)
     if WEIGHT_DECAY:
         g = g + (weight_decay * one).to(CDT) * p
@@ -263,19 +287,23 @@ def _rmsprop_kernel(
 
 @triton.jit
 def _adam_kernel(
-    p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, table_ptr, scale_ptr, n,
+    p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, table_ptr, scale_ptr, hyper_ptr, n,
     step_size: tl.float64, one_minus_beta1: tl.float64, beta2: tl.float64,
     one_minus_beta2: tl.float64, eps: tl.float64, weight_decay: tl.float64,
     decay: tl.float64, bias_correction2_sqrt: tl.float64, gscale: tl.float64,
     AMSGRAD: tl.constexpr, DECOUPLED: tl.constexpr, WEIGHT_DECAY: tl.constexpr,
-    MAXIMIZE: tl.constexpr, SCALE: tl.constexpr,
+    MAXIMIZE: tl.constexpr, SCALE: tl.constexpr, DEVICE_STEP: tl.constexpr,
     HAS_TABLE: tl.constexpr, INT64: tl.constexpr, CDT: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """m = lerp(m, g', 1 - beta1); v = beta2 v + (1 - beta2) g'^2;
-    p -= step_size m / (sqrt(v | max(v_max, v)) / sqrt(bc2) + eps)."""
+    p -= step_size m / (sqrt(v | max(v_max, v)) / sqrt(bc2) + eps); step_size and
+    sqrt(bc2) from hyper[0], hyper[1] with DEVICE_STEP (written by _step_kernel)."""
     offs, mask, g = _prologue(table_ptr, n, g_ptr, scale_ptr, gscale, SCALE, MAXIMIZE, HAS_TABLE, INT64,
                               CDT, BLOCK)
     one = tl.full((), 1.0, tl.float64)
+    if DEVICE_STEP:
+        step_size = tl.load(hyper_ptr)
+        bias_correction2_sqrt = tl.load(hyper_ptr + 1)
     p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(CDT)
     if WEIGHT_DECAY:
         if DECOUPLED:
@@ -294,6 +322,41 @@ def _adam_kernel(
     denom = _div(_sqrt(v, CDT), (bias_correction2_sqrt * one).to(CDT), CDT) + (eps * one).to(CDT)
     p = p - _div((step_size * one).to(CDT) * m, denom, CDT)
     tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _step_kernel(
+    step_ptr, index_ptr, count, hyper_ptr, lr: tl.float64, a: tl.float64, b: tl.float64,
+    MODE: tl.constexpr, HAS_INDEX: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """One program: ``step[i] += 1`` for the ``count`` indices ``i`` of the index table
+    (HAS_INDEX) or ``0 .. count - 1``, then from ``s``, the new count of the first
+    (those advanced together are equal), the update's step-dependent scalars in float64:
+    MODE 0 (Adam, a = log2 beta1, b = log2 beta2): hyper = [lr / (1 - beta1^s),
+    sqrt(1 - beta2^s)]; MODE 1 (Adagrad, a = lr_decay): hyper = [lr / (1 + (s - 1) a)]."""
+    one = tl.full((), 1.0, tl.float64)
+    if HAS_INDEX:
+        first = tl.load(index_ptr)
+    else:
+        first = 0
+    s = tl.load(step_ptr + first).to(tl.float64) + 1.0
+    tl.debug_barrier()  # every thread has read the old count before any writes it
+    for start in range(0, count, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        mask = offs < count
+        if HAS_INDEX:
+            idx = tl.load(index_ptr + offs, mask=mask, other=0)
+        else:
+            idx = offs
+        x = tl.load(step_ptr + idx, mask=mask, other=0)
+        tl.store(step_ptr + idx, x + 1, mask=mask)
+    if MODE == 0:
+        bias_correction1 = 1.0 - tl.exp2(s * (a * one))
+        bias_correction2 = 1.0 - tl.exp2(s * (b * one))
+        tl.store(hyper_ptr, (lr * one) / bias_correction1)  # div.rn.f64, sqrt.rn.f64: IEEE
+        tl.store(hyper_ptr + 1, tl.sqrt(bias_correction2))
+    else:
+        tl.store(hyper_ptr, (lr * one) / (1.0 + (s - 1.0) * (a * one)))
 
 
 @triton.jit
@@ -431,26 +494,85 @@ def _scale_args(op, p, grad_scale):
     return _SCALE_VALUE, arg(p), float(grad_scale)
 
 
-def _update(op, name, p, g, states, scalars, flags, grad_scale, segments):
-    """One launch of update kernel ``name`` over ``p`` (only ``segments`` when given)."""
+# per device: the float64 scalars _step_kernel writes for the next update (stream order
+# makes one buffer enough: each update reads it before the next advance writes it)
+_HYPER: dict = {}
+# step index tables per (device, indices); never freed: a captured graph keeps their address
+_STEP_INDEX: dict = {}
+
+
+def _hyper(op, device):
+    hyper = _HYPER.get(device)
+    if hyper is None:
+        if backend.capturing():  # it would come from the graph's memory pool, and outlive it
+            raise RuntimeError(f"{op}: the first update with device step counts on {device} cannot be "
+                               "recorded in a CUDA graph; run an eager step before capture")
+        hyper = _HYPER[device] = backend.xp_for_device(device).zeros(2, dtype=np.float64)
+    return hyper
+
+
+def _device_step(op, p, step, step_index, mode, lr, a, b):
+    """Launch ``_step_kernel``: advance the counts in ``step`` (those at ``step_index``)
+    on the device and write the step-dependent scalars; returns the array holding them."""
+    global LAUNCHES
+    index = check_step(op, step, step_index, p)
+    device = backend.device_of(p)
+    xp = backend.xp_for_device(device)
+    hyper = _hyper(op, device)
+    counts = step.reshape(-1)
+    if index is None:
+        table, count = counts, counts.size
+    else:
+        key = (device, index)
+        table = _STEP_INDEX.get(key)
+        if table is None:
+            if backend.capturing():  # a host-to-device copy: no place in a graph
+                raise RuntimeError(
+                    f"{op}: these step counts {index} are advanced together for the first time while a "
+                    "CUDA graph is being recorded (their index table would be copied from the host); run "
+                    "an eager step with the same parameters having gradients before capture")
+            table = _STEP_INDEX[key] = xp.asarray(np.asarray(index, dtype=np.int32))
+        count = len(index)
+    _step_kernel[(1,)](kernel_arg(counts), kernel_arg(table), count, kernel_arg(hyper), float(lr), float(a),
+                       float(b), MODE=mode, HAS_INDEX=index is not None, BLOCK=STEP_BLOCK,
+                       num_warps=4, num_stages=1)
+    LAUNCHES += 1
+    return hyper
+
+
+def _log2(beta):
+    """log2(beta) for ``beta^s = exp2(s log2 beta)``; -inf for beta = 0 (beta^s = 0, s >= 1)."""
+    return math.log2(beta) if beta > 0 else float("-inf")
+
+
+def _update(op, name, p, g, states, scalars, flags, grad_scale, segments, device_step=None):
+    """One launch of update kernel ``name`` over ``p`` (only ``segments`` when given),
+    after one of ``_step_kernel`` when ``device_step`` (its arguments after ``op, p``)
+    is given: the counts advance even when there is nothing to update, as the host's do."""
     global LAUNCHES
     _check_update(op, p, g, states)
+    extra = {}
+    if name in ("adam", "adagrad"):
+        # without a step array the pointer is not read (p, as the unused scale_ptr)
+        hyper = _device_step(op, p, *device_step) if device_step is not None else None
+        extra = dict(hyper_ptr=kernel_arg(hyper) if hyper is not None else arg(p), DEVICE_STEP=hyper is not None)
     if p.size == 0:
         return
     int64 = needs_int64(p)
     mode, scale_ptr, gscale = _scale_args(op, p, grad_scale)
     pointers = [arg(p), arg(g)] + [arg(s) if s is not None else arg(p) for s in states.values()]
-    consts = dict(flags, SCALE=mode, INT64=int64, CDT=tl.float64 if p.dtype == np.float64 else tl.float32)
+    consts = dict(flags, SCALE=mode, INT64=int64, CDT=tl.float64 if p.dtype == np.float64 else tl.float32,
+                  **extra)
     tuned = _KERNELS[name]
     block, warps, stages = FIXED_CONFIG
     if segments is None and not int64:
         def grid(meta):
             return (triton.cdiv(p.size, meta["BLOCK"]),)
 
-        tuned[grid](*pointers, arg(p), scale_ptr, p.size, **scalars, gscale=gscale, HAS_TABLE=0, **consts)
+        tuned[grid](*pointers, arg(p), scale_ptr, n=p.size, **scalars, gscale=gscale, HAS_TABLE=0, **consts)
     elif segments is None:  # INT64: 64-bit addresses need registers, so a smaller block
         tuned.kernel[(triton.cdiv(p.size, block),)](
-            *pointers, arg(p), scale_ptr, p.size, **scalars, gscale=gscale, HAS_TABLE=0,
+            *pointers, arg(p), scale_ptr, n=p.size, **scalars, gscale=gscale, HAS_TABLE=0,
             BLOCK=block, num_warps=warps, num_stages=stages, **consts)
     else:
         table = _table(segments, p.size, backend.device_of(p), int64)
@@ -459,7 +581,7 @@ def _update(op, name, p, g, states, scalars, flags, grad_scale, segments):
             return
         # one program per table chunk, whose length is TABLE_BLOCK: the block size is fixed
         tuned.kernel[(chunks,)](
-            *pointers, kernel_arg(table), scale_ptr, chunks, **scalars, gscale=gscale,
+            *pointers, kernel_arg(table), scale_ptr, n=chunks, **scalars, gscale=gscale,
             HAS_TABLE=2 if _aligned(segments) else 1, BLOCK=block, num_warps=warps, num_stages=stages, **consts)
     LAUNCHES += 1
 
@@ -484,19 +606,24 @@ def sgd_update(p, g, momentum_buffer, *, lr, momentum=0.0, dampening=0.0,
 
 
 def adagrad_update(p, g, state_sum, *, step, lr, lr_decay=0.0, weight_decay=0.0,
-                   eps=1e-10, maximize=False, grad_scale=None, segments=None):
-    """Adagrad as ``gpukernels.reference.optim.adagrad_update``, one launch.
+                   eps=1e-10, maximize=False, grad_scale=None, segments=None, step_index=None):
+    """Adagrad as ``gpukernels.reference.optim.adagrad_update``, one launch (two with a
+    step array: ``_step_kernel`` first).
 
     ``g' = ±g c + wd p``;  ``s += g'^2``;  ``p -= clr g' / (sqrt(s) + eps)`` with
-    ``clr = lr / (1 + (step - 1) lr_decay)`` computed here on the host.
+    ``clr = lr / (1 + (step - 1) lr_decay)`` computed here on the host from an int
+    ``step``, or on the device from a step array (advanced there first).
 
-    Args: as the reference (arrays C-contiguous, on one device).
+    Args: as the reference (arrays C-contiguous, on one device; a step array float32
+    or int32).
     """
     op = "adagrad_update"
+    device = is_step_array(step)
     _update(op, "adagrad", p, g, {"state_sum": _required(op, "state_sum", state_sum, "Adagrad")},
-            dict(clr=lr / (1 + (step - 1) * lr_decay), weight_decay=weight_decay, eps=eps),
+            dict(clr=lr if device else lr / (1 + (step - 1) * lr_decay), weight_decay=weight_decay, eps=eps),
             dict(WEIGHT_DECAY=weight_decay != 0, MAXIMIZE=bool(maximize)),
-            grad_scale, segments)
+            grad_scale, segments,
+            (step, step_index, _STEP_ADAGRAD, lr, lr_decay, 0.0) if device else None)
 
 
 def rmsprop_update(p, g, square_avg, grad_avg, momentum_buffer, *, lr, alpha=0.99,
@@ -525,28 +652,34 @@ def rmsprop_update(p, g, square_avg, grad_avg, momentum_buffer, *, lr, alpha=0.9
 
 def adam_update(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, *, step, lr, beta1=0.9,
                 beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled=False, amsgrad=False,
-                maximize=False, grad_scale=None, segments=None):
-    """Adam / AdamW as ``gpukernels.reference.optim.adam_update``, one launch.
+                maximize=False, grad_scale=None, segments=None, step_index=None):
+    """Adam / AdamW as ``gpukernels.reference.optim.adam_update``, one launch (two with
+    a step array: ``_step_kernel`` first).
 
     ``g' = ±g c`` (+ ``wd p``, or ``p *= 1 - lr wd`` when decoupled);
     ``m = lerp(m, g', 1 - beta1)``;  ``v = beta2 v + (1 - beta2) g'^2`` (AMSGrad:
     ``v_max = max(v_max, v)``);  ``p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)``,
-    ``bc_i = 1 - beta_i^step`` computed here on the host.
+    ``bc_i = 1 - beta_i^step`` computed here on the host from an int ``step``, or on
+    the device from a step array (advanced there first: capturable).
 
-    Args: as the reference (arrays C-contiguous, on one device).
+    Args: as the reference (arrays C-contiguous, on one device; a step array float32
+    or int32).
     """
     op = "adam_update"
     states = {"exp_avg": _required(op, "exp_avg", exp_avg, "Adam"),
               "exp_avg_sq": _required(op, "exp_avg_sq", exp_avg_sq, "Adam"),
               "max_exp_avg_sq": _required(op, "max_exp_avg_sq", max_exp_avg_sq, "amsgrad=True")
               if amsgrad else None}
+    device = is_step_array(step)
     _update(op, "adam", p, g, states,
-            dict(step_size=lr / (1 - beta1**step), one_minus_beta1=1 - beta1, beta2=beta2,
+            dict(step_size=lr if device else lr / (1 - beta1**step), one_minus_beta1=1 - beta1, beta2=beta2,
                  one_minus_beta2=1 - beta2, eps=eps, weight_decay=weight_decay,
-                 decay=1 - lr * weight_decay, bias_correction2_sqrt=(1 - beta2**step) ** 0.5),
+                 decay=1 - lr * weight_decay,
+                 bias_correction2_sqrt=1.0 if device else (1 - beta2**step) ** 0.5),
             dict(AMSGRAD=bool(amsgrad), DECOUPLED=bool(decoupled), WEIGHT_DECAY=weight_decay != 0,
                  MAXIMIZE=bool(maximize)),
-            grad_scale, segments)
+            grad_scale, segments,
+            (step, step_index, _STEP_ADAM, lr, _log2(beta1), _log2(beta2)) if device else None)
 
 
 # reduction workspace per (device, dtype): partial sums and the ticket counter
@@ -635,6 +768,10 @@ _POINTERS = {
     "_rmsprop_kernel": ("p_ptr", "g_ptr", "sq_ptr", "avg_ptr", "buf_ptr"),
     "_adam_kernel": ("p_ptr", "g_ptr", "m_ptr", "v_ptr", "vmax_ptr"),
 }
+_STEP_OFF = {  # host scalars (the default; "device step" variants switch it on)
+    "_sgd_kernel": {}, "_rmsprop_kernel": {},
+    "_adagrad_kernel": dict(DEVICE_STEP=False), "_adam_kernel": dict(DEVICE_STEP=False),
+}
 _ALL_ON = {  # every option of each kernel switched on (the most code)
     "_sgd_kernel": dict(MOMENTUM=True, NESTEROV=True, FIRST=False, WEIGHT_DECAY=True, MAXIMIZE=True),
     "_adagrad_kernel": dict(WEIGHT_DECAY=True, MAXIMIZE=True),
@@ -656,6 +793,12 @@ def _signature(fn, const, pointers, table="i32", int64=False):
             sig[name] = "*" + table
         elif name in ("scale_ptr", "partial_ptr", "out_ptr"):
             sig[name] = "*" + pointers.get("_accumulate", "fp32")
+        elif name == "hyper_ptr":  # unused without DEVICE_STEP: the launcher passes p there
+            sig[name] = "*fp64" if const.get("DEVICE_STEP") or "p_ptr" not in pointers else "*" + pointers["p_ptr"]
+        elif name == "step_ptr":
+            sig[name] = "*" + pointers.get("step_ptr", "fp32")
+        elif name == "index_ptr":
+            sig[name] = "*i32"
         elif name == "counter_ptr":
             sig[name] = "*i32"
         elif fn.params[fn.arg_names.index(name)].annotation == "fp64":
@@ -669,8 +812,11 @@ def aot_specs():
     """Every update kernel x GPU config (float32, every option on, whole buffer), plus,
     on the default config, the variants that change the generated code: bf16 / fp16
     gradients with float32 master weights, bf16 parameters, float64, a segment table,
-    a device clipping coefficient, plain options, INT64 offsets; and the norm reduction
-    (float32, bf16 gradients with a table, float64, INT64)."""
+    a device clipping coefficient, plain options, INT64 offsets, and (Adam, Adagrad) the
+    step-dependent scalars loaded from the device (capturable: whole buffer, table,
+    float64); the step advance of capturable updates (each mode, with and without an
+    index table, float32 and int32 counts); and the norm reduction (float32, bf16
+    gradients with a table, float64, INT64)."""
     from .aot import KernelSpec  # noqa: PLC0415
 
     specs = []
@@ -691,9 +837,16 @@ def aot_specs():
                     ("plain", "fp32", "fp32", {**{k: False for k in _ALL_ON[name]}, "SCALE": _SCALE_NONE}),
                     ("int64", "fp32", "fp32", {"INT64": True, "BLOCK": TABLE_BLOCK}),
                 ]
+                if _STEP_OFF[name]:
+                    runs += [
+                        ("device step", "fp32", "fp32", {"DEVICE_STEP": True}),
+                        ("device step table", "fp32", "fp32",
+                         {"DEVICE_STEP": True, "HAS_TABLE": 2, "BLOCK": TABLE_BLOCK}),
+                        ("device step fp64", "fp64", "fp64", {"DEVICE_STEP": True, "CDT": tl.float64}),
+                    ]
             for label, pdt, gdt, over in runs:
-                const = dict(_ALL_ON[name], SCALE=_SCALE_VALUE, HAS_TABLE=0, INT64=False, CDT=tl.float32,
-                             BLOCK=block)
+                const = dict(_ALL_ON[name], **_STEP_OFF[name], SCALE=_SCALE_VALUE, HAS_TABLE=0, INT64=False,
+                             CDT=tl.float32, BLOCK=block)
                 const.update(over)
                 if const["BLOCK"] == TABLE_BLOCK and (const["HAS_TABLE"] or const["INT64"]):
                     warps, stages = FIXED_CONFIG[1:]
@@ -705,6 +858,17 @@ def aot_specs():
                     constexprs=const, num_warps=warps, num_stages=stages, tensor_cores=False,
                 ))
                 warps, stages = cfg[1], cfg[2]
+    fn = _step_kernel
+    for mode, mode_name in ((_STEP_ADAM, "adam"), (_STEP_ADAGRAD, "adagrad")):
+        for has_index in (False, True):
+            for sdt in ("fp32", "i32"):
+                const = dict(MODE=mode, HAS_INDEX=has_index, BLOCK=STEP_BLOCK)
+                specs.append(KernelSpec(
+                    name=f"optim.step[{STEP_BLOCK} w4 {mode_name}{' index' if has_index else ''} {sdt}]",
+                    module=__name__, kernel="_step_kernel",
+                    signature=_signature(fn, const, {"step_ptr": sdt}),
+                    constexprs=const, num_warps=4, num_stages=1, tensor_cores=False,
+                ))
     fn = _sumsq_kernel
     for label, gdt, acc, over in [("fp32", "fp32", "fp32", {}),
                                   ("bf16 table", "bf16", "fp32", {"HAS_TABLE": 2}),

@@ -152,20 +152,25 @@ def test_parameters_without_grad_are_untouched_inside_the_one_launch(tri):
     assert launches == [2] * 5 + [3] * 3
 
 
-def test_one_launch_per_step_for_a_model_of_many_tensors(tri):
+@pytest.mark.parametrize("capturable", [False, True])
+def test_one_launch_per_step_for_a_model_of_many_tensors(tri, capturable):
+    """One update launch over all 24 tensors; capturable=True adds the one-program
+    kernel that advances the device step counts and computes the bias corrections."""
     gk.manual_seed(0)
     model = nn.Sequential(*[nn.Linear(5, 5) for _ in range(12)])
-    opt = gko.AdamW(model.parameters(), lr=1e-2)
+    opt = gko.AdamW(model.parameters(), lr=1e-2, capturable=capturable)
     assert len(list(model.parameters())) == 24
     for _ in range(2):
         opt.zero_grad()
         _model_loss(model).backward()
         before = tri.LAUNCHES
         opt.step()
-        assert tri.LAUNCHES - before == 1
+        assert tri.LAUNCHES - before == (2 if capturable else 1)
     (flat,) = opt.flat_buffers()
     for p in model.parameters():
         assert np.shares_memory(p.data, flat.data) and np.shares_memory(p.grad.data, flat.grad)
+    if capturable:
+        np.testing.assert_array_equal(flat.steps, np.full(24, 2.0, np.float32))
 
 
 # ----------------------------------------------------------------------------- launchers

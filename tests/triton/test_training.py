@@ -41,3 +41,21 @@ def test_resnet8_trains_2_steps_under_interpret_with_the_cpu_losses(capsys):
     assert len(cpu) == len(interp) == 2
     for step, (a, b) in enumerate(zip(cpu, interp), start=1):
         assert abs(a - b) <= 1e-4, f"step {step}: cpu loss {a}, interpret loss {b}"
+
+
+def test_fp16_training_of_the_digits_cnn_reaches_the_fp32_accuracy_band(capsys):
+    # 80 steps of batch 4 (the interpreter costs ~0.08 s per image and step): about half
+    # way to the CNN's final accuracy, where a precision problem would show as a gap
+    argv = ["--model", "cnn", "--dataset", "digits", "--train-size", "320", "--test-size", "200",
+            "--batch-size", "4", "--lr", "0.01", "--epochs", "1", "--no-progress"]
+
+    def summary(*extra):
+        assert train.main(argv + list(extra)) == 0
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    fp32 = summary("--device", "cpu", "--precision", "fp32")
+    fp16 = summary("--device", "interpret", "--precision", "fp16")
+    assert fp16["precision"] == "fp16" and backend.last_dispatch["conv"] == "gpukernels.triton.conv"
+    assert fp32["test_accuracy"] >= 0.4, fp32  # well above chance (0.1): the run learns
+    assert abs(fp16["test_accuracy"] - fp32["test_accuracy"]) <= 0.05, (fp32, fp16)
+    assert abs(fp16["train_loss"] - fp32["train_loss"]) <= 0.05 * fp32["train_loss"], (fp32, fp16)
