@@ -100,16 +100,17 @@ def to_float32(xp, a):
 
 
 def cast_array(a, dtype):
-    """``a`` as ``dtype``, bf16 (uint16 bits) included; ``a`` itself when it already is."""
+    """``a`` as ``dtype``, bf16 (uint16 bits) included; ``a`` itself when it already is.
+    Conversions to or from bf16 take the backend's ``cast`` kernel (one pass on a GPU)."""
     dtype = np.dtype(dtype)
     if a.dtype == dtype:
         return a
-    xp = backend.get_array_module(a)
-    if dtype == bfloat16:
-        return from_float32(xp, a.astype(np.float32, copy=False), bfloat16)
-    if a.dtype == bfloat16:
-        return to_float32(xp, a).astype(dtype, copy=False)
-    return a.astype(dtype)
+    if dtype != bfloat16 and a.dtype != bfloat16:
+        return a.astype(dtype)
+    if a.dtype not in (float16, float32, bfloat16):
+        a = a.astype(np.float32)  # float64 / integers: the kernels take 16/32-bit floats
+    out = backend.kernels("cast", backend.device_of(a)).cast(a, float32 if dtype not in (float16, bfloat16) else dtype)
+    return out if out.dtype == dtype else out.astype(dtype)
 
 
 def add_arrays(a, b):

@@ -1,0 +1,88 @@
+"""Triton dtype conversion: one pass, float32 <-> bf16 / float16 (bf16 as uint16 bits).
+
+``gk.autocast`` converts every weight to bf16 in the forward and every weight gradient
+back to float32 in the backward, plus the input batch and the logits: NumPy and CuPy have
+no bfloat16, and the bit-pattern arithmetic that emulates the rounding takes six array
+passes (and launches); this kernel takes one. Memory traffic: read n * in_size, write
+n * out_size (float32 -> bf16: 6 bytes per element). Rounding to nearest even, NaN
+stays NaN, as torch's ``.bfloat16()``: bit for bit the reference's, on the GPU and on the
+interpreter alike.
+
+No autotuning: a copy-like kernel at a fixed 1024-element block (4 warps) is bandwidth
+bound at any reasonable block, and casts come in many sizes (one per weight), each of
+which would cost an autotuning run the first time it is seen.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import triton
+import triton.language as tl
+
+from ..backend import get_array_module, kernel_arg
+from ._common import INT32_SAFE, check_arrays, empty_in_order, flat_block, flat_grid, flat_operands, needs_int64
+
+BLOCK, WARPS = 1024, 4
+
+
+@triton.jit
+def _cast_kernel(x_ptr, y_ptr, n, SRC_BF16: tl.constexpr, DST_BF16: tl.constexpr,
+                 INT64: tl.constexpr, BLOCK: tl.constexpr):
+    """y = x as y's type. bf16 travels as raw uint16 bits (SRC_BF16 / DST_BF16): widening is
+    a shift, narrowing rounds to nearest even by integer arithmetic (NaN -> quiet NaN), so
+    the interpreter (whose own bf16 conversion truncates) and the GPU give the same bits."""
+    start, offs = flat_block(INT64, BLOCK)
+    mask = offs < n
+    x = tl.load(x_ptr + offs, mask=mask)
+    if SRC_BF16:
+        f = (x.to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+    else:
+        f = x.to(tl.float32)
+    if DST_BF16:
+        bits = f.to(tl.uint32, bitcast=True)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        y = tl.where((bits & 0x7FFFFFFF) > 0x7F800000, 0x7FC0, rounded).to(tl.uint16)
+    else:
+        y = f.to(y_ptr.dtype.element_ty)
+    tl.store(y_ptr + offs, y, mask=mask)
+
+
+def cast(x, dtype):
+    """``x`` converted to ``dtype`` in one kernel pass (a new array, x's dense layout kept).
+
+    Args:
+        x: float32 / float16 / bf16-as-uint16 array (CuPy, or NumPy under ``interpret``),
+            any shape and strides (dense layouts kept, others copied to C order first).
+        dtype: float32, float16 or ``gk.bfloat16`` (uint16).
+    """
+    dtype = np.dtype(dtype)
+    check_arrays("cast", x=x)
+    check_arrays("cast", y=np.empty(0, dtype))  # the same dtype rule for the target
+    xp = get_array_module(x)
+    (x,), order = flat_operands(xp, x)
+    y = empty_in_order(xp, x.shape, dtype, order)
+    n = x.size
+    if n:
+        # kernel_arg, not arg: bf16 arrays go in as their uint16 bits
+        _cast_kernel[flat_grid(n)](kernel_arg(x), kernel_arg(y), n, SRC_BF16=x.dtype == np.uint16,
+                                   DST_BF16=dtype == np.uint16, INT64=needs_int64(x) or n >= INT32_SAFE,
+                                   BLOCK=BLOCK, num_warps=WARPS)
+    return y
+
+
+def aot_specs():
+    """The kernel for every (source, target) pair of float32 / float16 / bf16, and one
+    int64-offset variant."""
+    from .aot import KernelSpec, signature_for  # noqa: PLC0415
+
+    specs = []
+    pairs = [(a, b) for a in ("fp32", "fp16", "bf16") for b in ("fp32", "fp16", "bf16") if a != b]
+    bits = {"fp32": "fp32", "fp16": "fp16", "bf16": "u16"}  # bf16 as raw uint16
+    for (src, dst), int64 in [(p, False) for p in pairs] + [(("fp32", "bf16"), True)]:
+        const = {"SRC_BF16": src == "bf16", "DST_BF16": dst == "bf16", "INT64": int64, "BLOCK": BLOCK}
+        specs.append(KernelSpec(
+            name=f"cast[{src}->{dst}{' int64' if int64 else ''}]", module=__name__, kernel="_cast_kernel",
+            signature=signature_for(_cast_kernel, const, {"x_ptr": bits[src], "y_ptr": bits[dst]}, floats=(),
+                                    i64=("n",) if int64 else ()),
+            constexprs=const, num_warps=WARPS, num_stages=1, tensor_cores=False))
+    return specs
