@@ -348,21 +348,14 @@ def run_gpu(quick: bool = False, repeat: int = 10) -> list[Result]:
 
         # ---- ours: fp32 (TF32), bf16 autocast, bf16 autocast + CUDA graph
         ours, checks = {}, {}
-        model = make_model()
-        fn = _ours_step_fn(model, _optimizer(gk, model.parameters(), kind), amp=False)
-        loss = fn(gx, gy).item()
-        check_close(f"train step {label} fp32 first loss vs torch eager fp32", loss, first["eager fp32"],
-                    0.0, FP32_RTOL)
-        ours["fp32"] = _step_time(lambda fn=fn: fn(gx, gy), repeat)
-        del model, fn
-
-        model = make_model()
-        fn = _ours_step_fn(model, _optimizer(gk, model.parameters(), kind), amp=True)
-        loss = fn(gx, gy).item()
-        check_close(f"train step {label} bf16 first loss vs torch eager AMP", loss, first["eager AMP"],
-                    0.0, BF16_RTOL)
-        ours["bf16"] = _step_time(lambda fn=fn: fn(gx, gy), repeat)
-        del model, fn
+        for variant, amp, baseline, rtol in (("fp32", False, "eager fp32", FP32_RTOL),
+                                             ("bf16", True, "eager AMP", BF16_RTOL)):
+            model = make_model()
+            fn = _ours_step_fn(model, _optimizer(gk, model.parameters(), kind), amp=amp)
+            check_close(f"train step {label} {variant} first loss vs torch {baseline}", fn(gx, gy).item(),
+                        first[baseline], 0.0, rtol)
+            ours[variant] = _step_time(lambda fn=fn: fn(gx, gy), repeat)
+            del model, fn
 
         graphed, checks["bf16+graph"] = _check_graph(label, make_model, kind, gx, gy)
         ours["bf16+graph"] = _step_time(lambda g=graphed: g(gx, gy), repeat)

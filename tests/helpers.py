@@ -194,3 +194,36 @@ def grad_check(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-5):
             num_flat[i] = (plus - minus) / (2 * eps)
         assert_close(analytic[k], numeric, atol=atol, rtol=rtol, name=f"grad_check input {k}")
     return analytic
+
+
+def assert_twin_matches(model, x_shape, classes, *, logits_atol, grad_atol, seed=0):
+    """A float64 gk model vs its torch twin (``benchmarks.torch_twin``), in train then eval
+    mode (eval uses the running statistics train updated): logits, every parameter's
+    gradient for one random upstream gradient, and the buffers (running statistics)."""
+    import torch  # noqa: PLC0415 - the tests that call this importorskip it
+
+    from benchmarks.torch_twin import torch_twin  # noqa: PLC0415
+
+    twin = torch_twin(model, torch.float64)
+    # the twin keeps every name, so gradients can be compared key by key
+    assert [n for n, _ in model.named_parameters()] == [n for n, _ in twin.named_parameters()]
+    rng = np.random.default_rng(seed)
+    for mode in ("train", "eval"):
+        model.train(mode == "train")
+        twin.train(mode == "train")
+        model.zero_grad()
+        twin.zero_grad()
+        x = rng.standard_normal(x_shape)
+        g = rng.standard_normal((x_shape[0], classes))
+        out = model(gk.tensor(x))
+        tout = twin(torch.tensor(x))
+        assert_close(out, tout, atol=logits_atol, rtol=1e-9, name=f"{mode}: logits")
+        out.backward(gk.tensor(g))
+        tout.backward(torch.tensor(g))
+        tparams = dict(twin.named_parameters())
+        for name, p in model.named_parameters():
+            assert_close(p.grad, tparams[name].grad, atol=grad_atol, rtol=1e-8, name=f"{mode}: {name}.grad")
+        tbuffers = dict(twin.named_buffers())
+        for name, b in model.named_buffers():
+            if not name.endswith("num_batches_tracked"):
+                assert_close(b, tbuffers[name], atol=1e-12, rtol=1e-9, name=f"{mode}: {name}")

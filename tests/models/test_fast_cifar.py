@@ -10,7 +10,7 @@ from gpukernels import functional as F
 from gpukernels import nn
 from gpukernels.data import load_synthetic
 from models.fast_cifar import FastCifar, fast_cifar, fast_cifar_flops, fast_cifar_num_parameters
-from tests.helpers import assert_close
+from tests.helpers import assert_close, assert_twin_matches
 
 SMALL = (8, 16, 16)  # widths that keep the CPU tests fast
 
@@ -135,33 +135,10 @@ def test_forward_rejects_other_input_shapes(shape):
 
 @pytest.mark.parametrize("widths", [SMALL, (64, 256, 256)], ids=["small", "default"])
 def test_matches_torch_twin_forward_and_backward(widths):
-    torch = pytest.importorskip("torch")
-    from benchmarks.torch_twin import torch_twin
-
+    pytest.importorskip("torch")
     gk.manual_seed(1)
     model = fast_cifar(widths=widths).to(gk.float64)
-    twin = torch_twin(model, torch.float64)
-    assert [n for n, _ in model.named_parameters()] == [n for n, _ in twin.named_parameters()]
-    rng = np.random.default_rng(0)
-    for mode in ("train", "eval"):  # train first: eval then uses the updated running stats
-        model.train(mode == "train")
-        twin.train(mode == "train")
-        model.zero_grad()
-        twin.zero_grad()
-        x = rng.standard_normal((3, 3, 32, 32))
-        g = rng.standard_normal((3, 10))
-        out = model(gk.tensor(x))
-        tout = twin(torch.tensor(x))
-        assert_close(out, tout, atol=1e-11, rtol=1e-9, name=f"{mode}: logits")
-        out.backward(gk.tensor(g))
-        tout.backward(torch.tensor(g))
-        tparams = dict(twin.named_parameters())
-        for name, p in model.named_parameters():
-            assert_close(p.grad, tparams[name].grad, atol=1e-10, rtol=1e-8, name=f"{mode}: {name}.grad")
-        tbuffers = dict(twin.named_buffers())
-        for name, b in model.named_buffers():
-            if not name.endswith("num_batches_tracked"):
-                assert_close(b, tbuffers[name], atol=1e-12, rtol=1e-9, name=f"{mode}: {name}")
+    assert_twin_matches(model, (3, 3, 32, 32), 10, logits_atol=1e-11, grad_atol=1e-10)
 
 
 def test_float32_loss_and_gradients_match_torch_twin():

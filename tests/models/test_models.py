@@ -10,7 +10,7 @@ from gpukernels import nn
 from models.cnn import cifar_cnn, cnn_for, digits_cnn, mnist_cnn
 from models.mlp import XOR_X, XOR_Y, Perceptron, mlp, train_xor, xor_mlp
 from models.resnet import BasicBlock, resnet, resnet8, resnet20
-from tests.helpers import assert_close
+from tests.helpers import assert_close, assert_twin_matches
 
 AND_Y = np.array([0, 0, 0, 1])
 OR_Y = np.array([0, 1, 1, 1])
@@ -167,34 +167,10 @@ def test_resnet_rejects_bad_depth():
 
 
 def test_resnet8_matches_torch_twin_in_train_and_eval_mode():
-    torch = pytest.importorskip("torch")
-    from benchmarks.torch_twin import torch_twin
-
+    pytest.importorskip("torch")
     gk.manual_seed(1)
     model = resnet8().to(gk.float64)
-    twin = torch_twin(model, torch.float64)
-    # the twin keeps every name, so gradients can be compared key by key
-    assert [n for n, _ in model.named_parameters()] == [n for n, _ in twin.named_parameters()]
-    rng = np.random.default_rng(0)
-    for mode in ("train", "eval"):  # train first: eval then uses the updated running stats
-        model.train(mode == "train")
-        twin.train(mode == "train")
-        model.zero_grad()
-        twin.zero_grad()
-        x = rng.standard_normal((4, 3, 32, 32))
-        g = rng.standard_normal((4, 10))
-        out = model(gk.tensor(x))
-        tout = twin(torch.tensor(x))
-        assert_close(out, tout, atol=1e-12, rtol=1e-9, name=f"{mode}: logits")
-        out.backward(gk.tensor(g))
-        tout.backward(torch.tensor(g))
-        tparams = dict(twin.named_parameters())
-        for name, p in model.named_parameters():
-            assert_close(p.grad, tparams[name].grad, atol=1e-11, rtol=1e-8, name=f"{mode}: {name}.grad")
-        tbuffers = dict(twin.named_buffers())
-        for name, b in model.named_buffers():
-            if not name.endswith("num_batches_tracked"):
-                assert_close(b, tbuffers[name], atol=1e-12, rtol=1e-9, name=f"{mode}: {name}")
+    assert_twin_matches(model, (4, 3, 32, 32), 10, logits_atol=1e-12, grad_atol=1e-11)
 
 
 def test_resnet8_overfits_16_images():
