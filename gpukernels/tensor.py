@@ -114,7 +114,10 @@ def cast_array(a, dtype):
 
 
 def add_arrays(a, b):
-    """a + b for gradient sums: bf16 bit patterns are added as float32 and rounded once."""
+    """a + b for gradient sums: the backend's ``add_forward`` (one kernel pass on the
+    Triton backends); bf16 bit patterns are added as float32 and rounded once."""
+    if a.shape == b.shape and a.dtype == b.dtype and a.dtype in (float16, float32, bfloat16):
+        return backend.kernels("activation", backend.device_of(a)).add_forward(a, b)
     if a.dtype == bfloat16 or b.dtype == bfloat16:
         xp = backend.get_array_module(a, b)
         return from_float32(xp, to_float32(xp, a) + to_float32(xp, b), bfloat16)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_array_module
+from ..tensor import bfloat16, from_float32, to_float32
 from . import _parallel
 
 
@@ -55,6 +56,19 @@ def relu_backward(grad_y, y):
     df = dx.reshape(-1)
     _parallel.run_pieces(gf, lambda a, b: np.multiply(gf[a:b], yf[a:b] > 0, out=df[a:b]), 2)
     return dx
+
+
+def add_forward(a, b):
+    """y = a + b (same shape and dtype): autograd's sum of two gradients of one tensor.
+    bf16 bit patterns are added as float32 and rounded once."""
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(f"add_forward: a shape {tuple(a.shape)} differs from b shape {tuple(b.shape)}")
+    if a.dtype != b.dtype:
+        raise TypeError(f"add_forward: a and b must share one dtype, got {a.dtype} and {b.dtype}")
+    if a.dtype == bfloat16:
+        xp = get_array_module(a, b)
+        return from_float32(xp, to_float32(xp, a) + to_float32(xp, b), bfloat16)
+    return a + b
 
 
 def add_relu_forward(a, b):

@@ -162,19 +162,23 @@ def _act_bwd_kernel(g_ptr, y_ptr, dx_ptr, n, slope,
 
 
 @triton.jit
-def _add_relu_kernel(a_ptr, b_ptr, y_ptr, n, INT64: tl.constexpr, BLOCK: tl.constexpr):
-    """y[i] = relu(a[i] + b[i]) over the flat buffers (a, b and y share one layout):
-    the sum in float32, rounded once to the storage dtype at the store."""
+def _add_relu_kernel(a_ptr, b_ptr, y_ptr, n, RELU: tl.constexpr, INT64: tl.constexpr, BLOCK: tl.constexpr):
+    """y[i] = relu(a[i] + b[i]) (or a[i] + b[i] without RELU) over the flat buffers (a, b
+    and y share one layout): the sum in float32, rounded once to the storage dtype."""
     start, offs = flat_block(INT64, BLOCK)
     if start + BLOCK <= n:
         s = tl.load(a_ptr + offs).to(tl.float32) + tl.load(b_ptr + offs).to(tl.float32)
-        tl.store(y_ptr + offs, tl.where(s < 0, 0.0, s).to(y_ptr.dtype.element_ty))  # keeps NaN
+        if RELU:
+            s = tl.where(s < 0, 0.0, s)  # keeps NaN
+        tl.store(y_ptr + offs, s.to(y_ptr.dtype.element_ty))
     else:
         ok = offs < n
         offs = tl.where(ok, offs, 0)
         s = (tl.load(a_ptr + offs, mask=ok, other=0.0).to(tl.float32)
              + tl.load(b_ptr + offs, mask=ok, other=0.0).to(tl.float32))
-        tl.store(y_ptr + offs, tl.where(s < 0, 0.0, s).to(y_ptr.dtype.element_ty), mask=ok)
+        if RELU:
+            s = tl.where(s < 0, 0.0, s)
+        tl.store(y_ptr + offs, s.to(y_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.jit
@@ -298,7 +302,23 @@ def add_relu_forward(a, b):
     Returns:
         y, same shape and dtype as a (a's and b's dense layout when they share one).
     """
-    op = "add_relu_forward"
+    return _add_launch("add_relu_forward", a, b, relu=True)
+
+
+def add_forward(a, b):
+    """y = a + b in one pass, the float32 sum rounded once to the storage dtype: how
+    autograd sums two gradients of one tensor (a residual block's input gets one from
+    the body and one from the shortcut). For bf16 that is one pass where widening,
+    adding and rounding with array operations take four.
+
+    Args:
+        a, b: float32 / float16 / bf16-as-uint16 arrays of one shape, dtype and device,
+            any strides (a shared dense layout is kept, otherwise both copied to C order).
+    """
+    return _add_launch("add_forward", a, b, relu=False)
+
+
+def _add_launch(op, a, b, relu):
     check_arrays(op, a=a, b=b)
     check_same_shape(op, a=a, b=b)
     xp = get_array_module(a, b)
@@ -306,7 +326,8 @@ def add_relu_forward(a, b):
     y = empty_in_order(xp, a.shape, a.dtype, order)
     n = y.size
     if n:
-        KERNELS["add_relu"][flat_grid(n)](arg(a), arg(b), arg(y), n, INT64=needs_int64(a) or n >= INT32_SAFE)
+        KERNELS["add_relu"][flat_grid(n)](arg(a), arg(b), arg(y), n, RELU=relu,
+                                          INT64=needs_int64(a) or n >= INT32_SAFE)
     return y
 
 
@@ -471,8 +492,11 @@ def aot_specs():
                         constexprs=const, num_warps=warps, num_stages=stages, tensor_cores=False))
     fn = _add_relu_kernel
     for i, (block, warps, stages) in enumerate(GPU_CONFIGS):
-        for label, over in [("fp32", {})] + ([("fp16", {}), ("bf16", {}), ("fp32 int64", {"INT64": True})] if i == 0 else []):
-            const = {"INT64": False, "BLOCK": block, **over}
+        runs = [("fp32", {}), ("fp32 no-relu", {"RELU": False})]
+        if i == 0:
+            runs += [("fp16", {}), ("bf16", {}), ("bf16 no-relu", {"RELU": False}), ("fp32 int64", {"INT64": True})]
+        for label, over in runs:
+            const = {"RELU": True, "INT64": False, "BLOCK": block, **over}
             specs.append(KernelSpec(
                 name=f"activation.add_relu[{block} w{warps} {label}]", module=__name__,
                 kernel="_add_relu_kernel",

@@ -142,3 +142,25 @@ def test_residual_block_with_relu_runs_the_triton_kernel(tri):
     gk.set_backend("numpy")
     y_ref = block(gk.tensor(x))
     assert_close(y, y_ref, atol=1e-5, rtol=1e-4, name="Residual(activation='relu')")
+
+
+@pytest.mark.parametrize("shape", [(1,), (1025,), (3, 5, 7, 11)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_add_forward_is_the_plain_sum(tri, shape, dtype):
+    a, b = _inputs(shape, dtype, seed=6)
+    atol, rtol = TOLS[dtype]
+    y = tri.add_forward(a, b)
+    assert y.dtype == dtype and y.shape == a.shape
+    assert_close(y, ref.add_forward(a, b), atol=atol, rtol=rtol, name=f"add {shape}")
+    assert (y < 0).any()  # no ReLU
+
+
+def test_add_forward_bf16_and_gradient_sums_take_it(tri):
+    from gpukernels.tensor import add_arrays, from_float32, to_float32  # noqa: PLC0415
+
+    a32, b32 = _inputs((2, 3, 5, 7), np.float32, seed=7)
+    a, b = from_float32(np, a32, np.uint16), from_float32(np, b32, np.uint16)
+    y = add_arrays(a, b)
+    assert backend.last_dispatch["activation"] == "gpukernels.triton.activation"
+    assert y.dtype == np.uint16
+    assert_close(to_float32(np, y), to_float32(np, ref.add_forward(a, b)), atol=0, rtol=2.0**-7, name="bf16 add")
