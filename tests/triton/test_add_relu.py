@@ -148,6 +148,7 @@ def test_residual_block_with_relu_runs_the_triton_kernel(tri):
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_add_forward_is_the_plain_sum(tri, shape, dtype):
     a, b = _inputs(shape, dtype, seed=6)
+    a.flat[0], b.flat[0] = -2.0, 0.5  # a negative sum, which a ReLU would zero
     atol, rtol = TOLS[dtype]
     y = tri.add_forward(a, b)
     assert y.dtype == dtype and y.shape == a.shape
