@@ -181,9 +181,10 @@ class AdaptiveAvgPool2d(Module):
         h, w = x.shape[2:]
         oh = h if self._size[0] is None else self._size[0]
         ow = w if self._size[1] is None else self._size[1]
-        if (oh, ow) == (1, 1) and x.dtype != bfloat16:
-            # global average pool: one reduction, no window bookkeeping (bf16 bit
-            # patterns cannot be averaged as integers: they take the pooling kernel)
+        if (oh, ow) == (1, 1) and x.device == "cpu" and x.dtype != bfloat16:
+            # global average pool on the host: one NumPy reduction, no window bookkeeping.
+            # On the GPU (and for bf16 bits, which cannot be averaged as integers) it is
+            # the pooling kernel with one window per channel, below.
             return x.mean(dim=(2, 3), keepdim=True)
         if (oh, ow) == (h, w):
             return x  # one window per pixel: the input itself
