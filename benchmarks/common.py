@@ -135,6 +135,30 @@ def format_table(results: list[Result], ceilings: Ceilings) -> str:
     return "\n".join(lines)
 
 
+def print_table(results: list[Result], ceilings: Ceilings, file=None) -> None:
+    """The results on the terminal: a ``rich`` table (ratio green when ours is faster, red
+    when slower) when rich is installed and ``file`` is a terminal, else ``format_table``."""
+    file = file or sys.stdout
+    try:
+        from rich.console import Console  # noqa: PLC0415 - optional ('bench' extra)
+        from rich.table import Table  # noqa: PLC0415
+    except ImportError:
+        Console = None  # noqa: N806
+    if Console is None or not file.isatty():
+        print(format_table(results, ceilings), file=file)
+        return
+    table = Table(title=f"{ceilings.device}: copy {ceilings.copy_gbps:.1f} GB/s, GEMM "
+                        f"{ceilings.gemm_gflops:.0f} GFLOP/s", caption="ratio = torch time / our time (> 1: ours faster)")
+    for name, justify in (("entry", "left"), ("case", "left"), ("ours ms", "right"), ("torch ms", "right"),
+                          ("ratio", "right"), ("rate", "right")):
+        table.add_column(name, justify=justify)
+    for r in results:
+        colour = "green" if r.ratio >= 1 else "red"
+        table.add_row(r.entry, r.case, f"{1e3 * r.ours_s:.2f}", f"{1e3 * r.theirs_s:.2f}",
+                      f"[{colour}]{r.ratio:.2f}[/{colour}]", rate_text(r, ceilings).strip())
+    Console(file=file).print(table)
+
+
 def rate(r: Result, ceilings: Ceilings) -> tuple[float | None, str, float | None]:
     """``(rate, unit, percent of the ceiling)`` of our time: GFLOP/s against the GEMM ceiling
     for a FLOP-counted row, GB/s against the copy ceiling for a byte-counted one, our img/s

@@ -22,7 +22,7 @@ import gpukernels as gk
 
 from . import (bench_activation, bench_batchnorm, bench_conv, bench_cross_entropy, bench_linear,
                bench_optim, bench_pool, bench_train)
-from .common import format_table, measure_ceilings, write_results
+from .common import measure_ceilings, print_table, write_results
 
 ENTRIES = {"conv": bench_conv, "linear": bench_linear, "activation": bench_activation,
            "pool": bench_pool, "batchnorm": bench_batchnorm, "cross_entropy": bench_cross_entropy,
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
             continue
         print(f"running {name} ...", file=sys.stderr, flush=True)
         results += ENTRIES[name].run(quick=args.quick, repeat=repeat)
-    print(format_table(results, ceilings))
+    print_table(results, ceilings)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"{time.perf_counter() - start:.1f} s in all")
     out = write_results(results, ceilings, args.out or RESULTS_ROOT,

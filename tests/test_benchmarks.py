@@ -90,3 +90,25 @@ def test_unknown_entry_is_a_usage_error():
 
     with pytest.raises(SystemExit):
         run.main(["--only", "nope"])
+
+
+def test_terminal_table_is_rich_on_a_terminal_and_plain_otherwise():
+    import io
+
+    from benchmarks.common import Ceilings, Result, print_table
+
+    results = [Result("relu fwd", "1M float32", 1e-3, 2e-3, bytes=8e6), Result("relu bwd", "1M", 2e-3, 1e-3, bytes=8e6)]
+    ceilings = Ceilings(100.0, 1000.0, "test device")
+    plain = io.StringIO()
+    print_table(results, ceilings, file=plain)
+    assert "ratio = torch time / our time" in plain.getvalue() and "2.00" in plain.getvalue()
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    pytest.importorskip("rich")
+    tty = Terminal()
+    print_table(results, ceilings, file=tty)
+    text = tty.getvalue()
+    assert "test device" in text and "relu fwd" in text and "0.50" in text and "2.00" in text
