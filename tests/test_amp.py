@@ -144,3 +144,15 @@ def test_autocast_disabled_and_nested():
 def test_autocast_rejects_dtypes_it_cannot_compute_in(dtype):
     with pytest.raises(ValueError, match="gk.bfloat16 or gk.float16"):
         gk.autocast(dtype)
+
+
+def test_bf16_parameters_are_initialised_and_moved_as_values():
+    gk.manual_seed(0)
+    lin = gk.nn.Linear(8, 4, dtype=gk.bfloat16)
+    w = lin.weight.float().numpy()
+    bound = 1 / np.sqrt(8)  # kaiming_uniform(a=sqrt(5)) on fan_in 8: U(-1/sqrt(8), 1/sqrt(8))
+    assert np.abs(w).max() <= bound * 1.01 and np.abs(w).max() > bound / 4
+    back = lin.to(gk.float32)
+    np.testing.assert_array_equal(back.weight.numpy(), w)
+    again = back.to(gk.bfloat16)
+    np.testing.assert_array_equal(again.weight.float().numpy(), w)

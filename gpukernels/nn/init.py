@@ -12,12 +12,12 @@ import numpy as np
 
 from ..backend import get_array_module
 from ..random import generator
-from ..tensor import Tensor
+from ..tensor import Tensor, cast_array
 
 
 def _fill(tensor: Tensor, host: np.ndarray) -> Tensor:
     xp = get_array_module(tensor.data)
-    tensor.data[...] = xp.asarray(host.astype(tensor.dtype))
+    tensor.data[...] = xp.asarray(cast_array(host, tensor.dtype))  # bf16: rounded bits
     return tensor
 
 

@@ -11,7 +11,7 @@ from collections import OrderedDict
 from typing import Iterator
 
 from .. import backend
-from ..tensor import Tensor
+from ..tensor import _FLOATS, Tensor, cast_array
 from .parameter import Parameter
 
 
@@ -160,14 +160,14 @@ class Module:
                     if t is None or id(t) in moved:
                         continue
                     data = t.data
-                    if dtype is not None and data.dtype.kind == "f":
-                        data = data.astype(dtype)
+                    if dtype is not None and data.dtype in _FLOATS:
+                        data = cast_array(data, dtype)  # bf16 bits included
                     if device is not None:
                         data = backend.to_device(data, device)
                     t.data = data
                     if t.grad is not None:
                         t.grad = None if data.shape != t.grad.shape else Tensor(
-                            backend.to_device(t.grad.data.astype(data.dtype), backend.device_of(data)))
+                            backend.to_device(cast_array(t.grad.data, data.dtype), backend.device_of(data)))
         return self
 
     def _move_flat_parameters(self, device, dtype) -> set:

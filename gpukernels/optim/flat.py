@@ -47,7 +47,7 @@ import weakref
 import numpy as np
 
 from .. import backend
-from ..tensor import Tensor
+from ..tensor import Tensor, cast_array
 
 #: Every parameter's view starts at a multiple of this many bytes of the buffer.
 ALIGN_BYTES = 128
@@ -241,7 +241,7 @@ class FlatParams:
             return True
 
         def convert(a):
-            return backend.to_device(a.astype(new_dtype, copy=False), new_device)
+            return backend.to_device(cast_array(a, new_dtype), new_device)
 
         owner = self._owner()
         states = owner.state if owner is not None else {}
