@@ -7,6 +7,7 @@ from collections import OrderedDict
 
 import torch
 
+import gpukernels as gk
 from gpukernels import nn
 
 
@@ -14,8 +15,9 @@ def torch_twin(module: nn.Module, dtype=torch.float32) -> torch.nn.Module:
     """A ``torch.nn`` module computing what ``module`` computes, weights copied."""
 
     def copy(dst, src):
+        values = src.float() if src.dtype == gk.bfloat16 else src  # bf16: values, not uint16 bits
         with torch.no_grad():
-            dst.copy_(torch.from_numpy(src.numpy()).to(dtype))
+            dst.copy_(torch.from_numpy(values.numpy()).to(dtype))
 
     if isinstance(module, nn.Sequential):  # subclasses too (models.resnet.BasicBlock)
         # keep the children's names, so named (OrderedDict) models keep their parameter keys
