@@ -14,6 +14,7 @@ import argparse
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -55,19 +56,27 @@ def main(argv=None) -> int:
     on_gpu = args.device == "cuda" or (args.device == "auto" and gk.cuda_available())
     gk.set_backend("cuda" if on_gpu else "numpy")
     ceilings = measure_ceilings(args.quick, gpu=on_gpu)
-    results = []
+    results, failed = [], []
     for name in names:
         if on_gpu and not hasattr(ENTRIES[name], "run_gpu"):
             print(f"skipping {name}: this entry has no GPU version yet", file=sys.stderr)
             continue
         print(f"running {name} ...", file=sys.stderr, flush=True)
-        results += ENTRIES[name].run(quick=args.quick, repeat=repeat)
+        try:
+            results += ENTRIES[name].run(quick=args.quick, repeat=repeat)
+        except Exception:  # noqa: BLE001 - one broken entry must not lose the others' results
+            traceback.print_exc()
+            print(f"entry {name} FAILED (traceback above); going on with the others", file=sys.stderr)
+            failed.append(name)
     print_table(results, ceilings)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"{time.perf_counter() - start:.1f} s in all")
     out = write_results(results, ceilings, args.out or RESULTS_ROOT,
                         sys.argv[1:] if argv is None else argv)
     print(f"results written to {out}")
+    if failed:
+        print(f"failed entries: {', '.join(failed)} (no rows; see the tracebacks)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -112,3 +112,19 @@ def test_terminal_table_is_rich_on_a_terminal_and_plain_otherwise():
     print_table(results, ceilings, file=tty)
     text = tty.getvalue()
     assert "test device" in text and "relu fwd" in text and "0.50" in text and "2.00" in text
+
+
+def test_a_failing_entry_is_reported_and_the_others_still_written(capsys, tmp_path, monkeypatch):
+    from benchmarks import run
+
+    def broken(quick=False, repeat=1):
+        raise AssertionError("conv2d fwd: 3 of 10 elements differ")
+
+    monkeypatch.setattr(run.ENTRIES["conv"], "run", broken)
+    assert run.main(["--quick", "--repeat", "1", "--device", "cpu", "--only", "conv,cross_entropy",
+                     "--out", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert "entry conv FAILED" in captured.err and "3 of 10 elements differ" in captured.err
+    assert "cross_entropy" in captured.out
+    rows = json.loads(next(tmp_path.glob("*/results.json")).read_text())["rows"]
+    assert {r["entry"] for r in rows} == {"cross_entropy"}
