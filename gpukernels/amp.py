@@ -43,12 +43,20 @@ def get_autocast_dtype():
 class autocast(contextlib.ContextDecorator):
     """Run conv2d / linear in ``dtype`` (float32 accumulation) and the losses in float32.
 
+    ``gk.autocast(gk.bfloat16)``, or PyTorch's spelling ``gk.autocast("cuda",
+    dtype=gk.bfloat16)`` (the device type is checked, then ignored: the region covers
+    every op, whatever the backend).
+
     Args:
         dtype: ``gk.bfloat16`` (default) or ``gk.float16``.
         enabled: ``False`` makes the region a no-op (handy for a ``--precision`` flag).
     """
 
-    def __init__(self, dtype=bfloat16, enabled: bool = True):
+    def __init__(self, dtype=bfloat16, enabled: bool = True, **torch_style):
+        if isinstance(dtype, str) and dtype in ("cuda", "cpu"):  # autocast("cuda", dtype=...)
+            dtype = torch_style.pop("dtype", bfloat16)
+        if torch_style:
+            raise TypeError(f"autocast: unexpected arguments {sorted(torch_style)}")
         dtype = np.dtype(dtype)
         if dtype not in AUTOCAST_DTYPES:
             raise ValueError(f"autocast: dtype must be gk.bfloat16 or gk.float16, got {dtype_name(dtype)}")

@@ -140,6 +140,14 @@ def test_autocast_disabled_and_nested():
         assert F.softmax(F.linear(x, w)).dtype == gk.float32
 
 
+def test_autocast_takes_pytorchs_spelling_too():
+    x, w = gk.tensor(np.ones((2, 3), np.float32)), gk.tensor(np.ones((4, 3), np.float32))
+    with gk.autocast("cuda", dtype=gk.float16):
+        assert F.linear(x, w).dtype == gk.float16
+    with pytest.raises(TypeError, match="unexpected arguments"):
+        gk.autocast("cuda", dtype=gk.float16, cache_enabled=True)
+
+
 @pytest.mark.parametrize("dtype", [gk.float32, gk.float64, gk.int64])
 def test_autocast_rejects_dtypes_it_cannot_compute_in(dtype):
     with pytest.raises(ValueError, match="gk.bfloat16 or gk.float16"):
