@@ -52,11 +52,13 @@ class autocast(contextlib.ContextDecorator):
         enabled: ``False`` makes the region a no-op (handy for a ``--precision`` flag).
     """
 
-    def __init__(self, dtype=bfloat16, enabled: bool = True, **torch_style):
-        if isinstance(dtype, str) and dtype in ("cuda", "cpu"):  # autocast("cuda", dtype=...)
-            dtype = torch_style.pop("dtype", bfloat16)
-        if torch_style:
-            raise TypeError(f"autocast: unexpected arguments {sorted(torch_style)}")
+    def __init__(self, dtype_or_device=None, dtype=None, enabled: bool = True):
+        first = dtype_or_device
+        if isinstance(first, str) and first in ("cuda", "cpu"):  # autocast("cuda", dtype=...)
+            first = None
+        elif first is not None and dtype is not None:
+            raise TypeError(f"autocast: dtype given twice ({first!r} and {dtype!r})")
+        dtype = dtype if dtype is not None else first if first is not None else bfloat16
         dtype = np.dtype(dtype)
         if dtype not in AUTOCAST_DTYPES:
             raise ValueError(f"autocast: dtype must be gk.bfloat16 or gk.float16, got {dtype_name(dtype)}")

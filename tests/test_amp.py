@@ -144,8 +144,10 @@ def test_autocast_takes_pytorchs_spelling_too():
     x, w = gk.tensor(np.ones((2, 3), np.float32)), gk.tensor(np.ones((4, 3), np.float32))
     with gk.autocast("cuda", dtype=gk.float16):
         assert F.linear(x, w).dtype == gk.float16
-    with pytest.raises(TypeError, match="unexpected arguments"):
-        gk.autocast("cuda", dtype=gk.float16, cache_enabled=True)
+    with gk.autocast("cpu"):  # bf16 by default
+        assert gk.get_autocast_dtype() == gk.bfloat16
+    with pytest.raises(TypeError, match="dtype given twice"):
+        gk.autocast(gk.float16, dtype=gk.bfloat16)
 
 
 @pytest.mark.parametrize("dtype", [gk.float32, gk.float64, gk.int64])
