@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from . import backend
-from .random import generator
 import numpy as np
 
+from . import backend
+from .random import generator
 from .tensor import Tensor, _as_dtype, cast_array, float32
 
 

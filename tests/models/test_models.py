@@ -10,7 +10,7 @@ from gpukernels import nn
 from models.cnn import cifar_cnn, cnn_for, digits_cnn, mnist_cnn
 from models.mlp import XOR_X, XOR_Y, Perceptron, mlp, train_xor, xor_mlp
 from models.resnet import BasicBlock, resnet, resnet8, resnet20
-from tests.helpers import assert_close, assert_twin_matches
+from tests.helpers import assert_twin_matches
 
 AND_Y = np.array([0, 0, 0, 1])
 OR_Y = np.array([0, 1, 1, 1])
