@@ -230,3 +230,55 @@ class Tuned:
             return self._tuned[grid](*args, **consts)
 
         return launch
+
+# ----------------------------------------------------------------------------- split-K partial sums
+
+# _sum_partials_kernel: elements per program, warps (a bandwidth-bound pass, not tuned)
+SUM_BLOCK, SUM_WARPS = 1024, 4
+
+
+@triton.jit
+def _sum_partials_kernel(part_ptr, out_ptr, S, O, KC, C, KW, so, sc, sh, sw, BLOCK: tl.constexpr):
+    """out[o, c, kh, kw] = sum_s part[s, o, (kh, kw, c)]: split-K partials of a weight
+    gradient (float32, (S, O, KC) contiguous, KC = KH*KW*C) summed in float32 and stored
+    once, in the output's layout (any strides) and dtype. A linear layer's (O, IN) is
+    C = KC, KW = 1; a bias's (O,) is KC = C = KW = 1. Memory traffic: read S * O * KC * 4
+    bytes, write O * KC * itemsize; replaces a reduction, a (transposing) copy and a cast."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    total = O * KC
+    mask = offs < total
+    acc = tl.zeros((BLOCK,), tl.float32)
+    for s in range(S):
+        acc += tl.load(part_ptr + s * total + offs, mask=mask, other=0.0)
+    o = offs // KC
+    k = offs % KC
+    c = k % C
+    tap = k // C
+    dst = o * so + c * sc + (tap // KW) * sh + (tap % KW) * sw
+    tl.store(out_ptr + dst, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def sum_partials(part, out, c=None, kw=1):
+    """``out`` = the sum over the first axis of ``part`` (S, O, KC) float32, in one launch:
+    a weight gradient (O, C, KH, KW) whose K index is (kh, kw, c) (conv: ``c``, ``kw``),
+    an (O, KC) one (linear: the defaults) or a bias (O,) from (S, O, 1). ``out`` keeps its
+    strides and dtype (bf16 as uint16)."""
+    s, o, kc = part.shape
+    if s * o * kc >= 2**31:
+        raise ValueError(f"sum_partials: {s} partials of {o}x{kc} exceed int32 offsets")
+    st = strides(out) + (0,) * (4 - out.ndim)
+    _sum_partials_kernel[(triton.cdiv(o * kc, SUM_BLOCK),)](
+        kernel_arg(part), arg(out), s, o, kc, kc if c is None else c, kw, *st, BLOCK=SUM_BLOCK,
+        num_warps=SUM_WARPS)
+
+
+def sum_partials_specs():
+    """Ahead-of-time specs of ``_sum_partials_kernel`` for float32 / float16 / bf16 outputs."""
+    from .aot import KernelSpec, signature_for  # noqa: PLC0415
+
+    const = {"BLOCK": SUM_BLOCK}
+    return [KernelSpec(name=f"common.sum_partials[{dtype}]", module=__name__, kernel="_sum_partials_kernel",
+                       signature=signature_for(_sum_partials_kernel, const, {"part_ptr": "fp32", "out_ptr": dtype},
+                                               floats=()),
+                       constexprs=const, num_warps=SUM_WARPS, num_stages=1, tensor_cores=False)
+            for dtype in ("fp32", "fp16", "bf16")]

@@ -54,7 +54,7 @@ from .. import backend
 from ..backend import get_array_module, kernel_arg
 from ..reference.conv import conv2d_output_size  # noqa: F401 - the family's shared formula, re-exported
 from ._common import (Tuned, arg, check_float, from_float32, grouped_tile, kernel_view, needs_int64,
-                      precision, strides, to_float32, widen4)
+                      precision, strides, sum_partials, sum_partials_specs, to_float32, widen4)
 
 _ACTIVATIONS = {None: 0, "relu": 1, "leaky_relu": 2}
 
@@ -320,27 +320,6 @@ def _conv2d_wgrad_kernel(
             tl.store(db_ptr + base + o, bias_acc, mask=m_ok)
 
 
-@triton.jit
-def _wgrad_reduce_kernel(part_ptr, out_ptr, S, O, KC, C, KW, so, sc, sh, sw, BLOCK: tl.constexpr):
-    """out[o, c, kh, kw] = sum_s part[s, o, (kh, kw, c)]: the split-K partials of grad-weight
-    (float32, (S, O, KH*KW*C) contiguous) summed in float32 and stored once, in the
-    weight's layout (any strides) and dtype. With KC = C = KW = 1 the same kernel sums
-    grad-bias partials (S, O) into out[o]. Memory traffic: read S * O * KC * 4 bytes,
-    write O * KC * itemsize; replaces a reduction, a transposing copy and a cast."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    total = O * KC
-    mask = offs < total
-    acc = tl.zeros((BLOCK,), tl.float32)
-    for s in range(S):
-        acc += tl.load(part_ptr + s * total + offs, mask=mask, other=0.0)
-    o = offs // KC
-    k = offs % KC
-    c = k % C
-    tap = k // C
-    dst = o * so + c * sc + (tap // KW) * sh + (tap % KW) * sw
-    tl.store(out_ptr + dst, acc.to(out_ptr.dtype.element_ty), mask=mask)
-
-
 # ----------------------------------------------------------------------------- configs
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). tl.dot needs every block >= 16.
@@ -362,8 +341,6 @@ PACKED_MAX_K = 64
 # Split-K: aim for this many programs; each split keeps at least this many pixels.
 TARGET_PROGRAMS = 264  # 2 waves of an H100's 132 SMs
 MIN_PIXELS_PER_SPLIT = 256
-# _wgrad_reduce_kernel: elements per program, warps (a bandwidth-bound pass, not tuned)
-REDUCE_BLOCK, REDUCE_WARPS = 1024, 4
 
 
 _SHAPE_KEY = ["N", "C", "H", "W", "O", "OH", "OW"]
@@ -522,17 +499,6 @@ def _split_k(o, kc, p):
 SPLIT_K_INTERPRET = None
 
 
-def _reduce_partials(part, out, c, kw):
-    """``out`` (grad-weight (O, C, KH, KW) or grad-bias (O,), any strides, its own dtype)
-    = the sum over splits of ``part`` (S, O, KC) float32: one launch."""
-    s, o, kc = part.shape
-    if s * o * kc >= 2**31:
-        raise ValueError(f"conv2d_backward: {s} split-K partials of {o}x{kc} exceed int32 offsets")
-    st = strides(out) + (0,) * (4 - out.ndim)
-    _wgrad_reduce_kernel[(triton.cdiv(o * kc, REDUCE_BLOCK),)](
-        kernel_arg(part), arg(out), s, o, kc, c, kw, *st, BLOCK=REDUCE_BLOCK, num_warps=REDUCE_WARPS)
-
-
 def _wgrad_one(grad_y, y, x, weight, need_bias, stride, padding, dilation, activation, slope,
                gw_out, gb_out):
     """grad_weight into ``gw_out`` (O, C, KH, KW) and grad_bias into ``gb_out`` (O,) (each
@@ -562,9 +528,9 @@ def _wgrad_one(grad_y, y, x, weight, need_bias, stride, padding, dilation, activ
         INT64=needs_int64(grad_y, x), PRECISION=precision(x.dtype), GROUP_M=GROUP_M,
     )
     if gw_out is not None:
-        _reduce_partials(dw_part, gw_out, c, kw)
+        sum_partials(dw_part, gw_out, c, kw)
     if gb_out is not None:
-        _reduce_partials(db_part.reshape(splits, o, 1), gb_out, 1, 1)
+        sum_partials(db_part.reshape(splits, o, 1), gb_out)
 
 
 def conv2d_backward(grad_y, x, weight, y, stride, padding, dilation, groups, activation=None,
@@ -665,10 +631,5 @@ def aot_specs():
                     num_warps=warps, num_stages=stages, tensor_cores=tensor_cores,
                     aligned=pointers,  # allocations are 256-byte aligned
                 ))
-    for label, dtype in (("fp32", "fp32"), ("fp16", "fp16"), ("bf16", "bf16")):
-        const = {"BLOCK": REDUCE_BLOCK}
-        specs.append(KernelSpec(
-            name=f"conv.wgrad_reduce[{label}]", module=__name__, kernel="_wgrad_reduce_kernel",
-            signature=signature_for(_wgrad_reduce_kernel, const, {"part_ptr": "fp32", "out_ptr": dtype}, floats=()),
-            constexprs=const, num_warps=REDUCE_WARPS, num_stages=1, tensor_cores=False))
+    specs += sum_partials_specs()
     return specs

@@ -56,7 +56,8 @@ import triton.language as tl
 
 from .. import backend
 from ..backend import get_array_module
-from ._common import Tuned, arg, check_float, from_float32, grouped_tile, kernel_view, needs_int64, strides
+from ._common import (Tuned, arg, check_float, grouped_tile, kernel_view, needs_int64, strides,
+                      sum_partials)
 from ._common import precision as dot_precision
 
 # ----------------------------------------------------------------------------- kernel
@@ -330,9 +331,9 @@ def _wgrad(g2, x2, weight, need_w, need_b):
     _gemm("wgrad", g2, g_t, x2, strides(x2), w_part, (n, 1), out_f, n, m, rowsum=b_part,
           precision=dot_precision(g2.dtype), splits=splits, k_per_split=per_split,
           split_c=out_f * n, split_r=out_f)
-    gw[...] = from_float32(xp, w_part.sum(axis=0), g2.dtype)
+    sum_partials(w_part, gw)
     if need_b:
-        gb[...] = from_float32(xp, b_part.sum(axis=0), g2.dtype)
+        sum_partials(b_part.reshape(splits, out_f, 1), gb)
     return gw, gb
 
 
