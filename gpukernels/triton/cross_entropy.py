@@ -155,6 +155,22 @@ def _ce_count_kernel(t_ptr, info_ptr, N, C, st, ignore_index,
 
 
 @triton.jit
+def _ce_total_kernel(per_row_ptr, info_ptr, loss_ptr, N, MEAN: tl.constexpr, BLOCK: tl.constexpr):
+    """ONE program: loss = sum of the N per-row losses (float32, in a fixed order: the
+    same bits every run), divided by the count of non-ignored rows (info[0]) with MEAN
+    (0/0 = NaN when every row is ignored, as PyTorch), stored in the loss's dtype. The
+    reduction's tail in one launch instead of a CuPy sum, a division and a cast."""
+    acc = tl.zeros((BLOCK,), tl.float32)
+    for start in range(0, N, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        acc += tl.load(per_row_ptr + offs, mask=offs < N, other=0.0)
+    total = tl.sum(acc, axis=0)
+    if MEAN:
+        total = total / tl.load(info_ptr).to(tl.float32)
+    tl.store(loss_ptr, total.to(loss_ptr.dtype.element_ty))
+
+
+@triton.jit
 def _ce_fwd_kernel(
     z_ptr, t_ptr, info_ptr, loss_ptr, grad_ptr,
     N, C, szr, szc, st, ignore_index, smoothing,
@@ -380,6 +396,7 @@ INTERPRET_CONFIG = (64, 512, 4, 1)
 WIDE_BLOCK = 4096  # rows wider than every BLOCK autotune over the configs this wide or wider
 COUNT_BLOCK = 1024  # targets per program of the count kernel
 COUNT_WARPS = 4
+TOTAL_BLOCK = 1024  # per-row losses per loop step of the one-program total kernel
 
 
 def _prune(configs, named_args, **kwargs):
@@ -603,11 +620,10 @@ def cross_entropy_forward(logits, target, reduction, ignore_index, label_smoothi
     if reduction == "none":
         loss = per_row if logits.dtype == np.float32 else from_float32(xp, per_row, logits.dtype)
     else:
-        total = xp.asarray(per_row.sum(dtype=np.float32))
-        if mean:  # 0/0 = NaN when every row is ignored, as PyTorch
-            with np.errstate(divide="ignore", invalid="ignore"):
-                total = (total / info[0].astype(np.float32)).astype(np.float32)
-        loss = xp.asarray(from_float32(xp, total, logits.dtype)).reshape(())
+        loss = xp.empty((), dtype=logits.dtype)
+        with np.errstate(divide="ignore", invalid="ignore"):  # the interpreter's 0/0
+            _ce_total_kernel[(1,)](kernel_arg(per_row), kernel_arg(info), arg(loss), n, MEAN=mean,
+                                   BLOCK=TOTAL_BLOCK, num_warps=COUNT_WARPS)
     # after every kernel of the call is queued: the one host sync of the call. While a
     # CUDA graph records (no host reads allowed) the check runs after each replay instead.
     if check and n:
@@ -732,4 +748,14 @@ def aot_specs():
             signature=signature_for(_ce_count_kernel, const, {"t_ptr": "i64", "info_ptr": "i32"}),
             num_warps=COUNT_WARPS, num_stages=1, tensor_cores=False, aligned=("t_ptr", "info_ptr"),
         ))
+    for mean in (True, False):
+        for dtype in ("fp32", "fp16", "bf16"):
+            const = dict(MEAN=mean, BLOCK=TOTAL_BLOCK)
+            specs.append(KernelSpec(
+                name=f"cross_entropy.total[{'mean' if mean else 'sum'} {dtype}]", module=__name__,
+                kernel="_ce_total_kernel", constexprs=const,
+                signature=signature_for(_ce_total_kernel, const,
+                                        {"per_row_ptr": "fp32", "info_ptr": "i32", "loss_ptr": dtype}),
+                num_warps=COUNT_WARPS, num_stages=1, tensor_cores=False,
+            ))
     return specs
