@@ -143,3 +143,18 @@ def test_deferred_target_check_raises_after_the_step():
 def test_defer_check_outside_a_capture_is_an_error():
     with pytest.raises(RuntimeError, match="outside a CUDA graph capture"):
         backend.defer_check(lambda: None)
+
+
+def test_graphed_step_checks_its_arguments_and_needs_the_cuda_backend():
+    from gpukernels.cuda_graph import GraphedStep
+
+    with pytest.raises(TypeError, match="fn must be callable"):
+        GraphedStep(3)
+    with pytest.raises(ValueError, match="warmup must be an int >= 1"):
+        GraphedStep(lambda: None, warmup=0)
+    step = GraphedStep(lambda x: x, warmup=1)
+    with pytest.raises(TypeError, match="input 0 must be a Tensor, got ndarray"):
+        step(np.zeros(3))
+    with pytest.raises(RuntimeError, match="input 0 is on cpu"):
+        step(gk.tensor([1.0]))
+    assert step.calls == 0 and not step.recorded
