@@ -60,6 +60,7 @@ from gpukernels import functional as F
 from models.cnn import digits_cnn
 from models.fast_cifar import fast_cifar
 from models.resnet import resnet8, resnet20
+from models.train import make_train_step
 
 from .common import Result, check_close, mark_compile_unavailable, timeit
 from .torch_twin import torch_twin
@@ -208,21 +209,10 @@ def _step_time(step, repeat: int, warmup: int = 3, min_sample_s: float = 0.05) -
 
 
 def _ours_step_fn(model, opt, amp: bool):
-    """fn(x, y): zero_grad, forward + cross-entropy (under bf16 autocast with ``amp``),
-    backward, optimizer step; returns the loss Tensor."""
-
-    def fn(x, y):
-        opt.zero_grad()
-        if amp:
-            with gk.autocast(gk.bfloat16):
-                loss = F.cross_entropy(model(x), y)
-        else:
-            loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
-    return fn
+    """fn(x, y) -> loss: ``models.train.make_train_step`` (zero_grad, forward + cross-entropy
+    under bf16 autocast with ``amp``, backward, optimizer step), its loss only."""
+    step = make_train_step(model, opt, gk.bfloat16 if amp else None)
+    return lambda x, y: step(x, y)[0]
 
 
 def _torch_step_fn(loss_fn, opt, x, y):

@@ -127,13 +127,13 @@ class GraphedStep:
         return self._launch()  # recording ran nothing: this call's step runs now
 
     def _replay(self, inputs):
+        if len(inputs) != len(self._inputs):
+            raise ValueError(f"GraphedStep: recorded with {len(self._inputs)} inputs, got {len(inputs)}")
         for i, (static, x) in enumerate(zip(self._inputs, inputs)):
             if x.shape != static.shape or x.dtype != static.dtype:
                 raise ValueError(
                     f"GraphedStep: input {i} has shape {x.shape} and dtype {x.dtype}; the graph "
                     f"was recorded for {static.shape} {static.dtype} (use drop_last=True)")
-        if len(inputs) != len(self._inputs):
-            raise ValueError(f"GraphedStep: recorded with {len(self._inputs)} inputs, got {len(inputs)}")
         with self._stream:
             for static, x in zip(self._inputs, inputs):
                 static.data[...] = x.data  # device copy, on the replay stream

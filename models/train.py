@@ -256,9 +256,9 @@ def load_checkpoint(path, args) -> dict:
 
 def _hits(logits, y):
     """How many rows of ``logits`` have their largest value at ``y`` (a device scalar:
-    no host sync). Low-precision logits are widened first (bf16 bits do not compare)."""
+    no host sync). bf16 logits are widened first (their uint16 bits do not compare)."""
     scores = logits.detach()
-    if scores.dtype != gk.float32:
+    if scores.dtype == gk.bfloat16:
         scores = scores.float()
     return (scores.data.argmax(1) == y.data).sum()
 

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from ..backend import get_array_module, kernel_arg
-from ._common import INT32_SAFE, check_arrays, empty_in_order, flat_block, flat_grid, flat_operands, needs_int64
+from ._common import FLOAT_DTYPES, INT32_SAFE, check_arrays, empty_in_order, flat_block, flat_grid, flat_operands, needs_int64
 
 BLOCK, WARPS = 1024, 4
 
@@ -57,7 +57,8 @@ def cast(x, dtype):
     """
     dtype = np.dtype(dtype)
     check_arrays("cast", x=x)
-    check_arrays("cast", y=np.empty(0, dtype))  # the same dtype rule for the target
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"cast (Triton): float32, float16 or bfloat16 (as uint16) targets, got {dtype}")
     xp = get_array_module(x)
     (x,), order = flat_operands(xp, x)
     y = empty_in_order(xp, x.shape, dtype, order)
