@@ -47,13 +47,17 @@ BACKENDS = ("numpy", "cuda", "interpret")
 
 
 
+#: Modules of gpukernels/triton/ that are tools, not op families.
+_TRITON_TOOLS = ("aot", "autotune")
+
+
 def _triton_families() -> frozenset:
     """The op families with a module in gpukernels/triton/ (found without importing it)."""
     import pkgutil  # noqa: PLC0415
 
     folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "triton")
     return frozenset(m.name for m in pkgutil.iter_modules([folder])
-                     if not m.name.startswith("_") and m.name != "aot")
+                     if not m.name.startswith("_") and m.name not in _TRITON_TOOLS)
 
 
 #: Op families with Triton kernels: a module ``gpukernels/triton/<family>.py`` with the

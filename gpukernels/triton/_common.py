@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from .. import backend
+from . import autotune
 from ..backend import get_array_module, kernel_arg
 from ..tensor import dtype_name, from_float32, to_float32  # noqa: F401 - the launchers' bf16 conversions
 
@@ -191,25 +192,37 @@ class Tuned:
     Args:
         kernel: the jit function; its block-size parameters are named in ``blocks``.
         blocks: names of the constexpr block sizes, in config order.
-        configs: GPU configs ``(*block sizes, num_warps, num_stages)``; autotuned over
-            ``key`` (argument names) the first time each key value is seen.
+        configs: GPU configs ``(*block sizes, num_warps, num_stages)``, the family's best
+            guess first; on a GPU one is chosen per value of ``key`` (argument names) by
+            ``autotune.choose`` (``GPUKERNELS_AUTOTUNE={full,fast,off}``, on-disk cache).
         interpret: the one config used under Triton's interpreter, whose programs run
             one after another in Python: big tiles, few programs.
-        prune: optional ``early_config_prune(configs, named_args, **kwargs)`` for
-            ``triton.autotune``: keeps only the configs worth timing for a launch.
+        prune: optional ``prune(configs, named_args, **kwargs)`` over ``triton.Config``
+            objects (``triton.autotune``'s ``early_config_prune``): keeps only the configs
+            worth timing for a launch.
 
     ``force`` (a config) replaces autotuning: the ``gpu`` tests run every config this way,
     so a config that miscompiles cannot hide behind the autotuner's choice.
     """
 
     def __init__(self, kernel, blocks, configs, key, interpret, prune=None):
-        self.kernel, self.blocks, self.configs = kernel, tuple(blocks), list(configs)
+        self.kernel, self.blocks, self.configs = kernel, tuple(blocks), [tuple(c) for c in configs]
         self.key, self.interpret, self.force, self.prune = list(key), tuple(interpret), None, prune
-        self._tuned = None
+        fn = getattr(kernel, "fn", kernel)  # the Python function under the jit wrapper
+        self.name = f"{fn.__module__}.{fn.__name__}"
+        self.arg_index = {name: i for i, name in enumerate(kernel.arg_names)}
+        self.chosen = {}  # autotune.choose's in-memory cache
 
     def meta(self, cfg) -> dict:
         *sizes, warps, stages = cfg
         return {**dict(zip(self.blocks, sizes)), "num_warps": warps, "num_stages": stages}
+
+    def pruned(self, named_args, consts) -> list:
+        """The configs ``prune`` keeps for this launch (all of them when it keeps none)."""
+        configs = [triton.Config(dict(zip(self.blocks, c[:-2])), num_warps=c[-2], num_stages=c[-1])
+                   for c in self.configs]
+        kept = self.prune(configs, named_args, **consts)
+        return [tuple(c.kwargs[b] for b in self.blocks) + (c.num_warps, c.num_stages) for c in kept] or self.configs
 
     def fixed_config(self):
         """The config a launch uses without autotuning (interpreter or forced), else None."""
@@ -220,14 +233,9 @@ class Tuned:
     def __getitem__(self, grid):
         def launch(*args, **consts):
             cfg = self.fixed_config()
-            if cfg is not None:
-                return self.kernel[grid](*args, **consts, **self.meta(cfg))
-            if self._tuned is None:
-                configs = [triton.Config(dict(zip(self.blocks, c[:-2])), num_warps=c[-2], num_stages=c[-1])
-                           for c in self.configs]
-                prune = {"early_config_prune": self.prune} if self.prune else None
-                self._tuned = triton.autotune(configs, key=self.key, prune_configs_by=prune)(self.kernel)
-            return self._tuned[grid](*args, **consts)
+            if cfg is None:
+                cfg = autotune.choose(self, grid, args, consts)
+            return self.kernel[grid](*args, **consts, **self.meta(cfg))
 
         return launch
 
