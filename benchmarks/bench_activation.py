@@ -20,7 +20,7 @@ import gpukernels as gk
 from gpukernels.backend import cupy_from_torch, torch_from_cupy
 from gpukernels.reference import activation as ref
 
-from .common import Result, check_close, cuda_generator, cuda_randn, gpu_time, time_both
+from .common import Result, check_close, cuda_generator, cuda_randn, gpu_time, pick_cases, time_both, torch_compile
 
 ACTS = ["relu", "leaky_relu", "sigmoid", "tanh"]
 SLOPE = 0.01
@@ -49,7 +49,7 @@ def run(quick: bool = False, repeat: int = 10) -> list[Result]:
     reference vs torch CPU, float32, 1M (quick) or 16M elements."""
     if gk.get_backend() == "cuda":
         return run_gpu(quick, repeat)
-    n = (1 if quick else 16) * 1024 * 1024
+    n = pick_cases(16 * 1024 * 1024, 1024 * 1024, 4096, quick)
     rng = np.random.default_rng(0)
     x = rng.standard_normal(n, dtype=np.float32)
     g = rng.standard_normal(n, dtype=np.float32)
@@ -85,7 +85,7 @@ def run_gpu(quick: bool = False, repeat: int = 100) -> list[Result]:
     def compiled(fn, *args):
         """(seconds, None) for torch.compile(fn), or (None, why) when it does not run here."""
         try:
-            cfn = torch.compile(fn)
+            cfn = torch_compile(fn)
             cfn(*args)  # compile outside the timing
             return gpu_time(lambda: cfn(*args), repeat), None
         except Exception as exc:  # noqa: BLE001 - no compiler toolchain, unsupported op: report it

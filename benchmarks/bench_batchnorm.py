@@ -19,7 +19,7 @@ from gpukernels import functional as F
 from gpukernels.backend import cupy_from_torch
 
 from .common import (CpuPair, Result, check_close, check_close_gpu, cuda_generator, cuda_randn, gpu_time,
-                     time_both)
+                     pick_cases, time_both, torch_compile)
 
 # (name, N, C, H, W)
 CASES = [
@@ -28,6 +28,7 @@ CASES = [
     ("resnet 256x8x8", 32, 256, 8, 8),
 ]
 QUICK = [("small 16x16x16", 8, 16, 16, 16)]
+TINY = [("tiny 4x4x4", 2, 4, 4, 4)]
 
 
 def run(quick: bool = False, repeat: int = 10) -> list[Result]:
@@ -37,7 +38,7 @@ def run(quick: bool = False, repeat: int = 10) -> list[Result]:
         return run_gpu(quick, repeat)
     results = []
     rng = np.random.default_rng(0)
-    for name, n, c, h, w in QUICK if quick else CASES:
+    for name, n, c, h, w in pick_cases(CASES, QUICK, TINY, quick):
         x = (1 + 2 * rng.standard_normal((n, c, h, w))).astype(np.float32)
         g = rng.standard_normal((n, c, h, w)).astype(np.float32)
         wt = (1 + 0.1 * rng.standard_normal(c)).astype(np.float32)
@@ -126,7 +127,7 @@ def run_gpu(quick: bool = False, repeat: int = 100) -> list[Result]:
 
                 compiled = {}
                 try:
-                    fn = torch.compile(eager)
+                    fn = torch_compile(eager)
                     t_fwd(fn)  # compile outside the timing
                     t_fb(fn)
                     compiled = {"torch_compile_fwd_s": gpu_time(lambda: t_fwd(fn), repeat),

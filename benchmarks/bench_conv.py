@@ -11,7 +11,7 @@ import gpukernels as gk
 from gpukernels import functional as F
 from gpukernels.backend import cupy_from_torch
 
-from .common import CpuPair, Result, check_close_gpu, cuda_generator, cuda_randn, gpu_time, time_both
+from .common import CpuPair, Result, check_close_gpu, cuda_generator, cuda_randn, gpu_time, pick_cases, time_both
 
 # (name, N, C, H, W, O, K, stride, padding)
 CASES = [
@@ -21,6 +21,7 @@ CASES = [
     ("digits 16->32 4x4 k3", 64, 16, 4, 4, 32, 3, 1, 1),
 ]
 QUICK = [("small 16x16x16 k3", 8, 16, 16, 16, 16, 3, 1, 1)]
+TINY = [("tiny 4x8x8 k3", 2, 4, 8, 8, 4, 3, 1, 1)]
 
 
 def run(quick: bool = False, repeat: int = 10) -> list[Result]:
@@ -29,7 +30,7 @@ def run(quick: bool = False, repeat: int = 10) -> list[Result]:
         return run_gpu(quick, repeat)
     results = []
     rng = np.random.default_rng(0)
-    for name, n, c, h, w, o, k, s, p in QUICK if quick else CASES:
+    for name, n, c, h, w, o, k, s, p in pick_cases(CASES, QUICK, TINY, quick):
         x = rng.standard_normal((n, c, h, w), dtype=np.float32)
         wt = (rng.standard_normal((o, c, k, k), dtype=np.float32) / np.sqrt(c * k * k)).astype(np.float32)
         b = rng.standard_normal(o, dtype=np.float32)

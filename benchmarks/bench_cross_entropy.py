@@ -23,10 +23,12 @@ import gpukernels as gk
 from gpukernels import functional as F
 from gpukernels.backend import cupy_from_torch
 
-from .common import Result, check_close, check_close_gpu, cuda_generator, cuda_randn, gpu_time, time_both
+from .common import (Result, check_close, check_close_gpu, cuda_generator, cuda_randn, gpu_time, pick_cases,
+                     time_both, torch_compile)
 
 CASES = [(8192, 1000), (512, 32768), (64, 10)]
 QUICK = [(256, 1000)]
+TINY = [(8, 10)]
 
 
 def run(quick: bool = False, repeat: int = 10) -> list[Result]:
@@ -36,7 +38,7 @@ def run(quick: bool = False, repeat: int = 10) -> list[Result]:
         return run_gpu(quick, repeat)
     results = []
     rng = np.random.default_rng(0)
-    for b, c in QUICK if quick else CASES:
+    for b, c in pick_cases(CASES, QUICK, TINY, quick):
         logits = (3 * rng.standard_normal((b, c))).astype(np.float32)
         target = rng.integers(0, c, b)
         gl, gt = gk.tensor(logits, requires_grad=True), gk.tensor(target)
@@ -113,7 +115,7 @@ def run_gpu(quick: bool = False, repeat: int = 100) -> list[Result]:
             t_eager = gpu_time(eager, repeat)
             extra = {"baseline": "PyTorch eager"}
             try:
-                compiled = torch.compile(torch.nn.functional.cross_entropy)
+                compiled = torch_compile(torch.nn.functional.cross_entropy)
 
                 def comp():
                     return eager(compiled)

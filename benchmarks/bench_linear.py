@@ -15,7 +15,7 @@ from gpukernels import functional as F
 from gpukernels.backend import cupy_from_torch
 
 from .common import (CpuPair, Result, check_close_gpu, cuda_generator, cuda_randn, gpu_time,
-                     mark_compile_unavailable, time_both)
+                     mark_compile_unavailable, pick_cases, time_both, torch_compile)
 
 # (name, batch, in_features, out_features)
 CASES = [
@@ -24,6 +24,7 @@ CASES = [
     ("resnet head 128x64->10", 128, 64, 10),
 ]
 QUICK = [("256x128->64", 256, 128, 64), ("digits head 64x128->10", 64, 128, 10)]
+TINY = [("tiny 8x16->4", 8, 16, 4)]
 
 
 def run(quick: bool = False, repeat: int = 10) -> list[Result]:
@@ -32,7 +33,7 @@ def run(quick: bool = False, repeat: int = 10) -> list[Result]:
         return run_gpu(quick, repeat)
     results = []
     rng = np.random.default_rng(0)
-    for name, m, i, o in QUICK if quick else CASES:
+    for name, m, i, o in pick_cases(CASES, QUICK, TINY, quick):
         x = rng.standard_normal((m, i), dtype=np.float32)
         w = (rng.standard_normal((o, i), dtype=np.float32) / np.sqrt(i)).astype(np.float32)
         b = rng.standard_normal(o, dtype=np.float32)
@@ -108,13 +109,13 @@ def run_gpu(quick: bool = False, repeat: int = 100) -> list[Result]:
             results.append(Result("linear fwd+bwd", label, ours_b, gpu_time(t_fb, repeat), flops=3 * flops,
                                   extra={"baseline": "torch eager (cuBLAS)"}))
             try:  # torch.compile as a second baseline, where inductor runs
-                c_fwd = torch.compile(torch.nn.functional.linear)
+                c_fwd = torch_compile(torch.nn.functional.linear)
 
                 def c_step(x_, w_, b_, g_):
                     y_ = torch.nn.functional.linear(x_, w_, b_)
                     return torch.autograd.grad(y_, (x_, w_, b_), g_)
 
-                c_fb = torch.compile(c_step)
+                c_fb = torch_compile(c_step)
 
                 def tc_fwd():
                     with torch.no_grad():

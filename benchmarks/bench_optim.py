@@ -32,7 +32,7 @@ from gpukernels.backend import cupy_from_torch
 from gpukernels.nn.parameter import Parameter
 from gpukernels.tensor import Tensor
 
-from .common import Result, check_close, cuda_generator, cuda_randn, gpu_time, time_both
+from .common import Result, check_close, cuda_generator, cuda_randn, gpu_time, pick_cases, time_both
 
 BYTES_PER_PARAM = 28  # Adam, float32: read p, g, m, v; write p, m, v
 
@@ -87,7 +87,7 @@ def run(quick: bool = False, repeat: int = 10) -> list[Result]:
     if gk.get_backend() == "cuda":
         return run_gpu(quick, repeat)
     results = []
-    for total in ((100_000,) if quick else (1_000_000, 4_000_000)):
+    for total in pick_cases((1_000_000, 4_000_000), (100_000,), (10_000,), quick):
         sizes = scaled_sizes(total)
         values, grads = _host_data(sizes)
         params = [Parameter(v.copy()) for v in values]

@@ -19,7 +19,7 @@ from gpukernels import functional as F
 from gpukernels.backend import cupy_from_torch
 
 from .common import (CpuPair, Result, check_close_gpu, cuda_generator, cuda_randn, gpu_time,
-                     mark_compile_unavailable, time_both)
+                     mark_compile_unavailable, pick_cases, time_both, torch_compile)
 
 # (name, op, N, C, H, W, kernel, stride, padding)
 CASES = [
@@ -29,6 +29,7 @@ CASES = [
 ]
 QUICK = [("2x2 s2 8x16x16x16", "max", 8, 16, 16, 16, 2, 2, 0),
          ("avg 3x3 s2 p1 8x16x16x16", "avg", 8, 16, 16, 16, 3, 2, 1)]
+TINY = [("tiny 2x2 s2 2x4x8x8", "max", 2, 4, 8, 8, 2, 2, 0)]
 
 
 def _out(h, k, s, p):
@@ -57,7 +58,7 @@ def run(quick: bool = False, repeat: int = 10) -> list[Result]:
         return run_gpu(quick, repeat)
     results = []
     rng = np.random.default_rng(0)
-    for name, op, n, c, h, w, k, s, p in QUICK if quick else CASES:
+    for name, op, n, c, h, w, k, s, p in pick_cases(CASES, QUICK, TINY, quick):
         x = rng.standard_normal((n, c, h, w), dtype=np.float32)
         oh, ow = _out(h, k, s, p), _out(w, k, s, p)
         g = rng.standard_normal((n, c, oh, ow), dtype=np.float32)
@@ -145,8 +146,8 @@ def run_gpu(quick: bool = False, repeat: int = 100) -> list[Result]:
             results.append(Result(f"{entry} fwd+bwd", label, ours_b, gpu_time(t_fb, repeat), bytes=fb_bytes,
                                   extra={"baseline": "torch eager"}))
             try:  # torch.compile as a second baseline, where inductor runs
-                c_fwd = torch.compile(lambda t, f=theirs_op: f(t))
-                c_fb_op = torch.compile(lambda t, g, f=theirs_op: torch.autograd.grad(f(t), t, g)[0])
+                c_fwd = torch_compile(lambda t, f=theirs_op: f(t))
+                c_fb_op = torch_compile(lambda t, g, f=theirs_op: torch.autograd.grad(f(t), t, g)[0])
 
                 def tc_fwd():
                     with torch.no_grad():

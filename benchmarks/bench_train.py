@@ -62,7 +62,7 @@ from models.fast_cifar import fast_cifar
 from models.resnet import resnet8, resnet20
 from models.train import make_train_step
 
-from .common import Result, check_close, mark_compile_unavailable, timeit
+from .common import OPTIONS, Result, check_close, mark_compile_unavailable, pick_cases, timeit, torch_compile
 from .torch_twin import torch_twin
 
 # (name, model factory, input shape without batch, classes, batch, quick batch, optimizer)
@@ -76,6 +76,9 @@ CASES = [
 #: net max-pools four times: float32 rounding flips near-ties of a max pool's argmax, which
 #: reroutes gradients, so its losses drift apart by up to ~1e-3 from the second step on
 #: (its first-step loss, same weights, is still checked at 1e-4).
+#: --tiny (the dry run of the GPU session: its plan, not its speed): the digits CNN alone
+TINY = [("digits CNN", digits_cnn, (1, 8, 8), 10, 4, 4, "adam")]
+
 LATER_STEP_RTOL = {"fast CIFAR 32x32": 1e-2}
 
 # optimizer kind -> (class name, keyword arguments), the same for gk.optim and torch.optim
@@ -103,7 +106,8 @@ def run(quick: bool = False, repeat: int = 20) -> list[Result]:
         return run_gpu(quick, repeat)
     results = []
     rng = np.random.default_rng(0)
-    for name, make, shape, classes, full_batch, quick_batch, kind in CASES:
+    cases = CASES[1:] if OPTIONS["headline"] else CASES  # headline: the ResNet-8 / fast CIFAR steps
+    for name, make, shape, classes, full_batch, quick_batch, kind in pick_cases(cases, cases, TINY, quick):
         batch = quick_batch if quick else full_batch
         gk.manual_seed(0)
         model = make()
@@ -132,8 +136,8 @@ def run(quick: bool = False, repeat: int = 20) -> list[Result]:
             rtol = LATER_STEP_RTOL.get(name, 1e-4) if step else 1e-4
             check_close(f"{name} step {step} loss", ours().numpy(), theirs().detach().numpy(), 1e-5, rtol)
         results.append(Result("train step", f"{name} batch {batch} {kind}",
-                              timeit(ours, repeat=repeat, warmup=3),
-                              timeit(theirs, repeat=repeat, warmup=3),
+                              timeit(ours, repeat=repeat, warmup=1 if OPTIONS["tiny"] else 3),
+                              timeit(theirs, repeat=repeat, warmup=1 if OPTIONS["tiny"] else 3),
                               unit="img/s", extra={"batch": batch}))
     return results
 
@@ -149,6 +153,8 @@ GPU_CASES = [
 ]
 #: --quick: every model once, at the batch its goal is set for (fast CIFAR 512 dropped)
 GPU_QUICK = GPU_CASES[:3]
+#: --headline (the budgeted GPU run's first numbers): ResNet-20 b512 and fast CIFAR b1024
+GPU_HEADLINE = GPU_CASES[1:3]
 
 #: (name, batch) -> [(PyTorch variant, least ratio)] for the bf16 variants of ours
 GOALS = {
@@ -288,7 +294,8 @@ def run_gpu(quick: bool = False, repeat: int = 10) -> list[Result]:
     torch.backends.cudnn.benchmark = True  # cuDNN picks its fastest algorithm per shape
     backend.set_allow_tf32(True)  # ours: TF32 for float32 convs / linears (the default)
     results = []
-    for name, make, shape, classes, batch, kind in GPU_QUICK if quick else GPU_CASES:
+    cases = GPU_HEADLINE if OPTIONS["headline"] else GPU_QUICK if quick else GPU_CASES
+    for name, make, shape, classes, batch, kind in cases:
         label = f"{name} b{batch}"
         gk.manual_seed(0)
         template = make()  # never stepped: every copy below starts from these weights
@@ -325,7 +332,7 @@ def run_gpu(quick: bool = False, repeat: int = 10) -> list[Result]:
         try:
             torch._dynamo.reset()  # a fresh compile per case: no shape-generalised recompiles
             twin = torch_twin(template).cuda().to(memory_format=torch.channels_last)
-            closs = torch.compile(_torch_loss_fn(twin, amp=True), dynamic=False)
+            closs = torch_compile(_torch_loss_fn(twin, amp=True), dynamic=False)
             t_comp = _torch_step_fn(closs, _optimizer(torch, twin.parameters(), kind), tx_cl, ty)
             first["compile"] = t_comp().item()  # compiles
             check_close(f"train step {label} torch.compile first loss", first["compile"], first["eager AMP"],

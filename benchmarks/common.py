@@ -39,6 +39,19 @@ def timeit(fn, *, warmup: int = 2, repeat: int = 10, min_seconds: float = 0.0) -
     return statistics.median(times)
 
 
+#: Run-wide options that ``benchmarks.run`` sets from its flags and the entries read:
+#: ``tiny``: the smallest cases (the dry run of ``scripts/gpu_session.sh``: it checks the
+#: plan, not the speed); ``headline``: only the cases the budgeted GPU run leads with
+#: (the ResNet / fast CIFAR training steps); ``torch_compile``: time ``torch.compile``
+#: variants too (each costs a compile of tens of seconds on a GPU).
+OPTIONS = {"tiny": False, "headline": False, "torch_compile": True}
+
+
+def pick_cases(full, quick_cases, tiny, quick: bool):
+    """The cases an entry runs: ``tiny`` under ``OPTIONS["tiny"]``, else quick or full."""
+    return tiny if OPTIONS["tiny"] else quick_cases if quick else full
+
+
 @dataclass
 class Result:
     """One benchmark row: our time vs the reference's, and the work it did."""
@@ -372,15 +385,17 @@ def _write_png(path: Path, rows: list[dict], stamp: dict) -> bool:
     return True
 
 
-def write_results(results: list[Result], ceilings: Ceilings, out_root, argv: list[str] | None = None) -> Path:
+def write_results(results: list[Result], ceilings: Ceilings, out_root, argv: list[str] | None = None,
+                  notes: dict | None = None) -> Path:
     """Write ``results.{csv,json,md,png}`` under ``out_root/<device slug>/`` (each atomically,
-    each stamped by ``run_stamp``) and return that folder. Without matplotlib the PNG is
+    each stamped by ``run_stamp``; ``notes``, e.g. per-entry seconds and autotuning, go to
+    the JSON's ``run``) and return that folder. Without matplotlib the PNG is
     skipped with a note on stderr."""
     out = Path(out_root) / ceilings.slug
     out.mkdir(parents=True, exist_ok=True)
     stamp = run_stamp(ceilings, argv)
     rows = [row_dict(r, ceilings) for r in results]
-    doc = {**stamp, "rows": rows}
+    doc = {**stamp, **({"run": notes} if notes else {}), "rows": rows}
     _write_atomic(out / "results.json",
                   lambda f: f.write((json.dumps(doc, indent=2, default=str) + "\n").encode()))
     _write_atomic(out / "results.csv", lambda f: f.write(_csv_text(rows, stamp).encode()))
@@ -485,6 +500,17 @@ def cuda_randn(gen, *shape, dtype=None, scale=None, shift=None):
     if shift is not None:
         x = shift + x
     return x if dtype is None else x.to(dtype)
+
+
+def torch_compile(fn, **kwargs):
+    """``torch.compile(fn, **kwargs)``, or a ``RuntimeError`` saying why not when this run
+    skips compiled baselines (``OPTIONS["torch_compile"]`` off): callers report it as
+    unavailable, as when inductor cannot run."""
+    if not OPTIONS["torch_compile"]:
+        raise RuntimeError("not timed in this run (benchmarks.run --no-torch-compile / --headline)")
+    import torch  # noqa: PLC0415
+
+    return torch.compile(fn, **kwargs)
 
 
 def mark_compile_unavailable(bench: str, label: str, exc: Exception, rows) -> None:

@@ -13,6 +13,8 @@ BLOCK_K, warps, stages).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import triton
 import triton.language as tl
@@ -46,6 +48,10 @@ def kernel_view(a):
     if any(s < 0 or s % a.itemsize for s in a.strides):  # CuPy: negative or odd strides
         return get_array_module(a).ascontiguousarray(a)
     return a
+
+
+if backend.interpreting() and os.environ.get("GPUKERNELS_RECORD_LAUNCHES"):
+    autotune.record_launches(os.environ["GPUKERNELS_RECORD_LAUNCHES"])  # the GPU session's dry run
 
 
 def check_float(op: str, *arrays) -> None:
@@ -209,9 +215,10 @@ class Tuned:
         self.kernel, self.blocks, self.configs = kernel, tuple(blocks), [tuple(c) for c in configs]
         self.key, self.interpret, self.force, self.prune = list(key), tuple(interpret), None, prune
         fn = getattr(kernel, "fn", kernel)  # the Python function under the jit wrapper
-        self.name = f"{fn.__module__}.{fn.__name__}"
+        self.kernel_name, self.name = fn.__name__, f"{fn.__module__}.{fn.__name__}"
         self.arg_index = {name: i for i, name in enumerate(kernel.arg_names)}
         self.chosen = {}  # autotune.choose's in-memory cache
+        autotune.register(self)
 
     def meta(self, cfg) -> dict:
         *sizes, warps, stages = cfg

@@ -287,3 +287,46 @@ def choose(tuned, grid, args, consts) -> tuple:
                                 "ms": {" ".join(map(str, c)): round(t, 5) for c, t in ms.items()}})
     tuned.chosen[mem_key] = cfg
     return cfg
+
+
+# ----------------------------------------------------------------------------- compile census
+
+#: Tuned kernels' block-size names and config counts, by the jit function's name: what
+#: the launch recorder needs to tell a compile variant from a tile config.
+TUNED_KERNELS: dict[str, tuple] = {}
+
+
+def register(tuned) -> None:
+    TUNED_KERNELS[tuned.kernel_name] = (tuned.blocks, len(tuned.configs))
+
+
+def record_launches(path: str) -> None:
+    """Under the interpreter: record every distinct compile variant launched (kernel,
+    constexpr values other than tile sizes, argument dtypes) and write them as JSON to
+    ``path`` at exit, with the number of compiles each would cost on a GPU (``fast``
+    autotuning: ``min(FAST_CONFIGS, configs)`` for a tuned kernel, 1 otherwise). The
+    dry run of ``scripts/gpu_session.sh`` turns its counts into a compile budget."""
+    import atexit  # noqa: PLC0415
+
+    from triton.runtime.interpreter import InterpretedFunction  # noqa: PLC0415
+
+    seen = {}
+    run = InterpretedFunction.run
+
+    def recording_run(self, *args, grid, warmup, **kwargs):
+        name = getattr(self.fn, "__name__", str(self.fn))
+        blocks, n_configs = TUNED_KERNELS.get(name, ((), 1))
+        consts = tuple(sorted((k, repr(v)) for k, v in kwargs.items()
+                              if k not in blocks and k not in ("num_warps", "num_stages")))
+        dtypes = tuple(str(a.dtype).replace("torch.", "") for a in args if hasattr(a, "dtype"))
+        seen[(name, consts, dtypes)] = min(FAST_CONFIGS, n_configs)
+        return run(self, *args, grid=grid, warmup=warmup, **kwargs)
+
+    InterpretedFunction.run = recording_run
+
+    def write():
+        rows = [{"kernel": k, "consts": dict(c), "dtypes": list(d), "compiles": n} for (k, c, d), n in seen.items()]
+        with open(path, "w") as f:
+            json.dump({"variants": len(rows), "compiles": sum(r["compiles"] for r in rows), "rows": rows}, f, indent=1)
+
+    atexit.register(write)

@@ -71,6 +71,7 @@ def _assert_close(ours, theirs, rtol, label):
     assert_close_each(("y", "grad_x", "grad_w", "grad_b", "running_mean", "running_var"), ours, theirs, rtol, label)
 
 
+@pytest.mark.slow  # every config / > 2**31 elements: not in the smoke selection
 @pytest.mark.parametrize("kind", ["stats", "fwd_apply", "bwd_reduce", "bwd_apply"])
 def test_every_config_is_correct_in_float32(env, kind, monkeypatch):
     cupy, torch, bn = env
@@ -88,6 +89,7 @@ def test_autotuned_kernels_match_pytorch(env, dtype_name, rtol):
         _assert_close(*_run_both(env, shape, getattr(torch, dtype_name), cl), rtol, f"{dtype_name} {shape} cl={cl}")
 
 
+@pytest.mark.slow  # every config / > 2**31 elements: not in the smoke selection
 def test_finalize_kernels_with_many_splits(env, monkeypatch):
     cupy, torch, bn = env
     # channels-last (64 channels in one block) takes hundreds of splits by itself; NCHW
@@ -105,6 +107,7 @@ def test_a_mean_of_1000_in_float32(env):
         _assert_close(ours, theirs, 1e-4, f"mean 1000 cl={cl}")
 
 
+@pytest.mark.slow  # every config / > 2**31 elements: not in the smoke selection
 def test_int64_offsets_past_2_to_the_31_elements(env):
     cupy, torch, bn = env
     # 2 x 32768 x 32769 > 2**31 half values: zeros, and ones in the last row, so the

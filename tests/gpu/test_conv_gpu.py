@@ -61,6 +61,7 @@ def _assert_close(ours, theirs, rtol, label):
     assert_close_each(("y", "grad_x", "grad_w", "grad_b"), ours, theirs, rtol, label)
 
 
+@pytest.mark.slow  # every config / > 2**31 elements: not in the smoke selection
 @pytest.mark.parametrize("kind", ["fwd", "dgrad", "wgrad"])
 def test_every_config_is_correct_in_full_float32(env, kind, monkeypatch):
     cupy, torch, conv = env
@@ -82,6 +83,7 @@ def test_autotuned_kernels_match_cudnn_in_tf32_fp16_bf16(env, dtype_name, rtol, 
         _assert_close(*_run_both(env, case, getattr(torch, dtype_name)), rtol, f"{dtype_name} {case}")
 
 
+@pytest.mark.slow  # every config / > 2**31 elements: not in the smoke selection
 def test_int64_offsets_past_2_to_the_31_elements(env):
     cupy, torch, conv = env
     side = 46341  # 46341**2 > 2**31

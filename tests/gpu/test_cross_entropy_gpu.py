@@ -68,6 +68,7 @@ def _ce_both(env, z, t, reduction, eps, g=None):
     return ours, (loss_ref.detach(), zr.grad)
 
 
+@pytest.mark.slow  # every config / > 2**31 elements: not in the smoke selection
 @pytest.mark.parametrize("kind", ["ce_fwd", "ce_bwd"])
 def test_every_cross_entropy_config_in_float32(env, kind, monkeypatch):
     cupy, torch, tri = env
@@ -79,6 +80,7 @@ def test_every_cross_entropy_config_in_float32(env, kind, monkeypatch):
             _close(d, d_ref, 1e-5, f"{kind} {cfg} {n}x{c} grad")
 
 
+@pytest.mark.slow  # every config / > 2**31 elements: not in the smoke selection
 @pytest.mark.parametrize("kind", ["softmax_fwd", "softmax_bwd"])
 def test_every_softmax_config_in_float32(env, kind, monkeypatch):
     cupy, torch, tri = env
@@ -140,6 +142,7 @@ def test_gradient_is_a_fresh_buffer_and_bad_targets_raise(env):
         tri.cross_entropy_forward(cz, ct, "mean", IGNORE, 0.0)
 
 
+@pytest.mark.slow  # every config / > 2**31 elements: not in the smoke selection
 def test_int64_offsets_past_2_to_the_31_elements(env):
     cupy, torch, tri = env
     n, c = 2**31 // 32768 + 3, 32768  # 2**31 + 98304 bf16 logits (4 GiB), as many gradients

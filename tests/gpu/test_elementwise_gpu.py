@@ -92,6 +92,7 @@ def _check_activations(env, dtype, label, shapes=SIZES, layout=None):
     torch.cuda.synchronize()
 
 
+@pytest.mark.slow  # every config / > 2**31 elements: not in the smoke selection
 @pytest.mark.parametrize("kind", ["fwd", "bwd"])
 def test_every_activation_config_matches_torch(env, kind, monkeypatch):
     for cfg in each_config(monkeypatch, env.act.KERNELS[kind], env.act.GPU_CONFIGS):
@@ -123,6 +124,7 @@ def _check_heaviside(env, dtype, label, tensor_values):
         _close(env, torch_from_cupy(y, bfloat16=bf16), torch.heaviside(x, values), dtype, f"{label} {shape}")
 
 
+@pytest.mark.slow  # every config / > 2**31 elements: not in the smoke selection
 def test_every_heaviside_config_matches_torch(env, monkeypatch):
     # array values: the strided "heaviside" kernel; a number: the flat "fwd" kernel
     for kind, configs, tensor_values in (("heaviside", env.act.HEAVISIDE_CONFIGS, True),
@@ -154,6 +156,7 @@ def _check_dropout(env, dtype, label, p=0.3):
         _close(env, torch_from_cupy(dx, bfloat16=bf16), (g.float() * m).to(x.dtype), dtype, f"{label} backward {shape}")
 
 
+@pytest.mark.slow  # every config / > 2**31 elements: not in the smoke selection
 @pytest.mark.parametrize("kind", ["fwd", "bwd"])
 def test_every_dropout_config_applies_the_host_generators_mask(env, kind, monkeypatch):
     for cfg in each_config(monkeypatch, env.drop.KERNELS[kind], env.drop.GPU_CONFIGS + [None]):
@@ -211,6 +214,7 @@ def _check_mse(env, dtype, label):
             assert bool(ok.all()), f"{label} {reduction} grad {shape}: max error {(d - r).abs().max().item()}"
 
 
+@pytest.mark.slow  # every config / > 2**31 elements: not in the smoke selection
 @pytest.mark.parametrize("kind", ["fwd", "bwd"])
 def test_every_mse_config_matches_torch(env, kind, monkeypatch):
     for cfg in each_config(monkeypatch, env.loss.KERNELS[kind], env.loss.GPU_CONFIGS + [None]):
@@ -221,6 +225,7 @@ def test_every_mse_config_matches_torch(env, kind, monkeypatch):
 # ----------------------------------------------------------------------------- int64 offsets
 
 
+@pytest.mark.slow  # every config / > 2**31 elements: not in the smoke selection
 def test_int64_offsets_past_2_to_the_31_elements(env):
     torch = env.torch
     n = 2**31 + 1025  # the far end is where int32 offsets wrap

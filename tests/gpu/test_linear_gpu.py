@@ -52,6 +52,7 @@ def _assert_close(ours, theirs, rtol, label):
     assert_close_each(("y", "grad_x", "grad_w", "grad_b"), ours, theirs, rtol, label)
 
 
+@pytest.mark.slow  # every config / > 2**31 elements: not in the smoke selection
 @pytest.mark.parametrize("kind", ["fwd", "dgrad", "wgrad"])
 def test_every_float32_config_is_correct_in_full_float32(env, kind, monkeypatch):
     cupy, torch, linear = env
@@ -65,6 +66,7 @@ def test_every_float32_config_is_correct_in_full_float32(env, kind, monkeypatch)
         backend.set_allow_tf32(True)
 
 
+@pytest.mark.slow  # every config / > 2**31 elements: not in the smoke selection
 @pytest.mark.parametrize("kind", ["fwd", "dgrad", "wgrad"])
 def test_every_16bit_config_is_correct_in_bf16_and_fp16(env, kind, monkeypatch):
     cupy, torch, linear = env
@@ -84,6 +86,7 @@ def test_autotuned_kernels_match_cublas_in_tf32_fp16_bf16(env, dtype_name, rtol,
         _assert_close(*_run_both(env, case, dtype, transposed_weight=True), rtol, f"{dtype_name} {case} W^T")
 
 
+@pytest.mark.slow  # every config / > 2**31 elements: not in the smoke selection
 def test_int64_offsets_past_2_to_the_31_elements(env):
     cupy, torch, linear = env
     rows, i, o = 2**21 + 3, 1024, 8  # x: 2**31 + 3072 elements

@@ -88,6 +88,7 @@ def _run(env, name, kwargs, steps=30, max_grad_norm=None):
     return diff, launches
 
 
+@pytest.mark.slow  # every config / > 2**31 elements: not in the smoke selection
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 @pytest.mark.parametrize("cfg", [(1024, 4, 1), (2048, 4, 1), (2048, 8, 1), (4096, 8, 1)])
 def test_every_optimizer_and_config_matches_torch_cuda(env, forced, case, cfg):

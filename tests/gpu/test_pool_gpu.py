@@ -71,6 +71,7 @@ def _assert_close(ours, theirs, rtol, label, exact_max=True):
         assert err <= tol, f"{label} {name}: max abs error {err:.3g}, allowed {tol:.3g}"
 
 
+@pytest.mark.slow  # every config / > 2**31 elements: not in the smoke selection
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_config_matches_pytorch(env, kind, monkeypatch):
     cupy, torch, pool = env
@@ -88,6 +89,7 @@ def test_autotuned_kernels_match_pytorch_in_every_dtype(env, dtype_name, rtol):
                       f"{dtype_name} channels-last {case}")
 
 
+@pytest.mark.slow  # every config / > 2**31 elements: not in the smoke selection
 def test_int64_offsets_past_2_to_the_31_elements(env):
     cupy, torch, pool = env
     side = 46342  # 46342**2 > 2**31, even: 2x2/s2 windows tile the image exactly

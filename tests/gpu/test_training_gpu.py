@@ -108,6 +108,7 @@ def _train(capsys, precision, graph=False):
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # every config / > 2**31 elements: not in the smoke selection
 def test_bf16_training_reaches_the_fp32_accuracy_band(capsys):
     fp32 = _train(capsys, "fp32")
     bf16 = _train(capsys, "bf16")
