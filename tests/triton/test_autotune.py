@@ -157,3 +157,36 @@ def test_rank_fills_a_wave_first_in_listed_order():
 
     configs = ["a", "b", "c", "d"]
     assert autotune.rank(configs, [200, 50, 132, 90], 132) == ["a", "c", "d", "b"]
+
+
+def test_every_family_launches_through_the_tuner_and_stays_correct(monkeypatch, tmp_path, capsys):
+    """The doctor's checks (every op family, forward and backward) with each Tuned kernel
+    choosing among its GPU configs as on a GPU (prune, grid heuristic, cache), the chosen
+    GPU config then run by the interpreter: each family's grid and prune take the tuner's
+    arguments, and a GPU tile config computes what the interpreter's one does."""
+    gk.set_backend("interpret")
+    from gpukernels import doctor
+    from gpukernels.triton import _common, autotune
+
+    monkeypatch.setattr(_common.Tuned, "fixed_config", lambda self: self.force)
+    monkeypatch.setenv("GPUKERNELS_AUTOTUNE", "fast")
+    monkeypatch.setenv("GPUKERNELS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(autotune, "DISK", autotune.DiskCache())
+    timed = []
+    monkeypatch.setattr(autotune, "COMPILE", lambda *a: None)
+    # the largest BLOCK "wins": the config that is furthest from the interpreter's
+    monkeypatch.setattr(autotune, "TIME", lambda fn, w, r, config=None: timed.append(config) or 1.0 / config[0])
+    chosen = {}
+    real_choose = autotune.choose
+
+    def spy(tuned, grid, args, consts):
+        cfg = real_choose(tuned, grid, args, consts)
+        chosen.setdefault(tuned.name, set()).add(cfg)
+        return cfg
+
+    monkeypatch.setattr(autotune, "choose", spy)
+    autotune.reset_stats()
+    assert doctor.main(["--interpret"]) == 0, capsys.readouterr().out
+    families = {name.split(".")[2] for name in chosen}
+    assert families >= {"conv", "linear", "activation", "pool", "batchnorm", "cross_entropy", "loss", "dropout"}
+    assert timed and autotune.stats()["tunings"] > 10
