@@ -104,9 +104,21 @@ def strides(a) -> tuple:
     return tuple(s // a.itemsize for s in a.strides)
 
 
+def span(a) -> int:
+    """Elements from the lowest to the highest address ``a`` reaches, + 1: what a
+    kernel's element offsets into it must hold. A strided view spans far more than its
+    size (``zeros((3, 2**30))[:, :16]``: 48 elements, a span past 2**31)."""
+    if a.size == 0:
+        return 0
+    return 1 + sum((n - 1) * abs(s) for n, s in zip(a.shape, strides(a)))
+
+
 def needs_int64(*arrays) -> bool:
-    """Offsets overflow int32 once a tensor reaches 2**31 elements: compile with int64."""
-    return any(a is not None and a.size >= 2**31 for a in arrays)
+    """Compile with int64 offsets when any operand holds 2**31 elements or spans that
+    much memory (by shape and strides): element offsets are int32 otherwise, and Triton
+    scales them to bytes in 64 bits, so the element offset is what must fit. Launchers
+    pass every array operand, inputs and outputs alike."""
+    return any(a is not None and (a.size >= 2**31 or span(a) >= 2**31) for a in arrays)
 
 
 @triton.jit

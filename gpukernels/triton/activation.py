@@ -397,11 +397,6 @@ def _collapse(shape, *stride_sets):
     return out
 
 
-def _span(a):
-    """The largest element offset inside ``a`` (what its int32 addressing must reach)."""
-    return sum((size - 1) * abs(s) for size, s in zip(a.shape, strides(a)))
-
-
 def heaviside_forward(x, values):
     """y = 0 for x < 0, ``values`` at x == 0, 1 for x > 0 (``torch.heaviside``).
 
@@ -459,7 +454,7 @@ def heaviside_forward(x, values):
     sv = [d[1][1] for d in dims]
     KERNELS["heaviside"][flat_grid(n)](
         arg(x), arg(values), arg(y), n, sizes[1], sizes[2], sizes[3], *sx, *sv,
-        INT64=needs_int64(y) or n >= INT32_SAFE or max(_span(x), _span(values)) >= 2**31,
+        INT64=needs_int64(x, values, y) or n >= INT32_SAFE,
     )
     return y
 

@@ -740,7 +740,7 @@ def batch_norm_backward(grad_y, x, mean, inv_std, weight, training, needs=(True,
 
     block_c, inner = _tiling(c, r_out, r_in, sxc)
     s = _splits(c, block_c, m)
-    int64 = needs_int64(grad_y, x)
+    int64 = needs_int64(grad_y, x, dx)
     grid = (triton.cdiv(c, block_c), s)
     common = dict(INT64=int64, BLOCK_C=block_c, INNER=inner)
     want_sums = needs[1] or needs[2] or (training and needs[0])

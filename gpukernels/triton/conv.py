@@ -405,7 +405,7 @@ def _forward_one(x, weight, bias, y, stride, padding, dilation, activation, slop
         n, c, h, w, o, oh, ow, *strides(x), *strides(y), ph, pw, float(slope),
         KH=kh, KW=kw, STRIDE_H=sh, STRIDE_W=sw, DIL_H=dh, DIL_W=dw,
         HAS_BIAS=bias is not None, ACTIVATION=_ACTIVATIONS[activation], PACKED=packed,
-        INT64=needs_int64(x, y), PRECISION=precision(x.dtype), GROUP_M=GROUP_M,
+        INT64=needs_int64(x, wk, bias, y), PRECISION=precision(x.dtype), GROUP_M=GROUP_M,
     )
 
 
@@ -467,7 +467,7 @@ def _dgrad_one(grad_y, y, weight, grad_x, stride, padding, dilation, activation,
     n, c, h, w, o, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = _geometry(grad_x, weight, stride, padding, dilation)
     # (KH, KW, O, C): B matrix of the transposed problem, contiguous along C
     wt = xp.ascontiguousarray(weight.transpose(2, 3, 0, 1))
-    int64 = needs_int64(grad_y, grad_x)
+    int64 = needs_int64(grad_y, y, wt, grad_x)
     for ih_first, h_ph, kh0, n_kh, step_h in _phases(h, kh, sh, ph, dh):
         for iw_first, w_ph, kw0, n_kw, step_w in _phases(w, kw, sw, pw, dw):
             m = n * h_ph * w_ph
@@ -525,7 +525,7 @@ def _wgrad_one(grad_y, y, x, weight, need_bias, stride, padding, dilation, activ
         n, c, h, w, o, oh, ow, *strides(grad_y), *strides(x), ph, pw, float(slope), per_split,
         KH=kh, KW=kw, STRIDE_H=sh, STRIDE_W=sw, DIL_H=dh, DIL_W=dw,
         ACTIVATION=_ACTIVATIONS[activation], NEED_BIAS=need_bias, PACKED=packed,
-        INT64=needs_int64(grad_y, x), PRECISION=precision(x.dtype), GROUP_M=GROUP_M,
+        INT64=needs_int64(grad_y, y, x, dw_part, db_part), PRECISION=precision(x.dtype), GROUP_M=GROUP_M,
     )
     if gw_out is not None:
         sum_partials(dw_part, gw_out, c, kw)
