@@ -42,9 +42,12 @@ class TrainError(Exception):
 # ----------------------------------------------------------------------------- choices
 
 
-def _make_model(name: str, in_shape: tuple, num_classes: int):
+def _make_model(name: str, in_shape: tuple, num_classes: int, dataset: str = "this dataset"):
+    """The model ``name`` for ``in_shape`` images, checked by a forward of two blank
+    images (eval mode, no autograd: no statistics move), so that a model and a dataset
+    that do not fit end in one TrainError naming both, not a traceback at step 1."""
     from models.cnn import cnn_for  # noqa: PLC0415 - models import gk.nn; keep --help fast
-    from models.fast_cifar import fast_cifar  # noqa: PLC0415
+    from models.fast_cifar import INPUT_SIZE, fast_cifar  # noqa: PLC0415
     from models.mlp import mlp  # noqa: PLC0415
     from models.resnet import resnet8, resnet20  # noqa: PLC0415
 
@@ -55,10 +58,19 @@ def _make_model(name: str, in_shape: tuple, num_classes: int):
         "resnet20": lambda: resnet20(num_classes=num_classes, in_channels=in_shape[0]),
         "fastcifar": lambda: fast_cifar(num_classes=num_classes, in_channels=in_shape[0]),
     }
+    size = "x".join(map(str, in_shape))
+    if name == "fastcifar" and tuple(in_shape[1:]) != (INPUT_SIZE, INPUT_SIZE):
+        raise TrainError(f"--model fastcifar needs {INPUT_SIZE}x{INPUT_SIZE} images (--dataset cifar10 or "
+                         f"synthetic), but --dataset {dataset} has {size} images")
     try:
-        return factories[name]()
+        model = factories[name]()
+        model.eval()
+        with gk.no_grad():
+            model(gk.zeros(2, *in_shape))
+        model.train()
+        return model
     except ValueError as exc:  # e.g. a CNN with no layout for this image size
-        raise TrainError(f"--model {name} does not fit {in_shape} images: {exc}") from exc
+        raise TrainError(f"--model {name} does not fit --dataset {dataset} ({size} images): {exc}") from exc
 
 
 MODELS = ("mlp", "cnn", "resnet8", "resnet20", "fastcifar")
@@ -169,6 +181,8 @@ def _check_args(p, args):
         p.error(f"--weight-decay must be >= 0, got {args.weight_decay}")
     if args.log_every < 0:
         p.error(f"--log-every must be >= 0, got {args.log_every}")
+    if args.seed < 0:
+        p.error(f"--seed must be >= 0, got {args.seed}")
     for flag, value in (("--train-size", args.train_size), ("--test-size", args.test_size)):
         if value is not None and value < 1:
             p.error(f"{flag} must be >= 1, got {value}")
@@ -403,7 +417,7 @@ def run(args) -> dict:
     test = DataLoader(x_test, y_test, 256)
 
     gk.manual_seed(args.seed)
-    model = _make_model(args.model, tuple(x_train.shape[1:]), num_classes)
+    model = _make_model(args.model, tuple(x_train.shape[1:]), num_classes, args.dataset)
     optimizer = make_opt(model.parameters(), lr, args.weight_decay, args.cuda_graph)
     history = {"train_loss": [], "train_acc": [], "test_acc": []}
     first = 1
