@@ -5,9 +5,15 @@ epoch, the test accuracy, and as its last line one JSON object (model, dataset, 
 epochs, test_accuracy, train_loss, seconds, images_per_second, ...).
 
 Checkpoints (``--checkpoint PATH``) are written after every epoch, atomically (a temp
-file in the same directory, then a rename), and hold the model, the optimizer state,
-the epoch, the history and every RNG state (initialisation/dropout and the loader's
-shuffle/augmentation), so ``--resume`` continues exactly where the run stopped.
+file in the same directory, fsync, rename, fsync of the directory; temp files of a killed
+run are removed at the next start). Each is one safetensors file (``gk.save``): the model's
+tensors under ``model.``, the optimizer's state arrays under ``optimizer.``, and as JSON
+metadata the format version, the arguments, the learning rate, the epoch, the history, the
+optimizer's hyper-parameters and step counts, and every RNG state (initialisation/dropout
+and the loader's shuffle/augmentation), with a SHA-256 of the whole content, so
+``--resume`` continues exactly where the run stopped. ``--resume`` never unpickles, and
+checks everything (checksum, format, shapes against the model, hyper-parameters, the
+arguments that must match) before it loads anything.
 
 Anything a user can get wrong (data, names, paths, a diverging loss) ends with one
 line ``error: ...`` on stderr and a non-zero exit code, never a traceback, and never
@@ -19,9 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -31,8 +35,10 @@ from gpukernels import backend
 from gpukernels import functional as F
 from gpukernels.data import DATASETS, DataLoader, DatasetError, load_dataset, random_crop_flip
 from gpukernels.random import get_rng_state, set_rng_state
+from gpukernels.serialization import CheckpointError, atomic_write, remove_stale_temps  # noqa: F401 - atomic_write: models.filters_demo
 
-CHECKPOINT_FORMAT = ("gpukernels.models.train", 1)
+# 1: a pickle (never loaded: unpickling can run code); 2: safetensors through gk.save
+CHECKPOINT_FORMAT = ("gpukernels.models.train", 2)
 
 
 class TrainError(Exception):
@@ -202,66 +208,162 @@ def _check_args(p, args):
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def atomic_write(path: str, write) -> None:
-    """Call ``write(file)`` on a temp file beside ``path``, then rename it over ``path``:
-    a crash or a full disk leaves the previous file intact."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)  # mkstemp makes the file 0600: give it a plain open()'s mode
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 # What must match between a checkpoint and the run resuming it.
 _RESUME_KEYS = ("model", "dataset", "optimizer", "batch_size", "train_size", "seed", "weight_decay")
+_CHECKPOINT_KEYS = ("format", "args", "epoch", "model", "optimizer", "rng", "loader", "history")
 
 
 def save_checkpoint(path, args, lr, epoch, model, optimizer, loader, history):
+    """Write the checkpoint of the run after ``epoch``, atomically (``gk.save``): one
+    safetensors file with the model's tensors under ``model.`` and the optimizer's state
+    arrays under ``optimizer.state.<index>.``, and as JSON metadata the format
+    (``CHECKPOINT_FORMAT``), the arguments that must match on resume and the learning
+    rate, the epoch, the history, the library's and the loader's RNG states (NumPy
+    PCG64 states) and the optimizer's step counts and hyper-parameters, all covered by
+    a SHA-256."""
     state = {
         "format": CHECKPOINT_FORMAT,
         "args": {**{k: getattr(args, k) for k in _RESUME_KEYS}, "lr": lr},
         "epoch": epoch,
-        "model": {k: v.numpy() for k, v in model.state_dict().items()},  # pickled right away
+        "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "rng": get_rng_state(),
         "loader": loader.state_dict(),
         "history": history,
     }
     try:
-        atomic_write(path, lambda f: pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL))
+        gk.save(state, path)
     except OSError as exc:
-        raise TrainError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from exc
+        kept = "; the previous checkpoint is intact" if os.path.exists(path) else ""
+        raise TrainError(f"cannot write checkpoint {path}: {exc.strerror or exc}{kept}") from exc
 
 
-def load_checkpoint(path, args) -> dict:
-    """Read and validate a checkpoint written by ``save_checkpoint`` for this run."""
-    try:
-        with open(path, "rb") as f:
-            state = pickle.load(f)
-    except FileNotFoundError:
-        raise TrainError(f"--resume: no checkpoint at {path}") from None
-    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError,
-            IndexError, ValueError, TypeError) as exc:
-        raise TrainError(f"--resume: {path} is not a readable checkpoint "
-                         f"({type(exc).__name__}: {exc})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise TrainError(f"--resume: {path} is not a checkpoint of models.train "
-                         f"(format {state.get('format') if isinstance(state, dict) else type(state).__name__!r})")
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
+def _check_arrays(path, kind, saved, own) -> None:
+    """``saved`` (name -> array) has exactly ``own``'s names, shapes and dtypes, and
+    finite values; raise TrainError naming the first difference."""
+    if not isinstance(saved, dict):
+        raise TrainError(f"--resume: {path}: its {kind} state is a {type(saved).__name__}, not a dict")
+    missing = [k for k in own if k not in saved]
+    extra = [k for k in saved if k not in own]
+    if missing or extra:
+        raise TrainError(f"--resume: {path}: its {kind} tensors do not fit this model"
+                         + (f"; missing {', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}"
+                            if missing else "")
+                         + (f"; unexpected {', '.join(map(str, extra[:4]))}{', ...' if len(extra) > 4 else ''}"
+                            if extra else ""))
+    for key, target in own.items():
+        value = saved[key]
+        value = value.numpy() if isinstance(value, gk.Tensor) else value
+        shape = tuple(getattr(target, "shape", ()))
+        if not hasattr(value, "shape") or tuple(value.shape) != shape:
+            raise TrainError(f"--resume: {path}: {kind} tensor {key} has shape "
+                             f"{tuple(getattr(value, 'shape', ()))}, this model's has {shape}")
+        if np.dtype(value.dtype) != np.dtype(target.dtype):
+            raise TrainError(f"--resume: {path}: {kind} tensor {key} has dtype {value.dtype}, "
+                             f"this model's has {target.dtype}")
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise TrainError(f"--resume: {path}: {kind} tensor {key} holds NaN or infinite values")
+
+
+def _check_checkpoint(path, args, state, model) -> None:
+    """Everything ``run`` takes from ``state`` is there, of the right type and shape,
+    in range, and written by a run this one may continue; else TrainError."""
+    if not isinstance(state, dict) or not isinstance(state.get("format"), tuple) or \
+            state["format"][:1] != CHECKPOINT_FORMAT[:1]:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise TrainError(f"--resume: {path} is not a checkpoint of models.train (format {found!r:.80})")
+    if state["format"] != CHECKPOINT_FORMAT:
+        raise TrainError(f"--resume: {path} is in checkpoint format {state['format'][1:]!r:.40}; this "
+                         f"models.train reads format {CHECKPOINT_FORMAT[1]}")
+    missing = [k for k in _CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise TrainError(f"--resume: {path} lacks {', '.join(missing)}")
     saved = state["args"]
+    if not isinstance(saved, dict) or any(k not in saved for k in (*_RESUME_KEYS, "lr")):
+        raise TrainError(f"--resume: {path}: its arguments lack "
+                         f"{', '.join(k for k in (*_RESUME_KEYS, 'lr') if not isinstance(saved, dict) or k not in saved)}")
     for key in _RESUME_KEYS:
         if saved[key] != getattr(args, key):
             raise TrainError(f"--resume: {path} was written with --{key.replace('_', '-')} "
                              f"{saved[key]}, this run has {getattr(args, key)}")
+    if not (_is_number(saved["lr"]) and saved["lr"] > 0):
+        raise TrainError(f"--resume: {path} holds learning rate {saved['lr']!r:.40}, not a positive number")
+    epoch = state["epoch"]
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
+        raise TrainError(f"--resume: {path} holds epoch {epoch!r:.40}, not a count >= 1")
+    history = state["history"]
+    if not (isinstance(history, dict) and set(history) == {"train_loss", "train_acc", "test_acc"}
+            and all(isinstance(v, list) and len(v) == epoch and all(map(_is_number, v))
+                    for v in history.values())):
+        raise TrainError(f"--resume: {path}: its history is not {epoch} epochs of train_loss, "
+                         "train_acc and test_acc numbers")
+    _check_arrays(path, "model", state["model"], model.state_dict())
+    opt = state["optimizer"]
+    if not (isinstance(opt, dict) and isinstance(opt.get("state"), dict)
+            and isinstance(opt.get("param_groups"), list)
+            and all(isinstance(g, dict) for g in opt["param_groups"])):
+        raise TrainError(f"--resume: {path}: its optimizer state is not a state_dict "
+                         "(state and param_groups)")
+    for i, group in enumerate(opt["param_groups"]):
+        if not (_is_number(group.get("lr")) and group["lr"] >= 0):
+            raise TrainError(f"--resume: {path}: optimizer group {i} has learning rate "
+                             f"{group.get('lr')!r:.40}, not a number >= 0")
+    for index, values in opt["state"].items():
+        if not isinstance(values, dict):
+            raise TrainError(f"--resume: {path}: optimizer state {index!r:.20} is not a dict")
+        for name, value in values.items():
+            if name == "step":
+                if not (_is_number(value) and value >= 0):
+                    raise TrainError(f"--resume: {path}: optimizer state {index}.step is "
+                                     f"{value!r:.40}, not a count >= 0")
+            elif not hasattr(value, "dtype") or (np.dtype(value.dtype).kind == "f"
+                                                 and not np.isfinite(np.asarray(value)).all()):
+                raise TrainError(f"--resume: {path}: optimizer state {index}.{name} is not "
+                                 "an array of finite numbers")
+    for what, rng in (("library", state["rng"]), ("loader", state["loader"].get("rng")
+                                                  if isinstance(state["loader"], dict) else None)):
+        try:
+            np.random.default_rng().bit_generator.state = rng  # PCG64 checks the state
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+            raise TrainError(f"--resume: {path}: its {what} RNG state is malformed "
+                             f"({type(exc).__name__}: {' '.join(str(exc).split())})") from None
+
+
+def load_checkpoint(path, args, model, optimizer, loader) -> dict:
+    """Read the checkpoint ``save_checkpoint`` wrote at ``path``, validate all of it
+    against this run (format, matching arguments, shapes and dtypes against ``model``,
+    hyper-parameters in range, RNG states), then load it into ``model``, ``optimizer``,
+    the library's RNG and ``loader``. Returns the state (epoch, args, history).
+
+    Never unpickles (``gk.load``); any problem is a TrainError naming the file, raised
+    before anything is loaded or trained."""
+    try:
+        state = gk.load(path)
+    except FileNotFoundError:
+        raise TrainError(f"--resume: no checkpoint at {path}") from None
+    except OSError as exc:
+        raise TrainError(f"--resume: cannot read {path}: {exc.strerror or exc}") from None
+    except CheckpointError as exc:
+        raise TrainError(f"--resume: {path} is not a readable checkpoint ({exc.reason})") from None
+    try:
+        _check_checkpoint(path, args, state, model)
+    except TrainError:
+        raise
+    except Exception as exc:  # a crafted file can put any JSON value or tensor anywhere
+        raise TrainError(f"--resume: {path} is malformed ({type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())})") from None
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        loader.load_state_dict(state["loader"])
+        set_rng_state(state["rng"])
+    except Exception as exc:  # what the checks above let through (e.g. a missing betas)
+        raise TrainError(f"--resume: {path} does not fit this run "
+                         f"({type(exc).__name__}: {' '.join(str(exc).split())})") from None
     return state
 
 
@@ -392,6 +494,9 @@ def run(args) -> dict:
     if args.cuda_graph and device != "cuda":
         raise TrainError(f"--cuda-graph needs --device cuda (CUDA graphs); this run is on {device}")
     precision, autocast_dtype = _select_precision(args.precision, device)
+    if args.checkpoint:  # what a run killed mid-write left (this process has written nothing yet)
+        for stale in remove_stale_temps(args.checkpoint, include_own=True):
+            print(f"removed {stale}, the temp file of an interrupted checkpoint write", flush=True)
     make_opt, default_lr = OPTIMIZERS[args.optimizer]
     lr = args.lr if args.lr is not None else default_lr
     if args.plot:
@@ -422,11 +527,7 @@ def run(args) -> dict:
     history = {"train_loss": [], "train_acc": [], "test_acc": []}
     first = 1
     if args.resume:
-        state = load_checkpoint(args.checkpoint, args)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        train.load_state_dict(state["loader"])
+        state = load_checkpoint(args.checkpoint, args, model, optimizer, train)
         history = state["history"]
         first = state["epoch"] + 1
         print(f"resumed from {args.checkpoint} after epoch {state['epoch']}", flush=True)
