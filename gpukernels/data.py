@@ -56,6 +56,35 @@ def _error(dataset: str, what, problem: str, cause: BaseException | None = None)
     return DatasetError(" ".join(text.split()))
 
 
+def label_problem(labels) -> str | None:
+    """``None`` when ``labels`` hold integer class indices; else what is wrong, in words.
+
+    Floating labels are refused, whole or not: truncating 1.7 to class 1 (what a cast
+    would do) hides a broken label file; whole floats name the cast that makes them
+    integers. Booleans and other dtypes are refused too.
+    """
+    try:
+        a = np.asarray(labels)
+    except (TypeError, ValueError) as exc:
+        return f"labels are not an array of integers ({type(exc).__name__}: {exc})"
+    kind = a.dtype.kind
+    if kind in "iu":
+        return None
+    if kind == "f":
+        flat = a.reshape(-1)
+        bad = ~np.isfinite(flat)
+        bad[~bad] = flat[~bad] != np.round(flat[~bad])
+        if bad.any():
+            i = int(np.argmax(bad))
+            return (f"labels must be integer class indices, got the non-integer label {flat[i].item()!r} "
+                    f"at index {i} (dtype {a.dtype}); refusing to truncate it")
+        return (f"labels must be integer class indices, got dtype {a.dtype} (whole values: convert them "
+                "with labels.astype(np.int64) if that is what they mean)")
+    if kind == "b":
+        return "labels must be integer class indices, got booleans (convert with labels.astype(np.int64))"
+    return f"labels must be integer class indices, got dtype {a.dtype}"
+
+
 def _check_directory(dataset: str, data_dir) -> Path:
     if data_dir is None:
         raise DatasetError(f"{dataset}: no data directory given")
@@ -109,6 +138,8 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0):
 # IDX magic: two zero bytes, a type code (0x08 = unsigned byte), the number of dims.
 _IDX_IMAGES_MAGIC = 0x00000803
 _IDX_LABELS_MAGIC = 0x00000801
+# the IDX element types other than unsigned bytes (type code -> name)
+_IDX_TYPES = {0x09: "signed byte", 0x0B: "int16", 0x0C: "int32", 0x0D: "float32", 0x0E: "float64"}
 _MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 # (mean, std) of the training pixels scaled to [0, 1]: the constants everyone uses.
@@ -161,6 +192,13 @@ def _read_idx(dataset: str, path: Path, magic: int) -> np.ndarray:
     if len(raw) < 4:
         raise DatasetError(f"{dataset}: {path} is truncated: {len(raw)} bytes, too short for an IDX header")
     found = int.from_bytes(raw[:4], "big")
+    if found != magic and found >> 16 == 0 and (found & 0xFF) == (magic & 0xFF) and (found >> 8) & 0xFF in _IDX_TYPES:
+        kind = _IDX_TYPES[(found >> 8) & 0xFF]
+        what = "labels" if magic == _IDX_LABELS_MAGIC else "pixels"
+        detail = (" (non-integer labels are refused, not truncated)"
+                  if magic == _IDX_LABELS_MAGIC and kind.startswith("float") else "")
+        raise DatasetError(f"{dataset}: {path} holds {kind} {what} (IDX type code 0x{(found >> 8) & 0xFF:02x}), "
+                           f"expected unsigned bytes (0x08){detail}")
     if found != magic:
         swapped = {_IDX_IMAGES_MAGIC: "; it holds images", _IDX_LABELS_MAGIC: "; it holds labels"}.get(found, "")
         raise DatasetError(f"{dataset}: {path} is not an IDX file (magic 0x{found:08x}, "
@@ -296,6 +334,12 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         got = (f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__)
         raise bad(f"b'data' is {got}, expected uint8 (N, 3072)")
+    try:
+        kind = np.asarray(labels).dtype.kind
+    except (TypeError, ValueError) as exc:
+        raise bad("b'labels' are not integers", exc) from exc
+    if kind in "fb":  # a cast to int64 would truncate floats: 1.7 is not class 1
+        raise bad(f"b'labels': {label_problem(labels)}")
     try:
         labels = np.asarray(labels, dtype=np.int64)
     except (TypeError, ValueError, OverflowError) as exc:
@@ -568,12 +612,20 @@ class DataLoader:
         augment: ``augment(images, rng) -> images`` applied to each NumPy batch of
             inputs before it becomes a Tensor (e.g. ``random_crop_flip()``); use it on
             the training loader only.
+        float_targets: targets are real numbers (regression, ``F.mse_loss``). By
+            default they are class labels and must be integers: floating ones (1.7,
+            or even 2.0 in a float array) are refused, never truncated.
     """
 
     def __init__(self, inputs, targets, batch_size: int = 64, shuffle: bool = False,
-                 seed: int = 0, drop_last: bool = False, augment=None):
+                 seed: int = 0, drop_last: bool = False, augment=None, float_targets: bool = False):
         if len(inputs) != len(targets):
             raise ValueError(f"DataLoader: {len(inputs)} inputs but {len(targets)} targets")
+        if not float_targets:
+            problem = label_problem(targets.numpy() if hasattr(targets, "numpy") and not isinstance(targets, np.ndarray)
+                                    else targets)
+            if problem is not None:
+                raise ValueError(f"DataLoader: {problem}; pass float_targets=True for regression targets")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if augment is not None and not callable(augment):

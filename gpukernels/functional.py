@@ -14,7 +14,7 @@ import numpy as np
 
 from . import backend
 from .amp import full_precision, low_precision
-from .tensor import _FLOATS, Function, Tensor, bfloat16, dtype_name
+from .tensor import _FLOATS, Function, Tensor, bfloat16, check_same_dtype
 
 __all__ = [
     "conv2d", "linear", "relu", "add_relu", "leaky_relu", "sigmoid", "tanh", "heaviside",
@@ -52,10 +52,8 @@ def _tensor(x, name, ndim=None, floating=True):
 
 
 def _same_dtype(op, **tensors):
-    dtypes = {name: t.dtype for name, t in tensors.items() if t is not None}
-    if len(set(dtypes.values())) > 1:
-        raise TypeError(f"{op}: dtypes differ: {', '.join(f'{k}={dtype_name(v)}' for k, v in dtypes.items())}"
-                        " (gk.autocast casts float32 operands of conv2d / linear for you)")
+    """One dtype per op, the rule ``@`` follows too (``tensor.check_same_dtype``)."""
+    check_same_dtype(op, "gk.autocast casts float32 operands of conv2d / linear for you", **tensors)
 
 
 def _pair(value, name, minimum):

@@ -8,6 +8,13 @@ grad mode is on and an input requires a gradient, records the Function on the ou
 the recorded Functions form the tape. ``Tensor.backward`` sorts the tape topologically
 and runs the backwards in reverse, summing gradients where a tensor feeds several ops.
 
+In-place ops (``zero_``, ``fill_``, ``add_``, ``mul_``, ``copy_``, ``t[i] = v``) bump the
+tensor's version counter (``VersionCounter``, shared by tensors that share data), as do
+optimizer steps and ``load_state_dict``; backward refuses a tensor saved for it whose
+version changed since, naming the op that saved it, as PyTorch does. Outside ``no_grad``
+an in-place op on a leaf that requires grad raises; on another tensor autograd records
+it (the tensor becomes the op's output; earlier consumers keep its old node).
+
 The elementwise, matmul, reduction and shape ops live here, each backward beside its
 forward; the neural-network ops (conv, pooling, losses, ...) live in ``functional.py``
 and dispatch to the backend's kernels.
@@ -144,7 +151,17 @@ def _to_array(data, dtype, device):
     if hasattr(data, "dtype") and hasattr(data, "shape"):  # numpy / cupy array or scalar
         array = backend.to_device(data if hasattr(data, "ndim") else np.asarray(data), device)
         return cast_array(array, dtype) if dtype is not None else array
-    host = np.asarray(data)
+    try:
+        host = np.asarray(data)
+    except ValueError:
+        where = _ragged(data)
+        if where is None:
+            raise
+        raise ValueError(f"tensor(): {where}") from None
+    if host.dtype == object:  # NumPy < 1.24 makes ragged lists object arrays
+        where = _ragged(data)
+        if where is not None:
+            raise ValueError(f"tensor(): {where}")
     if dtype is None:
         if host.dtype.kind == "f":
             dtype = float32  # Python floats become float32, as in PyTorch
@@ -153,6 +170,35 @@ def _to_array(data, dtype, device):
         elif host.dtype.kind != "b":
             raise TypeError(f"tensor(): cannot make a tensor from {type(data).__name__} data")
     return xp.asarray(host if dtype is None else cast_array(host, dtype))
+
+
+def _is_sequence(x) -> bool:
+    return isinstance(x, (list, tuple)) or (hasattr(x, "__len__") and hasattr(x, "shape")
+                                            and getattr(x, "ndim", 0) > 0)
+
+
+def _ragged(data):
+    """Where nested sequences ``data`` stop being rectangular, in words (``None`` when
+    they are): the first dimension at which two elements differ in length, or where a
+    sequence meets a scalar."""
+    level, paths = [data], [""]
+    for dim in range(64):
+        kinds = [_is_sequence(x) for x in level]
+        if not any(kinds):
+            return None
+        if not all(kinds):
+            seq, scalar = kinds.index(True), kinds.index(False)
+            return (f"ragged nested sequence: at dimension {dim}, data{paths[seq]} is a sequence "
+                    f"but data{paths[scalar]} is a scalar ({level[scalar]!r})")
+        lengths = [len(x) for x in level]
+        for i, n in enumerate(lengths):
+            if n != lengths[0]:
+                return (f"ragged nested sequence: dimension {dim} has length {lengths[0]} at "
+                        f"data{paths[0]} but length {n} at data{paths[i]}; every element along a "
+                        "dimension must have the same length")
+        level = [y for x in level for y in x]
+        paths = [f"{path}[{j}]" for path, n in zip(paths, lengths) for j in range(n)]
+    return None
 
 
 def tensor(data, requires_grad: bool = False, dtype=None, device=None) -> Tensor:
@@ -173,6 +219,79 @@ def tensor(data, requires_grad: bool = False, dtype=None, device=None) -> Tensor
     return Tensor(array, requires_grad=requires_grad)
 
 
+# ----------------------------------------------------------------------------- versions
+
+
+class VersionCounter:
+    """How many in-place changes a tensor's data has seen (PyTorch's ``_version``).
+
+    Tensors that share data share one counter: ``detach()``, ``Tensor(t)``, the outputs
+    of view ops (``reshape``, ``permute``, basic indexing) and the parameters an
+    optimizer keeps as views of one flat buffer (``gpukernels.optim.flat``: one counter
+    per buffer, bumped once per ``step()``). Every in-place op bumps it; a Function
+    records the version of each tensor it saves for backward, and backward refuses a
+    saved tensor whose version changed since.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: int = 0):
+        self.value = value
+
+    def __repr__(self):
+        return f"VersionCounter({self.value})"
+
+
+#: Bumped by each in-place op that autograd records (a "rebase", below); Functions
+#: recorded since the last one carry the value as ``_epoch``, so backward routes the
+#: gradient of a tensor changed in place to the node it was when each consumer used it.
+_rebase_epoch = 0
+
+
+def _saved_versions(saved, args, result) -> tuple:
+    """``(index in saved, counter, version)`` for each saved array that is an input's or
+    the output's data: what backward checks against later in-place changes."""
+    found = []
+    for i, s in enumerate(saved):
+        if s is None or not hasattr(s, "ndim"):
+            continue
+        owner = result if s is result.data else None
+        if owner is None:
+            for a in args:
+                if isinstance(a, Tensor) and a.data is s:
+                    owner = a
+                    break
+            else:
+                continue
+        vc = owner._vc
+        if vc is None:
+            vc = owner._vc = VersionCounter()
+        found.append((i, vc, vc.value))
+    return tuple(found)
+
+
+def _check_saved_versions(fn) -> None:
+    for i, vc, version in fn._saved_versions:
+        if vc.value != version:
+            a = fn.saved[i]
+            raise RuntimeError(
+                "one of the variables needed for gradient computation has been modified by an "
+                f"inplace operation: [Tensor of shape {tuple(a.shape)}, dtype {dtype_name(a.dtype)}] "
+                f"saved by {type(fn).__name__} is at version {vc.value}; expected version {version} "
+                "instead. Hint: an in-place op (zero_, fill_, add_, mul_, copy_, t[...] = v, an "
+                "optimizer step, load_state_dict) changed it after the forward pass used it; do "
+                "that after backward(), or work on a clone()")
+
+
+def _route(fn, parent):
+    """The node ``parent`` was when ``fn`` recorded it: itself, or the node it replaced
+    at an in-place op recorded after ``fn``."""
+    for epoch, old in parent._rebases:
+        if fn._epoch < epoch:
+            return old
+    return parent
+
+
 # ----------------------------------------------------------------------------- Function
 
 
@@ -183,12 +302,22 @@ class Function:
     ``backward(self, grad) -> tuple`` with one entry per positional argument of forward
     (``None`` where there is no gradient). ``self.needs_input_grad[i]`` tells whether
     positional argument ``i`` wants a gradient, so backward can skip work.
+
+    ``save_for_backward`` keeps arrays for backward; those that are the data of an
+    input or of the output are checked at backward time against in-place changes made
+    since (``VersionCounter``), as in PyTorch.
     """
 
     needs_input_grad: tuple = ()
     #: Whether forward/backward handle bfloat16 (uint16 bit patterns) correctly; an op
     #: that would compute on the bits as integers refuses bf16 inputs instead.
     bf16: bool = False
+    #: Whether the output may be a view of the first input's data (reshape, permute,
+    #: indexing): it then shares the input's version counter.
+    view: bool = False
+    saved = None
+    _saved_versions: tuple = ()
+    _epoch = 0
 
     def save_for_backward(self, *values):
         self.saved = values
@@ -206,9 +335,19 @@ class Function:
         out = fn.forward(*raw, **kwargs)
         requires_grad = is_grad_enabled() and any(fn.needs_input_grad) and out.dtype in _FLOATS
         result = Tensor(out, requires_grad=requires_grad)
+        if cls.view:
+            src = args[0].data
+            base = getattr(out, "base", None)
+            if base is not None and (base is src or base is getattr(src, "base", None)):
+                result._vc = args[0]._version_counter()
+                result._is_view = True
         if requires_grad:
             fn.inputs = tuple(a if isinstance(a, Tensor) else None for a in args)
             result._ctx = fn
+            if _rebase_epoch:
+                fn._epoch = _rebase_epoch
+            if fn.saved:
+                fn._saved_versions = _saved_versions(fn.saved, args, result)
         return result
 
     def forward(self, *args, **kwargs):  # pragma: no cover - interface
@@ -233,6 +372,34 @@ def _check_same_device(op, tensors):
         raise RuntimeError(f"{op}: expected all tensors on one device, got {where}")
 
 
+def _broadcast_shape(op, a, b) -> tuple:
+    """NumPy's broadcast of shapes ``a`` and ``b``; a ValueError naming ``op``, both
+    shapes and the first dimension that differs when they do not broadcast."""
+    a, b = tuple(a), tuple(b)
+    if a == b:
+        return a
+    out = []
+    for i in range(1, max(len(a), len(b)) + 1):
+        m = a[-i] if i <= len(a) else 1
+        n = b[-i] if i <= len(b) else 1
+        if m != n and m != 1 and n != 1:
+            raise ValueError(
+                f"{op}: shapes {a} and {b} cannot be broadcast together: size {m} (dimension "
+                f"{len(a) - i} of the first) does not match size {n} (dimension {len(b) - i} of the "
+                "second), and neither is 1")
+        out.append(max(m, n) if m != 1 and n != 1 else m * n)
+    return tuple(reversed(out))
+
+
+def check_same_dtype(op, hint="", **tensors) -> None:
+    """The dtype rule of ``@`` and ``gk.functional``'s ops (PyTorch's): operands of one
+    op have one dtype; a mix (float32 with float64, ...) is a TypeError naming each."""
+    dtypes = {name: t.dtype for name, t in tensors.items() if t is not None}
+    if len(set(dtypes.values())) > 1:
+        raise TypeError(f"{op}: dtypes differ: {', '.join(f'{k}={dtype_name(v)}' for k, v in dtypes.items())}"
+                        + (f" ({hint})" if hint else ""))
+
+
 def unbroadcast(grad, shape):
     """Sum ``grad`` over the axes that broadcasting expanded, so it takes ``shape``."""
     if grad.shape == tuple(shape):
@@ -251,9 +418,14 @@ class Tensor:
     """An n-dimensional array with an optional gradient and a link to the op that made it."""
 
     __array_priority__ = 1000  # numpy scalars/arrays defer to our __radd__ etc.
+    # class-level defaults: a tensor gets its own only when it needs one
+    _vc: VersionCounter | None = None  # created on first use (see VersionCounter)
+    _is_view = False  # the output of a view op: its data is another tensor's
+    _rebases: tuple = ()  # (epoch, node it replaced) per recorded in-place op
 
     def __init__(self, data, requires_grad: bool = False):
         if isinstance(data, Tensor):
+            self._vc = data._version_counter()  # same data, same version
             data = data.data
         if not hasattr(data, "ndim") or isinstance(data, np.generic):
             data = np.asarray(data)  # NumPy reductions return scalars, not 0-d arrays
@@ -344,8 +516,28 @@ class Tensor:
 
     # -- autograd ------------------------------------------------------------------------
     def detach(self) -> Tensor:
-        """A tensor sharing this data with no history and no gradient requirement."""
-        return Tensor(self.data, requires_grad=False)
+        """A tensor sharing this data (and its version counter) with no history and no
+        gradient requirement."""
+        out = Tensor(self.data, requires_grad=False)
+        out._vc = self._version_counter()
+        return out
+
+    def _version_counter(self) -> VersionCounter:
+        vc = self._vc
+        if vc is None:
+            vc = self._vc = VersionCounter()
+        return vc
+
+    @property
+    def _version(self) -> int:
+        """How many in-place changes this tensor's data has seen (PyTorch's name)."""
+        vc = self._vc
+        return 0 if vc is None else vc.value
+
+    def _bump_version(self) -> None:
+        """Count one in-place change of the data (for code writing ``.data`` in place
+        that wants autograd to notice, as ``nn.init`` and ``load_state_dict`` do)."""
+        self._version_counter().value += 1
 
     def requires_grad_(self, requires_grad: bool = True) -> Tensor:
         if not self.is_leaf:
@@ -359,9 +551,157 @@ class Tensor:
         """Keep ``.grad`` on this non-leaf tensor after backward."""
         self._retain_grad = True
 
-    def zero_(self) -> Tensor:
-        self.data[...] = 0  # +0.0 is all-zero bits in every float dtype, bf16 included
+    # -- in-place ops ----------------------------------------------------------------------
+    # Each bumps the version counter. Outside no_grad, on a tensor that requires grad (or
+    # with an operand that does), autograd records the op: the tensor becomes the output
+    # of the out-of-place op on its old value (the node it was before is kept for the
+    # consumers recorded earlier), as PyTorch rebases the graph. A leaf that requires
+    # grad refuses, as in PyTorch (change parameters under gk.no_grad(), as optimizers
+    # and nn.init do).
+
+    def _records_inplace(self, op: str, *operands) -> bool:
+        """Whether autograd must record in-place ``op``; raises where it cannot."""
+        if not is_grad_enabled():
+            return False
+        if self.requires_grad:
+            if self._ctx is None:
+                raise RuntimeError(
+                    f"{op}: a leaf Variable that requires grad is being used in an in-place operation "
+                    f"(tensor of shape {self.shape}); change it under `with gk.no_grad():`, as "
+                    "optimizers and nn.init do, or work on a clone()")
+        elif not any(isinstance(o, Tensor) and o.requires_grad for o in operands):
+            return False
+        if self._is_view:
+            raise RuntimeError(
+                f"{op}: in-place operation on a view (shape {self.shape}) of another tensor while "
+                "autograd records: gpukernels cannot rebase the tensor it views; clone() the view "
+                "first, or run it under gk.no_grad()")
+        return True
+
+    def _snapshot(self, copy: bool = False) -> Tensor:
+        """A new node standing for this tensor as it is now (same history); with ``copy``
+        it holds a copy of the data (an op that saves its input needs the old values)."""
+        old = Tensor.__new__(Tensor)
+        old.data = self.data.copy() if copy else self.data
+        old.requires_grad, old.grad, old._ctx, old._retain_grad = self.requires_grad, None, self._ctx, False
+        if not copy:
+            old._vc = self._version_counter()
+        return old
+
+    def _rebase(self, old: Tensor, new: Tensor) -> Tensor:
+        """Write ``new`` (computed from ``old``) into this tensor's data and make this
+        tensor ``new``'s node; consumers recorded before keep reaching ``old``."""
+        global _rebase_epoch
+        self.data[...] = new.data
+        self._version_counter().value += 1
+        if new._ctx is None:  # pragma: no cover - recorded ops always give a node
+            return self
+        self.requires_grad, self._ctx = True, new._ctx
+        _rebase_epoch += 1
+        self._rebases = self._rebases + ((_rebase_epoch, old),)
         return self
+
+    def _operand(self, op: str, other) -> Tensor:
+        """``other`` as a tensor on this device whose result fits this tensor's shape and
+        dtype (in-place ops neither broadcast nor change the tensor)."""
+        other = self._wrap(other)
+        _check_same_device(op, [self, other])
+        _refuse_bf16(self, op)
+        _refuse_bf16(other, op)
+        if self.dtype not in _FLOATS and other.dtype in _FLOATS:
+            raise TypeError(f"{op}: result type {dtype_name(other.dtype)} can't be cast to the "
+                            f"desired output type {dtype_name(self.dtype)} (an in-place op keeps its tensor's dtype)")
+        shape = _broadcast_shape(op, self.shape, other.shape)
+        if shape != self.shape:
+            raise ValueError(f"{op}: output with shape {self.shape} doesn't match the broadcast "
+                             f"shape {shape} (other has shape {other.shape}); an in-place op keeps its "
+                             "tensor's shape")
+        return other
+
+    def zero_(self) -> Tensor:
+        """Fill with zeros, in place."""
+        return self.fill_(0, op="zero_")
+
+    def fill_(self, value, *, op="fill_") -> Tensor:
+        """Fill with ``value`` (a number), in place."""
+        if isinstance(value, Tensor):
+            if value.numel() != 1:
+                raise ValueError(f"{op}: value must be a number or a one-element tensor, got shape {value.shape}")
+            value = value.item()
+        if not isinstance(value, (bool, int, float, np.number)):
+            raise TypeError(f"{op}: value must be a number, got {type(value).__name__}")
+        if self._records_inplace(op):
+            old = self._snapshot()
+            return self._rebase(old, _Fill.apply(old, value=value))
+        if self.dtype == bfloat16:  # bit patterns: round the value to bf16 first
+            value = cast_array(np.full((), value, np.float32), bfloat16)
+        self.data[...] = value  # 0 is all-zero bits in every float dtype, bf16 included
+        self._version_counter().value += 1
+        return self
+
+    def add_(self, other, alpha=1) -> Tensor:
+        """self += alpha * other, in place (``other`` broadcasts to this shape)."""
+        other = self._operand("add_", other)
+        if self._records_inplace("add_", other):
+            old = self._snapshot()
+            return self._rebase(old, old + (other if alpha == 1 else other * alpha))
+        if alpha == 1:
+            self.data += other.data
+        else:
+            self.data += other.data * alpha
+        self._version_counter().value += 1
+        return self
+
+    def mul_(self, other) -> Tensor:
+        """self *= other, in place (``other`` broadcasts to this shape)."""
+        other = self._operand("mul_", other)
+        if self._records_inplace("mul_", other):
+            old = self._snapshot(copy=True)  # Mul saves its inputs for backward
+            return self._rebase(old, old * other)
+        self.data *= other.data
+        self._version_counter().value += 1
+        return self
+
+    def copy_(self, src) -> Tensor:
+        """Copy ``src`` (broadcast to this shape, cast to this dtype, moved to this
+        device) into this tensor's data; differentiable with respect to ``src``."""
+        if not isinstance(src, Tensor):
+            src = Tensor(np.asarray(src))
+        try:
+            shape = _broadcast_shape("copy_", self.shape, src.shape)
+        except ValueError:
+            shape = None
+        if shape != self.shape:
+            raise ValueError(f"copy_: src of shape {src.shape} cannot be broadcast to the tensor's "
+                             f"shape {self.shape}")
+        if self._records_inplace("copy_", src):
+            old = self._snapshot()
+            return self._rebase(old, _CopyFrom.apply(old, src.to(self.device)))
+        data = cast_array(backend.to_device(src.data, self.device), self.dtype)
+        self.data[...] = data
+        self._version_counter().value += 1
+        return self
+
+    def __setitem__(self, index, value):
+        """``t[index] = value`` in place; differentiable with respect to both."""
+        if isinstance(index, Tensor):
+            index = index.data
+        if self._records_inplace("__setitem__", value):
+            value = value if isinstance(value, Tensor) else self._wrap(value)
+            _check_same_device("__setitem__", [self, value])
+            old = self._snapshot()
+            self._rebase(old, _SetItem.apply(old, value.to(self.dtype), index=index))
+            return
+        raw = value
+        if isinstance(value, Tensor):
+            raw = cast_array(backend.to_device(value.data, self.device), self.dtype)
+        try:
+            self.data[index] = raw
+        except (ValueError, IndexError, TypeError) as exc:
+            got = f"a value of shape {tuple(raw.shape)}" if hasattr(raw, "shape") else repr(raw)
+            raise type(exc)(f"__setitem__: cannot assign {got} to index {index!r} of a tensor of "
+                            f"shape {self.shape} ({exc})") from None
+        self._version_counter().value += 1
 
     def backward(self, gradient=None, retain_graph: bool = False) -> None:
         """Accumulate d(self)/d(leaf) into every leaf's ``.grad``.
@@ -443,10 +783,14 @@ class Tensor:
         return Pow.apply(self, exponent=exponent)
 
     def __matmul__(self, other):
-        return MatMul.apply(self, self._wrap(other))
+        other = self._wrap(other)
+        check_same_dtype("matmul", _MATMUL_HINT, input=self, other=other)
+        return MatMul.apply(self, other)
 
     def __rmatmul__(self, other):
-        return MatMul.apply(self._wrap(other), self)
+        other = self._wrap(other)
+        check_same_dtype("matmul", _MATMUL_HINT, input=other, other=self)
+        return MatMul.apply(other, self)
 
     def __getitem__(self, index):
         if isinstance(index, Tensor):
@@ -459,7 +803,12 @@ class Tensor:
         if isinstance(other, Tensor):
             _refuse_bf16(other, "comparison")
         other = other.data if isinstance(other, Tensor) else other
-        return Tensor(op(self.data, other))
+        try:
+            return Tensor(op(self.data, other))
+        except ValueError:
+            if hasattr(other, "shape"):
+                _broadcast_shape("comparison", self.shape, other.shape)
+            raise
 
     __lt__ = lambda self, o: self._compare(o, lambda a, b: a < b)  # noqa: E731
     __le__ = lambda self, o: self._compare(o, lambda a, b: a <= b)  # noqa: E731
@@ -549,6 +898,9 @@ class Tensor:
         return functional.relu(self)
 
 
+_MATMUL_HINT = "as in PyTorch, @ and F.linear do not promote: cast one operand with .to(dtype)"
+
+
 def _promote(a, b):
     """PyTorch's rule when an integer/bool tensor meets a floating one: the result takes
     the floating dtype (NumPy alone would give float64 for int64 with float32)."""
@@ -585,8 +937,11 @@ def _topological_order(root: Tensor) -> list[Tensor]:
             continue
         visited.add(id(node))
         stack.append((node, True))
-        if node._ctx is not None:
-            for parent in node._ctx.inputs:
+        fn = node._ctx
+        if fn is not None:
+            for parent in fn.inputs:
+                if parent is not None and parent._rebases:
+                    parent = _route(fn, parent)  # changed in place after fn used it
                 if parent is not None and parent.requires_grad and id(parent) not in visited:
                     stack.append((parent, False))
     return order
@@ -609,13 +964,19 @@ def _run_backward(root: Tensor, grad, retain_graph: bool) -> None:
                 "backward(): trying to backward through the graph a second time; "
                 "pass retain_graph=True the first time"
             )
+        if fn._saved_versions:
+            _check_saved_versions(fn)
         input_grads = fn.backward(g)
         if not isinstance(input_grads, tuple):
             input_grads = (input_grads,)
         if not retain_graph:
             fn.saved, fn.freed = None, True
         for parent, pg in zip(fn.inputs, input_grads):
-            if parent is None or pg is None or not parent.requires_grad:
+            if parent is None or pg is None:
+                continue
+            if parent._rebases:
+                parent = _route(fn, parent)
+            if not parent.requires_grad:
                 continue
             if tuple(pg.shape) != parent.shape:
                 raise RuntimeError(
@@ -663,7 +1024,11 @@ def _accumulate(tensor: Tensor, g, handed_out: set) -> None:
 class Add(Function):
     def forward(self, a, b):
         self.shapes = (a.shape, b.shape)
-        return a + b
+        try:
+            return a + b
+        except ValueError:  # shapes that do not broadcast: say so with both shapes
+            _broadcast_shape("add", a.shape, b.shape)
+            raise
 
     def backward(self, g):
         return unbroadcast(g, self.shapes[0]), unbroadcast(g, self.shapes[1])
@@ -672,7 +1037,11 @@ class Add(Function):
 class Sub(Function):
     def forward(self, a, b):
         self.shapes = (a.shape, b.shape)
-        return a - b
+        try:
+            return a - b
+        except ValueError:  # shapes that do not broadcast: say so with both shapes
+            _broadcast_shape("sub", a.shape, b.shape)
+            raise
 
     def backward(self, g):
         return unbroadcast(g, self.shapes[0]), unbroadcast(-g, self.shapes[1])
@@ -681,7 +1050,11 @@ class Sub(Function):
 class Mul(Function):
     def forward(self, a, b):
         self.save_for_backward(a, b)
-        return a * b
+        try:
+            return a * b
+        except ValueError:  # shapes that do not broadcast: say so with both shapes
+            _broadcast_shape("mul", a.shape, b.shape)
+            raise
 
     def backward(self, g):
         a, b = self.saved
@@ -693,7 +1066,11 @@ class Mul(Function):
 class Div(Function):
     def forward(self, a, b):
         self.save_for_backward(a, b)
-        return a / b
+        try:
+            return a / b
+        except ValueError:  # shapes that do not broadcast: say so with both shapes
+            _broadcast_shape("div", a.shape, b.shape)
+            raise
 
     def backward(self, g):
         a, b = self.saved
@@ -757,8 +1134,23 @@ class MatMul(Function):
     def forward(self, a, b):
         if a.ndim == 0 or b.ndim == 0:
             raise ValueError("matmul: both operands need at least one dimension")
+        k_a, k_b = a.shape[-1], b.shape[-2 if b.ndim > 1 else 0]
+        if k_a != k_b:
+            raise ValueError(
+                f"matmul: shapes {a.shape} and {b.shape} cannot be multiplied: the first's last "
+                f"dimension ({k_a}) must equal the second's "
+                f"{'second-to-last' if b.ndim > 1 else 'only'} dimension ({k_b})")
         self.save_for_backward(a, b)
-        return a @ b
+        try:
+            return a @ b
+        except ValueError:  # batch dimensions that do not broadcast
+            try:
+                _broadcast_shape("matmul", a.shape[:-2], b.shape[:-2])
+            except ValueError as exc:
+                raise ValueError(f"matmul: shapes {a.shape} and {b.shape} cannot be multiplied: their batch "
+                                 f"dimensions {a.shape[:-2]} and {b.shape[:-2]} do not broadcast "
+                                 f"({str(exc).split(': ', 2)[-1]})") from None
+            raise
 
     def backward(self, g):
         a, b = self.saved
@@ -832,6 +1224,7 @@ class Max(Function):
 
 class Reshape(Function):
     bf16 = True
+    view = True
 
     def forward(self, a, shape):
         self.shape = a.shape
@@ -846,6 +1239,7 @@ class Reshape(Function):
 
 class Permute(Function):
     bf16 = True
+    view = True
 
     def forward(self, a, dims):
         self.inverse = tuple(np.argsort(dims))
@@ -858,9 +1252,15 @@ class Permute(Function):
 class GetItem(Function):
     """Basic and advanced indexing; the backward scatters with ``add.at`` (repeats add up)."""
 
+    view = True  # basic indexing gives a view (advanced indexing a copy: checked in apply)
+
     def forward(self, a, index):
         self.shape, self.dtype, self.index = a.shape, a.dtype, index
-        return a[index]
+        out = a[index]
+        if isinstance(out, np.generic):  # NumPy gives a scalar copy for a full integer index:
+            # a 0-d view instead (as CuPy and PyTorch), so t[i].zero_() changes t
+            out = a[(index if isinstance(index, tuple) else (index,)) + (Ellipsis,)]
+        return out
 
     def backward(self, g):
         xp = backend.get_array_module(g)
@@ -902,3 +1302,59 @@ class _ToDevice(Function):
 
     def backward(self, g):
         return (backend.to_device(g, self.device),)
+
+
+class _Fill(Function):
+    """``fill_`` / ``zero_`` as autograd records them: a constant, no gradient back."""
+
+    bf16 = True
+
+    def forward(self, a, value):
+        xp = backend.get_array_module(a)
+        if a.dtype == bfloat16:
+            return xp.full(a.shape, cast_array(np.full((), value, np.float32), bfloat16), dtype=bfloat16)
+        return xp.full(a.shape, value, dtype=a.dtype)
+
+    def backward(self, g):
+        return (None,)
+
+
+class _CopyFrom(Function):
+    """``copy_``: the output is ``src`` broadcast to the tensor's shape and dtype; the
+    overwritten values get no gradient."""
+
+    bf16 = True
+
+    def forward(self, a, src):
+        self.src_shape, self.src_dtype = src.shape, src.dtype
+        xp = backend.get_array_module(a)
+        return cast_array(xp.broadcast_to(src, a.shape), a.dtype).copy()
+
+    def backward(self, g):
+        if not self.needs_input_grad[1]:
+            return None, None
+        return None, cast_array(unbroadcast(g, self.src_shape), self.src_dtype)
+
+
+class _SetItem(Function):
+    """``t[index] = value``: the output is ``a`` with ``value`` written at ``index``; the
+    gradient of ``a`` is zero there, ``value`` gets the gradient of the written slots."""
+
+    def forward(self, a, value, index):
+        self.index, self.value_shape = index, value.shape
+        out = a.copy()
+        try:
+            out[index] = value
+        except (ValueError, IndexError) as exc:
+            raise type(exc)(f"__setitem__: cannot assign a value of shape {value.shape} to index "
+                            f"{index!r} of a tensor of shape {a.shape} ({exc})") from None
+        return out
+
+    def backward(self, g):
+        ga = gv = None
+        if self.needs_input_grad[0]:
+            ga = g.copy()
+            ga[self.index] = 0
+        if self.needs_input_grad[1]:
+            gv = unbroadcast(g[self.index], self.value_shape)
+        return ga, gv

@@ -481,3 +481,52 @@ def test_loader_state_dict_resumes_next_epoch_exactly():
         resumed.load_state_dict({"foo": 1})
     with pytest.raises(ValueError, match="'MT19937'"):
         resumed.load_state_dict(np.random.Generator(np.random.MT19937(0)).bit_generator.state)
+
+
+# ----------------------------------------------------------------------------- integer labels
+# Labels are class indices: floating labels are refused, never truncated (1.7 is not
+# class 1), whole ones too (a float dtype says the file or array is not what it seems).
+
+
+@pytest.mark.parametrize("labels, match", [
+    ([0, 1, 1.7, 2], r"non-integer label 1\.7 at index 2 \(dtype float64\)"),
+    ([0.0, 1.0, 2.0, 3.0], r"got dtype float64 \(whole values"),
+    (np.array([0, 1, 2, 3], np.float32), r"got dtype float32"),
+    ([0, 1, float("nan"), 2], r"non-integer label nan at index 2"),
+    ([True, False, True, False], r"got booleans"),
+])
+def test_cifar_refuses_non_integer_labels(tmp_path, labels, match):
+    write_cifar(tmp_path)
+    write_pickle(tmp_path / "data_batch_3", {b"data": np.zeros((4, 3072), np.uint8), b"labels": labels})
+    message = raises_one_line(r"CIFAR-10: .*data_batch_3 is not a CIFAR-10 python batch \(b'labels': labels must "
+                              r"be integer class indices, .*" + match, load_cifar10, tmp_path)
+    assert str(tmp_path / "data_batch_3") in message
+
+
+@pytest.mark.parametrize("code, kind", [(0x0D, "float32"), (0x0E, "float64"), (0x0C, "int32")])
+def test_mnist_refuses_label_files_that_are_not_unsigned_bytes(tmp_path, code, kind):
+    write_mnist(tmp_path)
+    values = np.array([0, 1.5, 2], ">f4" if code == 0x0D else ">f8" if code == 0x0E else ">i4")
+    data = bytes([0, 0, code, 1]) + (3).to_bytes(4, "big") + values.tobytes()
+    write_file(mnist_path(tmp_path, 1), data, gz=True)
+    message = raises_one_line(rf"MNIST: .*train-labels-idx1-ubyte\.gz holds {kind} labels \(IDX type code "
+                              rf"0x{code:02x}\), expected unsigned bytes \(0x08\)", load_mnist, tmp_path)
+    assert ("non-integer labels are refused, not truncated" in message) == kind.startswith("float")
+
+
+@pytest.mark.parametrize("targets, match", [
+    (np.array([0.5, 1.7, 2.0, 3.0]), r"non-integer label 0\.5 at index 0 \(dtype float64\)"),
+    (np.array([0.0, 1.0, 2.0, 3.0], np.float32), r"got dtype float32 \(whole values"),
+    (np.array([True, False, True, False]), r"got booleans"),
+    (np.array(["a", "b", "c", "d"]), r"got dtype <U1"),
+])
+def test_loader_refuses_non_integer_labels_unless_told_they_are_regression_targets(targets, match):
+    x = np.zeros((4, 1, 2, 2), np.float32)
+    with pytest.raises(ValueError, match=r"^DataLoader: labels must be integer class indices, .*" + match
+                       + r".*pass float_targets=True for regression targets$"):
+        DataLoader(x, targets, 2)
+    if targets.dtype.kind == "f":
+        (_, y), _ = _epoch(DataLoader(x, targets, 2, float_targets=True))
+        np.testing.assert_array_equal(y, targets[:2])  # kept as they are, not truncated
+    for ints in (np.arange(4), np.arange(4, dtype=np.uint8), np.arange(4, dtype=np.int32)):
+        assert len(_epoch(DataLoader(x, ints, 2))) == 2

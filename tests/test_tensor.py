@@ -687,3 +687,197 @@ def test_unsqueeze_squeeze_clone_match_torch(dim):
     assert a.squeeze().shape == tuple(t.squeeze().shape)
     assert a.squeeze(1).shape == tuple(t.squeeze(1).shape)
     assert a.squeeze(0).shape == tuple(t.squeeze(0).shape)
+
+
+# ----------------------------------------------------------------------------- version counters
+# In-place ops bump a tensor's version; backward refuses a saved tensor whose version
+# changed since the forward pass saved it (PyTorch's check), and in-place ops on a leaf
+# that requires grad are refused outside no_grad. Each case runs on torch too.
+
+_XS = np.array([1.0, -2.0, 3.0])
+_WS = np.array([0.5, 2.0, -1.0])
+
+
+def _leaves(lib):
+    if lib == "torch":
+        return torch.tensor(_XS, requires_grad=True), torch.tensor(_WS, requires_grad=True)
+    return gk.tensor(_XS, requires_grad=True), gk.tensor(_WS, requires_grad=True)
+
+
+def _no_grad(lib):
+    return torch.no_grad() if lib == "torch" else gk.no_grad()
+
+
+def _setitem(t, w):
+    t[1] = w[0]
+
+
+#: name -> in-place change of y (w: a second tensor of y's shape)
+INPLACE = {
+    "zero_": lambda y, w: y.zero_(),
+    "fill_": lambda y, w: y.fill_(7.0),
+    "add_": lambda y, w: y.add_(w, alpha=2.0),
+    "mul_": lambda y, w: y.mul_(w),
+    "copy_": lambda y, w: y.copy_(w),
+    "setitem": lambda y, w: _setitem(y, w.detach()),
+}
+
+
+def test_issue_probe_zero_after_forward_raises_naming_the_op():
+    x = gk.tensor([1.0, 2.0], requires_grad=True)
+    y = x * 2
+    z = (y * y).sum()
+    y.zero_()
+    with pytest.raises(RuntimeError, match=r"modified by an inplace operation: \[Tensor of shape \(2,\), "
+                                           r"dtype float32\] saved by Mul is at version 1; expected version 0"):
+        z.backward()
+    assert x.grad is None  # nothing wrong was accumulated
+
+
+@pytest.mark.parametrize("op", list(INPLACE))
+@pytest.mark.parametrize("under_no_grad", [False, True], ids=["recorded", "no_grad"])
+def test_inplace_change_of_a_saved_tensor_fails_backward_like_torch(op, under_no_grad):
+    for lib in ("torch", "gk"):
+        x, w = _leaves(lib)
+        y = x * 2
+        z = (y * y).sum()  # saves y
+        if under_no_grad:
+            with _no_grad(lib):
+                INPLACE[op](y, w)
+        else:
+            INPLACE[op](y, w)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            z.backward()
+
+
+@pytest.mark.parametrize("make", [
+    lambda y: y.reshape(3, 1), lambda y: y.detach(), lambda y: y[1:], lambda y: y[0],
+    lambda y: y.reshape(1, 3).permute(1, 0),
+], ids=["reshape", "detach", "slice", "int-index", "permute"])
+def test_a_change_through_a_view_or_detach_is_seen(make):
+    x, _ = _leaves("gk")
+    y = x.exp()  # saves its output
+    z = y.sum() * 1.0
+    with gk.no_grad():
+        make(y).zero_()
+    assert y._version == 1
+    with pytest.raises(RuntimeError, match=r"saved by Exp is at version 1; expected version 0"):
+        z.backward()
+
+
+def test_ops_that_save_nothing_allow_an_inplace_change_like_torch():
+    for op in INPLACE:
+        grads = []
+        for lib in ("torch", "gk"):
+            x, w = _leaves(lib)
+            y = x * 2
+            z = (y + 1).sum() + y.reshape(3, 1).sum()  # Add, Sum and Reshape save nothing
+            with _no_grad(lib):
+                INPLACE[op](y, w)
+            z.backward()
+            grads.append(x.grad.numpy())
+        np.testing.assert_array_equal(grads[0], grads[1], err_msg=op)
+
+
+@pytest.mark.parametrize("op", list(INPLACE))
+def test_inplace_on_a_leaf_that_requires_grad_raises_outside_no_grad(op):
+    for lib in ("torch", "gk"):
+        x, w = _leaves(lib)
+        with pytest.raises(RuntimeError, match="a leaf Variable that requires grad is being used in an in-place operation"):
+            INPLACE[op](x, w)
+        with _no_grad(lib):
+            INPLACE[op](x, w)  # allowed: how optimizers and init change parameters
+        assert x._version == 1
+
+
+def test_every_inplace_op_bumps_the_version_and_views_share_it():
+    t = gk.zeros(2, 3)
+    v, d = t.reshape(6), t.detach()
+    t.zero_()
+    t.fill_(1.0)
+    t.add_(gk.ones(3))
+    t.mul_(3)
+    t.copy_(np.full((2, 3), 5.0))
+    t[0, 1] = 9.0
+    v.add_(1.0)
+    assert t._version == v._version == d._version == 7
+    np.testing.assert_array_equal(t.numpy(), [[6, 10, 6], [6, 6, 6]])
+    assert gk.zeros(2)._version == 0 and (t + 1)._version == 0  # a new tensor starts at 0
+
+
+@pytest.mark.parametrize("expr", [
+    "y = x * 2; y.mul_(3); out = y.sum()",
+    "y = x * 2; z = y + 1; y.mul_(3); out = (z + y).sum()",
+    "y = x * 2; y.add_(w, alpha=2.0); out = (y * y).sum()",
+    "y = x * 2; y.mul_(w); out = (y * x).sum()",
+    "y = x * 1; y.copy_(w); out = (y * x).sum()",
+    "y = x * 2; y[1] = w[0] * 5; out = (y * y).sum()",
+    "y = x * 2; s = y.sum(); y[0:2] = w[1:]; out = s + (y * 3).sum()",
+    "y = x * 2; s = y.sum(); y.zero_(); out = s + (y + w).sum()",
+    "y = x * 2; y.fill_(1.5); y.add_(x); y.mul_(w); out = (y * y).sum()",
+    "a = zeros(3); a.add_(w); a.mul_(x); out = a.sum()",
+])
+def test_recorded_inplace_ops_give_torch_gradients(expr):
+    """Outside no_grad, an in-place op on a non-leaf is recorded: the tensor becomes the
+    op's output and the consumers recorded before still reach its old value's node."""
+    grads = []
+    for lib in ("torch", "gk"):
+        x, w = _leaves(lib)
+        zeros = (lambda n: torch.zeros(n, dtype=torch.float64)) if lib == "torch" else (
+            lambda n: gk.zeros(n, dtype=gk.float64))
+        scope = {"x": x, "w": w, "zeros": zeros}
+        exec(expr, scope)  # noqa: S102 - the same statements on both libraries
+        scope["out"].backward()
+        grads.append([None if t.grad is None else t.grad.numpy() for t in (x, w)])
+    for (gx, gw), (tx, tw) in zip([grads[1]], [grads[0]]):
+        np.testing.assert_allclose(gx, tx, rtol=0, atol=1e-12)
+        assert (gw is None) == (tw is None)
+        if gw is not None:
+            np.testing.assert_allclose(gw, tw, rtol=0, atol=1e-12)
+
+
+def test_inplace_on_a_view_of_a_tensor_that_requires_grad_is_refused_while_recording():
+    x, _ = _leaves("gk")
+    with pytest.raises(RuntimeError, match=r"zero_: in-place operation on a view"):
+        x[0].zero_()
+    y = x * 2
+    with pytest.raises(RuntimeError, match=r"add_: in-place operation on a view"):
+        y.reshape(3, 1).add_(1.0)
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: gk.zeros(2, 3).add_(gk.ones(4)), ValueError, r"add_: shapes \(2, 3\) and \(4,\) cannot be broadcast"),
+    (lambda: gk.zeros(3).mul_(gk.ones(2, 3)), ValueError, r"mul_: output with shape \(3,\) doesn't match the broadcast shape \(2, 3\)"),
+    (lambda: gk.zeros(3, dtype=gk.int64).add_(1.5), TypeError, r"add_: result type float32 can't be cast to .* int64"),
+    (lambda: gk.zeros(3).copy_(gk.ones(2)), ValueError, r"copy_: .*\(2,\).*\(3,\)"),
+    (lambda: gk.zeros(3).__setitem__(slice(0, 2), gk.ones(3)), ValueError,
+     r"__setitem__: cannot assign a value of shape \(3,\) to index slice\(0, 2, None\) of a tensor of shape \(3,\)"),
+    (lambda: gk.zeros(3).fill_("a"), TypeError, r"fill_: value must be a number"),
+])
+def test_inplace_op_errors_name_the_op_and_shapes(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_optimizer_step_and_load_state_dict_bump_every_parameter_once():
+    model = gk.nn.Sequential(gk.nn.Linear(3, 4), gk.nn.ReLU(), gk.nn.Linear(4, 2))
+    opt = gk.optim.Adam(model.parameters(), lr=1e-2)
+    before = [p._version for p in model.parameters()]
+    for _ in range(3):
+        opt.zero_grad()
+        model(gk.ones(5, 3)).sum().backward()
+        opt.step()  # one flat-buffer update: one bump shared by all its parameters
+    assert [p._version for p in model.parameters()] == [max(before) + 3] * 4
+    loss = model(gk.ones(5, 3)).sum()
+    for p in model.parameters():
+        p.grad = gk.ones(*p.shape)
+    opt.step()
+    with pytest.raises(RuntimeError, match=r"\[Tensor of shape \(2, 4\), dtype float32\] saved by LinearFunction"):
+        loss.backward()
+    loss = model(gk.ones(5, 3)).sum()
+    model.load_state_dict({k: v.numpy().copy() for k, v in model.state_dict().items()})
+    with pytest.raises(RuntimeError, match=r"saved by LinearFunction is at version \d+; expected version \d+"):
+        loss.backward()
+    version = model[0].weight._version
+    gk.nn.init.zeros_(model[0].weight)
+    assert model[0].weight._version == version + 1

@@ -18,6 +18,7 @@ from ..tensor import Tensor, cast_array
 def _fill(tensor: Tensor, host: np.ndarray) -> Tensor:
     xp = get_array_module(tensor.data)
     tensor.data[...] = xp.asarray(cast_array(host, tensor.dtype))  # bf16: rounded bits
+    tensor._bump_version()
     return tensor
 
 
@@ -52,6 +53,7 @@ def normal_(tensor: Tensor, mean: float = 0.0, std: float = 1.0) -> Tensor:
 
 def constant_(tensor: Tensor, value: float) -> Tensor:
     tensor.data[...] = value
+    tensor._bump_version()
     return tensor
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 from .. import functional as F
 from .. import backend
@@ -17,8 +18,63 @@ def _empty(shape, dtype, device):
     return xp.zeros(shape, dtype=_as_dtype(dtype or float32))
 
 
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
+# ----------------------------------------------------------------------------- validation
+# Constructors check their arguments up front: a ValueError naming the layer, the
+# argument and the value received, never a ZeroDivisionError from the initialisation
+# or a NumPy error at the first forward.
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _int_arg(layer, name, value, minimum=1) -> int:
+    if not _is_int(value) or value < minimum:
+        raise ValueError(f"{layer}: {name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _pair_arg(layer, name, value, minimum) -> tuple:
+    """An int or a pair of ints, each >= ``minimum``, as a pair."""
+    if _is_int(value):
+        pair = (int(value), int(value))
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(_is_int(v) for v in value):
+        pair = (int(value[0]), int(value[1]))
+    else:
+        raise ValueError(f"{layer}: {name} must be an int or a pair of ints (each >= {minimum}), got {value!r}")
+    if min(pair) < minimum:
+        raise ValueError(f"{layer}: {name} must be >= {minimum}, got {value!r}")
+    return pair
+
+
+def _real_arg(layer, name, value, low=None, high=None, low_open=False) -> float:
+    """A real number in [low, high] (``(low, high]`` with ``low_open``)."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        if high is not None:
+            bounds = f" in {'(' if low_open else '['}{low}, {high}]"
+        elif low is not None:
+            bounds = f" > {low}" if low_open else f" >= {low}"
+        else:
+            bounds = ""
+        raise ValueError(f"{layer}: {name} must be a finite number{bounds}, got {value!r}")
+    return float(value)
+
+
+def _bool_arg(layer, name, value) -> bool:
+    if not isinstance(value, (bool, numbers.Integral)) or value not in (0, 1):
+        raise ValueError(f"{layer}: {name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _choice_arg(layer, name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{layer}: {name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
 
 
 class Linear(Module):
@@ -26,8 +82,9 @@ class Linear(Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=None, device=None):
         super().__init__()
-        if in_features < 1 or out_features < 1:
-            raise ValueError(f"Linear: features must be positive, got in={in_features}, out={out_features}")
+        in_features = _int_arg("Linear", "in_features", in_features)
+        out_features = _int_arg("Linear", "out_features", out_features)
+        bias = _bool_arg("Linear", "bias", bias)
         self.in_features, self.out_features = in_features, out_features
         self.weight = Parameter(_empty((out_features, in_features), dtype, device))
         self.bias = Parameter(_empty((out_features,), dtype, device)) if bias else None
@@ -57,14 +114,27 @@ class Conv2d(Module):
                  dilation=1, groups: int = 1, bias: bool = True, activation=None,
                  negative_slope: float = 0.01, dtype=None, device=None):
         super().__init__()
-        if groups < 1 or in_channels % groups or out_channels % groups:
+        in_channels = _int_arg("Conv2d", "in_channels", in_channels)
+        out_channels = _int_arg("Conv2d", "out_channels", out_channels)
+        kernel_size = _pair_arg("Conv2d", "kernel_size", kernel_size, 1)
+        if isinstance(padding, str):
+            raise ValueError(f"Conv2d: padding must be an int or a pair of ints (each >= 0), got {padding!r} "
+                             "(string paddings such as 'same' are not supported)")
+        stride = _pair_arg("Conv2d", "stride", stride, 1)
+        padding = _pair_arg("Conv2d", "padding", padding, 0)
+        dilation = _pair_arg("Conv2d", "dilation", dilation, 1)
+        groups = _int_arg("Conv2d", "groups", groups)
+        if in_channels % groups or out_channels % groups:
             raise ValueError(
                 f"Conv2d: in_channels={in_channels} and out_channels={out_channels} must be "
                 f"divisible by groups={groups}"
             )
+        bias = _bool_arg("Conv2d", "bias", bias)
+        _choice_arg("Conv2d", "activation", activation, (None, "relu", "leaky_relu"))
+        _real_arg("Conv2d", "negative_slope", negative_slope, low=0)
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride = _pair(kernel_size), _pair(stride)
-        self.padding, self.dilation, self.groups = _pair(padding), _pair(dilation), groups
+        self.kernel_size, self.stride = kernel_size, stride
+        self.padding, self.dilation, self.groups = padding, dilation, groups
         self.activation, self.negative_slope = activation, negative_slope
         shape = (out_channels, in_channels // groups) + self.kernel_size
         self.weight = Parameter(_empty(shape, dtype, device))
@@ -106,7 +176,7 @@ class ReLU(Module):
 class LeakyReLU(Module):
     def __init__(self, negative_slope: float = 0.01):
         super().__init__()
-        self.negative_slope = negative_slope
+        self.negative_slope = _real_arg("LeakyReLU", "negative_slope", negative_slope, low=0)
 
     def forward(self, x):
         return F.leaky_relu(x, self.negative_slope)
@@ -125,10 +195,22 @@ class Tanh(Module):
         return F.tanh(x)
 
 
+def _pool_args(layer, kernel_size, stride, padding, dilation) -> None:
+    kernel = _pair_arg(layer, "kernel_size", kernel_size, 1)
+    if stride is not None:
+        _pair_arg(layer, "stride", stride, 1)
+    pad = _pair_arg(layer, "padding", padding, 0)
+    _pair_arg(layer, "dilation", dilation, 1)
+    if pad[0] > kernel[0] // 2 or pad[1] > kernel[1] // 2:
+        raise ValueError(f"{layer}: padding must be at most half of kernel_size {kernel_size!r}, got {padding!r}")
+
+
 class MaxPool2d(Module):
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1):
         super().__init__()
-        self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride or kernel_size, padding, dilation
+        _pool_args("MaxPool2d", kernel_size, stride, padding, dilation)
+        self.kernel_size, self.stride = kernel_size, kernel_size if stride is None else stride
+        self.padding, self.dilation = padding, dilation
 
     def forward(self, x):
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation)
@@ -140,8 +222,10 @@ class MaxPool2d(Module):
 class AvgPool2d(Module):
     def __init__(self, kernel_size, stride=None, padding=0, count_include_pad=True):
         super().__init__()
-        self.kernel_size, self.stride, self.padding = kernel_size, stride or kernel_size, padding
-        self.count_include_pad = count_include_pad
+        _pool_args("AvgPool2d", kernel_size, stride, padding, 1)
+        self.kernel_size, self.stride = kernel_size, kernel_size if stride is None else stride
+        self.padding = padding
+        self.count_include_pad = _bool_arg("AvgPool2d", "count_include_pad", count_include_pad)
 
     def forward(self, x):
         return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.count_include_pad)
@@ -167,7 +251,7 @@ class AdaptiveAvgPool2d(Module):
         super().__init__()
         single = output_size is None or isinstance(output_size, int)
         size = (output_size, output_size) if single else tuple(output_size)
-        if len(size) != 2 or any(s is not None and (not isinstance(s, int) or s < 1) for s in size):
+        if len(size) != 2 or any(s is not None and (not _is_int(s) or s < 1) for s in size):
             raise ValueError(
                 f"AdaptiveAvgPool2d: output_size must be a positive int or a pair of them, got {output_size!r}"
             )
@@ -203,6 +287,9 @@ class AdaptiveAvgPool2d(Module):
 class Flatten(Module):
     def __init__(self, start_dim: int = 1, end_dim: int = -1):
         super().__init__()
+        for name, value in (("start_dim", start_dim), ("end_dim", end_dim)):
+            if not _is_int(value):
+                raise ValueError(f"Flatten: {name} must be an int, got {value!r}")
         self.start_dim, self.end_dim = start_dim, end_dim
 
     def forward(self, x):
@@ -215,8 +302,7 @@ class Flatten(Module):
 class Dropout(Module):
     def __init__(self, p: float = 0.5):
         super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"dropout probability has to be between 0 and 1, got {p}")
+        _real_arg("Dropout", "p (the dropout probability)", p, low=0, high=1)
         self.p = p
 
     def forward(self, x):
@@ -232,6 +318,15 @@ class _BatchNorm(Module):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
                  track_running_stats: bool = True, dtype=None, device=None):
         super().__init__()
+        layer = type(self).__name__
+        num_features = _int_arg(layer, "num_features", num_features)
+        _real_arg(layer, "eps", eps, low=0, low_open=True)
+        if momentum is None:
+            raise ValueError(f"{layer}: momentum=None (a cumulative moving average) is not supported; "
+                             "give a number in [0, 1]")
+        _real_arg(layer, "momentum", momentum, low=0, high=1)
+        affine = _bool_arg(layer, "affine", affine)
+        track_running_stats = _bool_arg(layer, "track_running_stats", track_running_stats)
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.affine, self.track_running_stats = affine, track_running_stats
         self.weight = Parameter(_empty((num_features,), dtype, device)) if affine else None
@@ -302,6 +397,10 @@ class Residual(Module):
 
     def __init__(self, body: Module, shortcut: Module | None = None, activation: str | None = None):
         super().__init__()
+        if not isinstance(body, Module):
+            raise ValueError(f"Residual: body must be a Module, got {type(body).__name__}")
+        if shortcut is not None and not isinstance(shortcut, Module):
+            raise ValueError(f"Residual: shortcut must be a Module or None, got {type(shortcut).__name__}")
         if activation not in (None, "relu"):
             raise ValueError(f"Residual: activation must be None or 'relu', got {activation!r}")
         self.body = body
@@ -327,6 +426,10 @@ class Residual(Module):
 class CrossEntropyLoss(Module):
     def __init__(self, reduction: str = "mean", ignore_index: int = -100, label_smoothing: float = 0.0):
         super().__init__()
+        _choice_arg("CrossEntropyLoss", "reduction", reduction, ("mean", "sum", "none"))
+        if not _is_int(ignore_index):
+            raise ValueError(f"CrossEntropyLoss: ignore_index must be an int, got {ignore_index!r}")
+        _real_arg("CrossEntropyLoss", "label_smoothing", label_smoothing, low=0, high=1)
         self.reduction, self.ignore_index, self.label_smoothing = reduction, ignore_index, label_smoothing
 
     def forward(self, logits, target):
@@ -336,6 +439,7 @@ class CrossEntropyLoss(Module):
 class MSELoss(Module):
     def __init__(self, reduction: str = "mean"):
         super().__init__()
+        _choice_arg("MSELoss", "reduction", reduction, ("mean", "sum", "none"))
         self.reduction = reduction
 
     def forward(self, input, target):
@@ -345,6 +449,8 @@ class MSELoss(Module):
 class Softmax(Module):
     def __init__(self, dim: int = -1):
         super().__init__()
+        if not _is_int(dim):
+            raise ValueError(f"{type(self).__name__}: dim must be an int, got {dim!r}")
         self.dim = dim
 
     def forward(self, x):

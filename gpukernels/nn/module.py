@@ -231,6 +231,7 @@ class Module:
                 )
             xp = backend.get_array_module(target.data)
             target.data[...] = xp.asarray(backend.to_device(value, backend.device_of(target.data)))
+            target._bump_version()  # shared with the parameter: graphs that saved it see the change
         return missing, unexpected
 
     # -- calling -------------------------------------------------------------------------

@@ -13,7 +13,7 @@ class Parameter(Tensor):
     """
 
     def __init__(self, data, requires_grad: bool = True):
-        super().__init__(data.data if isinstance(data, Tensor) else data, requires_grad)
+        super().__init__(data, requires_grad)  # a Tensor's data (and version counter) is shared
 
     def __repr__(self):
         return "Parameter containing:\n" + super().__repr__()

@@ -11,6 +11,8 @@ For each (param group, device, dtype) an optimizer keeps one ``FlatParams``:
 - ``state[name]``: one array per optimizer state (``exp_avg``, ``momentum_buffer``, ...)
   of the same layout; ``optimizer.state[param][name]`` holds the parameter's view, so
   ``state_dict()`` keeps PyTorch's per-parameter layout;
+- ``version``: the parameters' shared ``VersionCounter`` (views of one buffer share
+  one, as in PyTorch), bumped once per update;
 - ``steps`` (optimizers with ``capturable=True``): one float32 step count per parameter
   on the buffer's device (PyTorch's capturable ``state["step"]`` tensors);
   ``optimizer.state[param]["step"]`` holds the parameter's 0-d view, and the update
@@ -47,7 +49,7 @@ import weakref
 import numpy as np
 
 from .. import backend
-from ..tensor import Tensor, cast_array
+from ..tensor import Tensor, VersionCounter, cast_array
 
 #: Every parameter's view starts at a multiple of this many bytes of the buffer.
 ALIGN_BYTES = 128
@@ -92,6 +94,9 @@ class FlatParams:
         self.state_views: dict = {}
         self.steps = None
         self.step_views: list = []
+        # the parameters are views of one buffer, so they share one version counter
+        # (autograd's check of saved tensors); an update bumps it once for all of them
+        self.version = VersionCounter(max(p._version for p in self.params))
         xp = backend.xp_for_device(self.device)
         self.data = xp.zeros(n, dtype=self.dtype)
         self.grad = xp.zeros(n, dtype=self.dtype)
@@ -116,6 +121,7 @@ class FlatParams:
         old_slice = getattr(p, "_grad_view", None)
         grad = p.grad
         p.data = view
+        p._vc = self.version
         p._grad_view = grad_view
         p._flat = weakref.ref(self)
         if grad is not None and tuple(grad.data.shape) == tuple(grad_view.shape):

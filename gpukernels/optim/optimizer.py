@@ -437,6 +437,7 @@ class Optimizer:
                 token = next(self._tokens)
                 for i in indices:
                     self._cohorts[id(flat.params[i])] = token
+        flat.version.value += 1  # the parameters changed in place (one bump per buffer and step)
 
     # -- updates ---------------------------------------------------------------------------
     def zero_grad(self, set_to_none: bool = True) -> None:

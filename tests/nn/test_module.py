@@ -277,3 +277,54 @@ def test_adaptive_avg_pool_rejects_uneven_sizes_and_bad_inputs():
         nn.AdaptiveAvgPool2d(1)(gk.randn(2, 4, 4))
     with pytest.raises(ValueError, match="output_size must be a positive int"):
         nn.AdaptiveAvgPool2d(0)
+
+
+# ----------------------------------------------------------------------------- constructor arguments
+# Every layer checks its arguments when built: a ValueError naming the layer, the
+# argument and the value received (not a ZeroDivisionError from the initialisation, a
+# NumPy error, or nothing at all until the first forward).
+
+BAD_LAYER_ARGS = [
+    (lambda: nn.Conv2d(3, 4, 0), r"Conv2d: kernel_size must be >= 1, got 0"),
+    (lambda: nn.Conv2d(0, 4, 3), r"Conv2d: in_channels must be an int >= 1, got 0"),
+    (lambda: nn.Conv2d(3, 0, 3), r"Conv2d: out_channels must be an int >= 1, got 0"),
+    (lambda: nn.Conv2d(3, 4, (3,)), r"Conv2d: kernel_size must be an int or a pair of ints .*got \(3,\)"),
+    (lambda: nn.Conv2d(3.0, 4, 3), r"Conv2d: in_channels must be an int >= 1, got 3\.0"),
+    (lambda: nn.Conv2d(3, 4, 3, stride=0), r"Conv2d: stride must be >= 1, got 0"),
+    (lambda: nn.Conv2d(3, 4, 3, padding=-1), r"Conv2d: padding must be >= 0, got -1"),
+    (lambda: nn.Conv2d(3, 4, 3, padding="same"), r"Conv2d: padding must be an int .*'same'"),
+    (lambda: nn.Conv2d(3, 4, 3, dilation=(1, 0)), r"Conv2d: dilation must be >= 1, got \(1, 0\)"),
+    (lambda: nn.Conv2d(4, 4, 3, groups=0), r"Conv2d: groups must be an int >= 1, got 0"),
+    (lambda: nn.Conv2d(3, 4, 3, activation="gelu"), r"Conv2d: activation must be one of .*got 'gelu'"),
+    (lambda: nn.Conv2d(3, 4, 3, activation="leaky_relu", negative_slope=-1), r"Conv2d: negative_slope .* got -1"),
+    (lambda: nn.Linear(0, 3), r"Linear: in_features must be an int >= 1, got 0"),
+    (lambda: nn.Linear(3, -1), r"Linear: out_features must be an int >= 1, got -1"),
+    (lambda: nn.Linear(2.5, 3), r"Linear: in_features must be an int >= 1, got 2\.5"),
+    (lambda: nn.BatchNorm2d(0), r"BatchNorm2d: num_features must be an int >= 1, got 0"),
+    (lambda: nn.BatchNorm2d(4, eps=0), r"BatchNorm2d: eps must be a finite number > 0, got 0"),
+    (lambda: nn.BatchNorm2d(4, momentum=None), r"BatchNorm2d: momentum=None .* not supported"),
+    (lambda: nn.BatchNorm1d(4, momentum=2), r"BatchNorm1d: momentum must be a finite number in \[0, 1\], got 2"),
+    (lambda: nn.MaxPool2d(0), r"MaxPool2d: kernel_size must be >= 1, got 0"),
+    (lambda: nn.MaxPool2d(2, stride=0), r"MaxPool2d: stride must be >= 1, got 0"),
+    (lambda: nn.MaxPool2d(2, padding=2), r"MaxPool2d: padding must be at most half of kernel_size 2, got 2"),
+    (lambda: nn.MaxPool2d(2, dilation=0), r"MaxPool2d: dilation must be >= 1, got 0"),
+    (lambda: nn.AvgPool2d(-1), r"AvgPool2d: kernel_size must be >= 1, got -1"),
+    (lambda: nn.Dropout(1.5), r"Dropout: p \(the dropout probability\) must be a finite number in \[0, 1\], got 1\.5"),
+    (lambda: nn.Dropout("a"), r"Dropout: p .* got 'a'"),
+    (lambda: nn.LeakyReLU(-0.1), r"LeakyReLU: negative_slope must be a finite number >= 0, got -0\.1"),
+    (lambda: nn.AdaptiveAvgPool2d(True), r"AdaptiveAvgPool2d: output_size must be .*got True"),
+    (lambda: nn.Flatten(1.0), r"Flatten: start_dim must be an int, got 1\.0"),
+    (lambda: nn.CrossEntropyLoss(reduction="avg"), r"CrossEntropyLoss: reduction must be one of .*got 'avg'"),
+    (lambda: nn.CrossEntropyLoss(label_smoothing=2), r"CrossEntropyLoss: label_smoothing .* got 2"),
+    (lambda: nn.MSELoss("x"), r"MSELoss: reduction must be one of .*got 'x'"),
+    (lambda: nn.Softmax(None), r"Softmax: dim must be an int, got None"),
+    (lambda: nn.Residual(3), r"Residual: body must be a Module, got int"),
+]
+
+
+@pytest.mark.parametrize("build, match", BAD_LAYER_ARGS, ids=[m.split(":")[0] + f"-{i}" for i, (_, m) in
+                                                             enumerate(BAD_LAYER_ARGS)])
+def test_layer_constructors_name_the_bad_argument_and_value(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
+
