@@ -2,12 +2,14 @@
 ``ptxas`` says about it: ``python -m gpukernels.triton.aot [--arch 80,90] [--json F]``.
 
 For each kernel variant and tile config of every op family (their ``aot_specs()``) and
-each target (sm_80 = A100, sm_90 = H100): ``triton.compile`` to PTX, then Triton's own
-``ptxas-blackwell -v`` (the older ``ptxas`` beside it rejects Triton 3.9's PTX) for
-registers, spills and shared memory. A GEMM-shaped kernel must use tensor cores: ``mma``
-(sm_80) / ``wgmma`` or ``mma`` (sm_90) in its PTX. Exit status 1 when a variant spills
-registers or lacks tensor-core instructions, so CI catches a config that would be slow
-or miscompiled on a GPU it has never seen.
+each target (sm_80 = A100, sm_90 = H100): ``triton.compile`` to PTX, then ``ptxas -v``
+for registers, spills and shared memory, with the ptxas the installed Triton itself runs
+for that target (Triton 3.9: its CUDA 13 ``ptxas-blackwell`` from sm_90 on, CUDA 12.9
+``ptxas`` for sm_80; Triton 3.6: CUDA 12.8 ``ptxas`` for both; their register allocations
+differ), so the counts are those of a launch on that GPU with that Triton. A GEMM-shaped
+kernel must use tensor cores: ``mma`` (sm_80) / ``wgmma`` or ``mma`` (sm_90) in its PTX.
+Exit status 1 when a variant spills registers or lacks tensor-core instructions, so CI
+catches a config that would be slow or miscompiled on a GPU it has never seen.
 
 Runs in its own process: Triton's interpreter mode (TRITON_INTERPRET=1, used by the
 interpreter tests) is fixed when kernels are decorated, and compiling needs it off.
@@ -69,13 +71,23 @@ def signature_for(fn, constexprs, pointers, dtype="fp32", floats=("slope",), i64
     return sig
 
 
-def _ptxas():
-    import triton  # noqa: PLC0415
+def _ptxas(cap: int) -> str:
+    """The ptxas the installed Triton runs for sm_``cap`` (its ``get_ptxas``, which also
+    honours TRITON_PTXAS_PATH / TRITON_PTXAS_BLACKWELL_PATH); failing that, Triton's
+    bin/ptxas-blackwell (the newer CUDA, which reads any PTX the older one does), else bin/ptxas."""
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas  # noqa: PLC0415
 
-    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas-blackwell")
-    if not os.path.exists(path):
-        raise RuntimeError(f"ptxas-blackwell not found at {path} (it ships with triton 3.9)")
-    return path
+        return get_ptxas(cap).path
+    except Exception:  # noqa: BLE001 - an older/newer Triton without it: look for the binaries
+        import triton  # noqa: PLC0415
+
+        bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+        found = [os.path.join(bin_dir, n) for n in ("ptxas-blackwell", "ptxas")
+                 if os.path.exists(os.path.join(bin_dir, n))]
+        if not found:
+            raise RuntimeError(f"no ptxas in {bin_dir}") from None
+        return found[0]
 
 
 def ptxas_stats(ptx: str, cap: int) -> dict:
@@ -85,7 +97,7 @@ def ptxas_stats(ptx: str, cap: int) -> dict:
         src = os.path.join(tmp, "k.ptx")
         with open(src, "w") as f:
             f.write(ptx)
-        out = subprocess.run([_ptxas(), "-v", f"--gpu-name={arch}", src, "-o", os.path.join(tmp, "k.cubin")],
+        out = subprocess.run([_ptxas(cap), "-v", f"--gpu-name={arch}", src, "-o", os.path.join(tmp, "k.cubin")],
                              capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"ptxas failed for {arch}: {out.stderr.strip()[:2000]}")
@@ -162,6 +174,7 @@ def main(argv=None) -> int:
     parser.add_argument("--only", help="compile the specs whose name contains this")
     parser.add_argument("--jobs", type=int, help="parallel compiler processes (default: CPU count)")
     parser.add_argument("--json", help="write the rows to this file")
+    parser.add_argument("--quiet", action="store_true", help="print only the variants with problems, and the summary")
     args = parser.parse_args(argv)
     from .. import backend  # noqa: PLC0415
 
@@ -171,12 +184,17 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     rows = run(archs, tuple(args.family.split(",")), args.jobs, args.only)
     for r in rows:
+        if args.quiet and not r["problems"]:
+            continue
         status = "; ".join(r["problems"]) or "ok"
         print(f"{r['name']:<58} {r['arch']:<6} regs {r.get('registers', '-')!s:>4}  "
               f"spill {r.get('spill_bytes', '-')!s:>5}  smem {r.get('shared_bytes', '-')!s:>6}  "
               f"{'wgmma' if r.get('wgmma') else 'mma' if r.get('mma') else '-':<5}  {status}")
     bad = [r for r in rows if r["problems"]]
-    print(f"{len(rows)} compilations, {len(bad)} with problems, {time.perf_counter() - start:.0f} s")
+    import triton  # noqa: PLC0415
+
+    print(f"{len(rows)} compilations ({','.join(f'sm_{a}' for a in archs)}, triton {triton.__version__}), "
+          f"{len(bad)} with problems, {time.perf_counter() - start:.0f} s")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -324,8 +324,9 @@ def _conv2d_wgrad_kernel(
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). tl.dot needs every block >= 16.
 # Under the interpreter one small config (its programs run one after another in Python).
-# Each spill-free on sm_80 and sm_90 (python -m gpukernels.triton.aot); the first of each
-# kind is also compiled in every dtype and code variant (aot_specs).
+# Each spill-free on sm_80 and sm_90 (python -m gpukernels.triton.aot) in TF32 and 16-bit,
+# in full float32 those of IEEE; the first of each kind is also compiled in every dtype and
+# code variant (aot_specs).
 GPU_CONFIGS = {
     "fwd": [(128, 64, 32, 8, 3), (64, 128, 32, 8, 3), (64, 64, 32, 8, 3), (64, 64, 64, 8, 3),
             (128, 32, 32, 8, 3), (64, 32, 32, 8, 4), (64, 64, 32, 4, 4)],
@@ -334,6 +335,18 @@ GPU_CONFIGS = {
     "wgrad": [(64, 64, 32, 8, 3), (128, 64, 16, 8, 2), (64, 128, 16, 8, 3), (128, 32, 32, 8, 3),
               (64, 32, 64, 8, 3), (32, 64, 64, 8, 2)],  # BLOCK_K | 64: split-K rounds to 64
 }
+#: The configs that stay spill-free in full float32 (PRECISION "ieee", i.e.
+#: ``set_allow_tf32(False)``: FMA instead of tensor cores), the only ones the autotuner
+#: times for such launches (``_pruner``); aot_specs compiles each of them in ieee. The
+#: others spill there, with one Triton or the other: fwd 128x64x32 16 bytes (Triton 3.6,
+#: sm_90), 64x128x32 40 (3.9, sm_90), 64x64x64 9.6 KB (3.9, sm_80), 64x64x32 w4 28
+#: (3.9, sm_80); dgrad 64x128x32 36 (3.9, sm_90), 64x64x64 1.3 KB (3.9, sm_80).
+IEEE = {
+    "fwd": [(64, 64, 32, 8, 3), (128, 32, 32, 8, 3), (64, 32, 32, 8, 4)],
+    "dgrad": [(64, 64, 32, 8, 3), (128, 32, 32, 8, 3), (64, 32, 32, 4, 3)],
+    "wgrad": list(GPU_CONFIGS["wgrad"]),
+}
+assert all(set(IEEE[k]) <= set(GPU_CONFIGS[k]) and IEEE[k] for k in GPU_CONFIGS)
 INTERPRET_CONFIG = (64, 64, 32, 4, 1)  # big tiles: the interpreter pays per op, not per element
 GROUP_M = 8
 # PACKED when C*KH*KW fits in a few K steps but C alone would waste most of a BLOCK_K.
@@ -345,13 +358,29 @@ MIN_PIXELS_PER_SPLIT = 256
 
 _SHAPE_KEY = ["N", "C", "H", "W", "O", "OH", "OW"]
 _BLOCKS = ("BLOCK_M", "BLOCK_N", "BLOCK_K")
+
+
+def _pruner(kind):
+    safe = set(IEEE[kind])
+
+    def prune(configs, named_args, **kwargs):
+        """Every config for TF32 and 16-bit launches; in full float32 the IEEE ones."""
+        if kwargs.get("PRECISION") != "ieee":
+            return configs
+        return [c for c in configs
+                if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages) in safe]
+
+    return prune
+
+
 #: The three kernels with their configs; ``KERNELS[kind].force = cfg`` pins one (tests).
 KERNELS = {
-    "fwd": Tuned(_conv2d_fwd_kernel, _BLOCKS, GPU_CONFIGS["fwd"], _SHAPE_KEY, INTERPRET_CONFIG),
+    "fwd": Tuned(_conv2d_fwd_kernel, _BLOCKS, GPU_CONFIGS["fwd"], _SHAPE_KEY, INTERPRET_CONFIG,
+                 prune=_pruner("fwd")),
     "dgrad": Tuned(_conv2d_dgrad_kernel, _BLOCKS, GPU_CONFIGS["dgrad"], _SHAPE_KEY + ["H_PH", "W_PH"],
-                   INTERPRET_CONFIG),
+                   INTERPRET_CONFIG, prune=_pruner("dgrad")),
     "wgrad": Tuned(_conv2d_wgrad_kernel, _BLOCKS, GPU_CONFIGS["wgrad"], _SHAPE_KEY + ["p_per_split"],
-                   INTERPRET_CONFIG),
+                   INTERPRET_CONFIG, prune=_pruner("wgrad")),
 }
 
 
@@ -579,10 +608,10 @@ def conv2d_backward(grad_y, x, weight, y, stride, padding, dilation, groups, act
 
 
 def aot_specs():
-    """Every kernel x config (float32/TF32, 3x3, stride 1, ReLU), plus, on the first config
-    of each kernel, the variants that change the generated code: fp16, bf16, full-fp32,
-    PACKED small-C, 1x1, stride/dilation 2, leaky ReLU, INT64 offsets (also with the unit
-    innermost strides Triton turns into constants at launch)."""
+    """Every kernel x config (float32/TF32, 3x3, stride 1, ReLU), every IEEE config in full
+    float32, plus, on the first config of each kernel, the variants that change the
+    generated code: fp16, bf16, PACKED small-C, 1x1, stride/dilation 2, leaky ReLU, INT64
+    offsets (also with the unit innermost strides Triton turns into constants at launch)."""
     from .aot import KernelSpec, signature_for  # noqa: PLC0415
 
     unit_strides = {"fwd": ("sxw", "syw"), "dgrad": ("sgw", "sdw"), "wgrad": ("sgw", "sxw")}
@@ -597,7 +626,6 @@ def aot_specs():
     variants = [  # (label, dtype, constexpr overrides, tensor cores expected)
         ("fp16", "fp16", {}, True),
         ("bf16", "bf16", {}, True),
-        ("fp32 ieee", "fp32", {"PRECISION": "ieee"}, False),
         ("1x1 s2", "fp32", {"KH": 1, "KW": 1, "STRIDE_H": 2, "STRIDE_W": 2}, True),
         ("5x5 d2 leaky", "fp32", {"KH": 5, "KW": 5, "DIL_H": 2, "DIL_W": 2, "ACTIVATION": 2}, True),
         ("int64", "fp32", {"INT64": True}, True),
@@ -610,6 +638,8 @@ def aot_specs():
         fn = globals()[name]
         for i, (bm, bn, bk, warps, stages) in enumerate(GPU_CONFIGS[kind]):
             runs = [("fp32 tf32", "fp32", {}, True)] + (variants if i == 0 else [])
+            if (bm, bn, bk, warps, stages) in IEEE[kind]:  # the configs full float32 may use
+                runs.append(("fp32 ieee", "fp32", {"PRECISION": "ieee"}, False))
             for label, dtype, over, tensor_cores in runs:
                 if label == "packed" and "PACKED" not in own:
                     continue

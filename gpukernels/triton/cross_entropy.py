@@ -171,6 +171,42 @@ def _ce_total_kernel(per_row_ptr, info_ptr, loss_ptr, N, MEAN: tl.constexpr, BLO
 
 
 @triton.jit
+def _ce_target(t_ptr, r, st, row_ok, ignore_index, C, INT64: tl.constexpr):
+    """A row's target: valid (not ignored), bad (valid but outside [0, C)) and the
+    clamped index tc (never an out-of-bounds gather)."""
+    t = tl.load(t_ptr + r * st, mask=row_ok, other=ignore_index)
+    valid = row_ok & (t != ignore_index)
+    in_range = (t >= 0) & (t < C)
+    bad = valid & (~in_range)  # the launcher raises on these unless CHECK_TARGETS is off
+    tc = tl.where(valid & in_range, t, 0)  # clamped: never an out-of-bounds gather
+    if INT64:
+        tc = tc.to(tl.int64)
+    else:
+        tc = tc.to(tl.int32)
+    return valid, bad, tc
+
+
+@triton.jit
+def _ce_store_loss(loss_ptr, t_ptr, r, st, row_ok, ignore_index, z_row, szc, s, m_use, z_sum, C, smoothing,
+                   SMOOTH: tl.constexpr, INT64: tl.constexpr):
+    """loss[r] from the row's log-sum-exp, as differences to the max (no cancellation of
+    two large numbers). Stored as soon as s and m are known, before the gradient pass,
+    with the target (and so valid, bad, z_t) read again here: with z_t gathered up front
+    and the loss stored last, ptxas 12.x (Triton 3.6 for sm_80/sm_90, Triton 3.9 for
+    sm_80) kept z_t or the ``bad`` flag across the row's whole tile and spilled it
+    (4-36 bytes in 4 to 6 configs); this order was the one, of those tried, that spills in
+    no config with either Triton. The re-read costs one target load per row."""
+    valid, bad, tc = _ce_target(t_ptr, r, st, row_ok, ignore_index, C, INT64)
+    z_t = tl.load(z_row + tc * szc, mask=valid, other=0.0).to(tl.float32)
+    loss = tl.log(s) - (1.0 - smoothing) * (z_t - m_use)
+    if SMOOTH:
+        loss -= smoothing * (z_sum / C - m_use)
+    loss = tl.where(valid, loss, 0.0)
+    loss = tl.where(bad, float("nan"), loss)
+    tl.store(loss_ptr + r, loss, mask=row_ok)
+
+
+@triton.jit
 def _ce_fwd_kernel(
     z_ptr, t_ptr, info_ptr, loss_ptr, grad_ptr,
     N, C, szr, szc, st, ignore_index, smoothing,
@@ -181,18 +217,9 @@ def _ce_fwd_kernel(
     row_ok, r = _rows(N, ROWS, INT64)
     if INT64:  # tl.cast: a stride of 1 arrives as a constant (Triton's specialisation)
         szr, szc, st = tl.cast(szr, tl.int64), tl.cast(szc, tl.int64), tl.cast(st, tl.int64)
-    t = tl.load(t_ptr + r * st, mask=row_ok, other=ignore_index)
-    valid = row_ok & (t != ignore_index)
-    in_range = (t >= 0) & (t < C)
-    bad = valid & (~in_range)  # the launcher raises on these unless CHECK_TARGETS is off
-    tc = tl.where(valid & in_range, t, 0)  # clamped: never an out-of-bounds gather
-    if INT64:
-        tc = tc.to(tl.int64)
-    else:
-        tc = tc.to(tl.int32)
+    valid, bad, tc = _ce_target(t_ptr, r, st, row_ok, ignore_index, C, INT64)
     z_row = z_ptr + tl.multiple_of(r * szr, ALIGN)
     g_row = grad_ptr + tl.multiple_of(r * C, ALIGN)
-    z_t = tl.load(z_row + tc * szc, mask=valid, other=0.0).to(tl.float32)
 
     # w_n: 1/count for "mean" (count read on the device: no host sync), 0 when ignored
     if MEAN:
@@ -220,6 +247,8 @@ def _ce_fwd_kernel(
         else:
             z_sum = tl.zeros((ROWS,), dtype=tl.float32)
         s = tl.where(valid, s, 1.0)  # ignored rows were not read (s = 0): no 0/0, no log 0
+        _ce_store_loss(loss_ptr, t_ptr, r, st, row_ok, ignore_index, z_row, szc, s, m_use, z_sum, C, smoothing,
+                       SMOOTH, INT64)
         p_scale = scale / s
         g = e * p_scale[:, None] - tl.where(cols[None, :] == tc[:, None], on_target[:, None], 0.0)
         if SMOOTH:
@@ -239,6 +268,8 @@ def _ce_fwd_kernel(
                 z_sum += tl.sum(tl.where(ld, x, 0.0), axis=1)
         m_use = tl.where(m == -float("inf"), 0.0, m)
         s = tl.where(valid, s, 1.0)
+        _ce_store_loss(loss_ptr, t_ptr, r, st, row_ok, ignore_index, z_row, szc, s, m_use, z_sum, C, smoothing,
+                       SMOOTH, INT64)
         p_scale = scale / s
         # sweep 2: the gradient (the row comes back from L2)
         for c0 in range(0, C, BLOCK):
@@ -251,14 +282,6 @@ def _ce_fwd_kernel(
             if SMOOTH:
                 g -= uniform[:, None]
             tl.store(g_row[:, None] + offs[None, :], g.to(out_ty), mask=row_ok[:, None] & c_ok[None, :])
-
-    # loss from differences to the max (no cancellation of two large numbers)
-    loss = tl.log(s) - (1.0 - smoothing) * (z_t - m_use)
-    if SMOOTH:
-        loss -= smoothing * (z_sum / C - m_use)
-    loss = tl.where(valid, loss, 0.0)
-    loss = tl.where(bad, float("nan"), loss)
-    tl.store(loss_ptr + r, loss, mask=row_ok)
 
 
 @triton.jit

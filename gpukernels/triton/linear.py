@@ -87,8 +87,6 @@ def _linear_gemm_kernel(
         sbk, sbn = tl.cast(sbk, tl.int64), tl.cast(sbn, tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_ok = offs_m < M
-    n_ok = offs_n < N
     # rows/columns past the edge wrap to valid ones (their results are never stored):
     # loads need no mask along M and N, and stay contiguous where M, N are multiples of 16
     a_rows = (offs_m % M) * sam
@@ -113,7 +111,12 @@ def _linear_gemm_kernel(
             rows += tl.sum(a.to(tl.float32), axis=1)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
 
-    # epilogue: bias on the float32 accumulator, one store of the tile
+    # epilogue: bias on the float32 accumulator, one store of the tile. The store masks are
+    # formed only here: made before the K loop, they stayed live through it, and with
+    # INT64 (64-bit compares) ptxas 12.8 (Triton 3.6, sm_90) spilled 36 bytes of the
+    # 32x64x64 bf16 grad-W tile
+    m_ok = offs_m < M
+    n_ok = offs_n < N
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n % N).to(tl.float32)[None, :]
     c_offs = split * split_c + offs_m[:, None] * scm + offs_n[None, :] * scn

@@ -104,6 +104,19 @@ def _split_rows(r, ROWS, C, sn, sc):
 
 
 @triton.jit
+def _inside(i, n, INT64: tl.constexpr):
+    """0 <= i < n as ONE unsigned comparison (a negative i wraps past any n >= 0). The
+    max-pool forward's bounds masks use it: with a signed pair per tap, Triton 3.6's
+    sm_90 code of the dilated 3x3 window ran out of predicate registers and ptxas 12.8
+    spilled one (8 bytes)."""
+    if INT64:
+        ok = i.to(tl.uint64, bitcast=True) < tl.cast(n, tl.uint64)
+    else:
+        ok = i.to(tl.uint32, bitcast=True) < tl.cast(n, tl.uint32)
+    return ok
+
+
+@triton.jit
 def _max_pool_fwd_kernel(
     x_ptr, y_ptr, idx_ptr,
     C, H, W, OH, OW,
@@ -125,11 +138,11 @@ def _max_pool_fwd_kernel(
     idx = tl.zeros((BLOCK // BLOCK_W, BLOCK_W), tl.int32)
     for kh in range(KH):
         ih = ih0 + kh * DIL_H
-        h_ok = r_ok & (ih >= 0) & (ih < H)
+        h_ok = r_ok & _inside(ih, H, INT64)
         x_h = x_row + tl.where(h_ok, ih, 0) * sxh
         for kw in range(KW):
             iw = iw0 + kw * DIL_W
-            c_ok = w_ok & (iw >= 0) & (iw < W)
+            c_ok = w_ok & _inside(iw, W, INT64)
             v = tl.load(x_ptr + x_h[:, None] + (tl.where(c_ok, iw, 0) * sxw)[None, :],
                         mask=h_ok[:, None] & c_ok[None, :], other=float("-inf")).to(tl.float32)
             # strict '>': a later equal value never replaces the first maximum; a NaN

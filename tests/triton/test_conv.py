@@ -158,3 +158,17 @@ def test_small_tiles_cover_many_programs_and_tails(tri, monkeypatch):
     _check(tri, x, wt, b, geom, "relu", np.float32, name="16x16x16 tiles")
     x, wt, b, geom = _problem((2, 3, 7, 7, 20, 3, 2, 1, 1), np.float32, seed=12)  # packed K
     _check(tri, x, wt, b, geom, "leaky_relu", np.float32, name="16x16x16 tiles packed")
+
+
+def test_full_float32_launches_autotune_only_over_the_configs_that_do_not_spill(tri):
+    # PRECISION reaches the pruner with the launch's constexprs; TF32 and 16-bit keep every config
+    import triton
+
+    for kind, configs in tri.GPU_CONFIGS.items():
+        cfgs = [triton.Config(dict(BLOCK_M=c[0], BLOCK_N=c[1], BLOCK_K=c[2]), num_warps=c[3], num_stages=c[4])
+                for c in configs]
+        prune = tri.KERNELS[kind].prune
+        for precision in ("tf32", "ieee"):
+            kept = [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages)
+                    for c in prune(cfgs, {}, PRECISION=precision)]
+            assert kept == (tri.IEEE[kind] if precision == "ieee" else list(configs)), (kind, precision)
