@@ -446,19 +446,6 @@ KERNELS = {  # the autotuner only times the configs _prune keeps for C
 # ----------------------------------------------------------------------------- launchers
 
 
-def _span(a) -> int:
-    """Elements between the first and last addressed element + 1 (a strided view can
-    address far more memory than its size)."""
-    if a.size == 0:
-        return 0
-    return 1 + sum((n - 1) * abs(s) for n, s in zip(a.shape, strides(a)))
-
-
-def _wide(*arrays) -> bool:
-    """int64 offsets: a tensor of 2**31 elements, or a view spanning that much memory."""
-    return needs_int64(*arrays) or any(a is not None and _span(a) >= 2**31 for a in arrays)
-
-
 def _align(*row_strides) -> int:
     """Largest power of two (<= 16) dividing every argument (the row strides and C): lets
     the compiler prove row starts and the ``_below`` masks ALIGN-aligned and vectorise
@@ -499,7 +486,7 @@ def _softmax_fwd(op, x, dim, log):
     if rows.size:
         r, c = rows.shape
         KERNELS["softmax_fwd"][_grid_rows(r)](
-            arg(rows), arg(y), r, c, LOG=log, ALIGN=_align(c), INT64=_wide(rows))
+            arg(rows), arg(y), r, c, LOG=log, ALIGN=_align(c), INT64=needs_int64(rows))
     return _restore(xp, y, x.shape, dim)
 
 
@@ -515,7 +502,7 @@ def _softmax_bwd(op, grad_y, y, dim, log):
     if y_rows.size:
         r, c = y_rows.shape
         KERNELS["softmax_bwd"][_grid_rows(r)](
-            arg(g_rows), arg(y_rows), arg(dx), r, c, LOG=log, ALIGN=_align(c), INT64=_wide(y_rows))
+            arg(g_rows), arg(y_rows), arg(dx), r, c, LOG=log, ALIGN=_align(c), INT64=needs_int64(y_rows))
     return _restore(xp, dx, y.shape, dim)
 
 
@@ -632,13 +619,13 @@ def cross_entropy_forward(logits, target, reduction, ignore_index, label_smoothi
         if mean or check:
             _ce_count_kernel[(triton.cdiv(n, COUNT_BLOCK),)](
                 kernel_arg(target), kernel_arg(info), n, c, strides(target)[0], int(ignore_index),
-                INT64=_wide(target), BLOCK=COUNT_BLOCK, num_warps=COUNT_WARPS)
+                INT64=needs_int64(target), BLOCK=COUNT_BLOCK, num_warps=COUNT_WARPS)
         szr, szc = strides(logits)
         KERNELS["ce_fwd"][_grid_rows(n)](
             arg(logits), kernel_arg(target), kernel_arg(info), kernel_arg(per_row), arg(grad),
             n, c, szr, szc, strides(target)[0], int(ignore_index), eps,
             MEAN=mean, SMOOTH=eps != 0.0, ALIGN=_align(szr, c) if szc == 1 else 1,
-            INT64=_wide(logits, grad, target))
+            INT64=needs_int64(logits, grad, target))
 
     if reduction == "none":
         loss = per_row if logits.dtype == np.float32 else from_float32(xp, per_row, logits.dtype)
@@ -708,7 +695,7 @@ def cross_entropy_backward(grad_loss, grad_logits, reduction):
         sg = strides(g)[0] if reduction == "none" else 0
         KERNELS["ce_bwd"][_grid_rows(n, c)](
             arg(gl), arg(g), arg(out), n, c, sgr, sgc, sg,
-            ALIGN=_align(sgr, c) if sgc == 1 else 1, INT64=_wide(gl, out))
+            ALIGN=_align(sgr, c) if sgc == 1 else 1, INT64=needs_int64(gl, out))
     return out
 
 
