@@ -18,7 +18,7 @@ import torch
 
 import gpukernels as gk
 from gpukernels.backend import cupy_from_torch, torch_from_cupy
-from gpukernels.reference import activation as ref
+from gpukernels.cpu import activation as ref
 
 from .common import Result, check_close, cuda_generator, cuda_randn, gpu_time, pick_cases, time_both, torch_compile
 

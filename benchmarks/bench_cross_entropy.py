@@ -21,6 +21,7 @@ import torch
 
 import gpukernels as gk
 from gpukernels import functional as F
+from gpukernels import knobs
 from gpukernels.backend import cupy_from_torch
 
 from .common import (Result, check_close, check_close_gpu, cuda_generator, cuda_randn, gpu_time, pick_cases,
@@ -76,7 +77,7 @@ def run_gpu(quick: bool = False, repeat: int = 100) -> list[Result]:
 
     Rows: "fwd+bwd" is the default launcher, which checks the targets with one 8-byte
     device-to-host read per call (a host sync, as ``functional.cross_entropy`` does too);
-    "fwd+bwd no target check" sets ``CHECK_TARGETS = False`` (no host sync at all; bad
+    "fwd+bwd no target check" sets the knob ``check_targets=False`` (no host sync at all; bad
     targets then give NaN rows), which is what PyTorch's device-side assert costs."""
     from gpukernels.triton import cross_entropy as tri
 
@@ -134,12 +135,8 @@ def run_gpu(quick: bool = False, repeat: int = 100) -> list[Result]:
             if t_comp is not None:
                 results.append(Result("cross_entropy", f"{label} fwd+bwd vs torch.compile", t_ours, t_comp,
                                       bytes=nbytes, extra={"baseline": "torch.compile"}))
-            previous = tri.CHECK_TARGETS
-            tri.CHECK_TARGETS = False
-            try:
+            with knobs.override(check_targets=False):
                 t_nosync = gpu_time(ours, repeat)
-            finally:
-                tri.CHECK_TARGETS = previous
             results.append(Result("cross_entropy", f"{label} fwd+bwd no target check", t_nosync, t_eager,
                                   bytes=nbytes, extra={"baseline": "PyTorch eager"}))
     return results

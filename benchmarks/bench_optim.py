@@ -28,6 +28,7 @@ import torch
 
 import gpukernels as gk
 import gpukernels.optim as gko
+from gpukernels import knobs
 from gpukernels.backend import cupy_from_torch
 from gpukernels.nn.parameter import Parameter
 from gpukernels.tensor import Tensor
@@ -152,11 +153,8 @@ def run_gpu(quick: bool = False, repeat: int = 100) -> list[Result]:
 
         configs = {}
         for cfg in tri.GPU_CONFIGS:
-            tri._KERNELS["adam"].force = cfg
-            try:
+            with knobs.override(configs={tri._KERNELS["adam"]: cfg}):
                 configs[f"config_{cfg[0]}x{cfg[1]}w_s"] = gpu_time(kernel_only, repeat)
-            finally:
-                tri._KERNELS["adam"].force = None
         results.append(Result(
             "optim adam", _case(sizes), gpu_time(opt.step, repeat), times[best], bytes=BYTES_PER_PARAM * n,
             extra={"baseline": f"torch Adam({best}=True)", **{f"torch_{k}_s": v for k, v in times.items()},

@@ -4,7 +4,7 @@ A backend decides two things: which array library holds tensor data (NumPy or Cu
 and which implementation of each op family runs. Every op family lives in a module
 with the same function names for every backend:
 
-    gpukernels.reference.<family>   NumPy/CuPy-generic code (the ``numpy`` backend)
+    gpukernels.cpu.<family>   NumPy/CuPy-generic code (the ``numpy`` backend)
     gpukernels.triton.<family>      Triton launchers (``cuda`` / ``interpret``)
 
 Autograd Functions never import an implementation directly; they ask
@@ -61,7 +61,7 @@ def _triton_families() -> frozenset:
 
 
 #: Op families with Triton kernels: a module ``gpukernels/triton/<family>.py`` with the
-#: functions of ``gpukernels/reference/<family>.py``. Under ``cuda`` and ``interpret``
+#: functions of ``gpukernels/cpu/<family>.py``. Under ``cuda`` and ``interpret``
 #: they run those kernels; the families without one yet run the xp-generic reference on
 #: the backend's own arrays (CuPy / NumPy). ``last_dispatch`` records which ran.
 TRITON_FAMILIES = _triton_families()
@@ -356,7 +356,7 @@ def _launch_triton_on_cupy_streams() -> None:
 
 # ----------------------------------------------------------------------------- dispatch
 
-_REFERENCE, _TRITON = "gpukernels.reference", "gpukernels.triton"
+_REFERENCE, _TRITON = "gpukernels.cpu", "gpukernels.triton"
 
 #: The last implementation module each family dispatched to (tests assert on it).
 last_dispatch: dict[str, str] = {}

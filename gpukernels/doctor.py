@@ -11,7 +11,7 @@ What it does, in order:
    or no GPU so ``numpy``).
 2. Runs every op family once on small random inputs (odd sizes, channel counts that are
    not powers of two) on that backend, forward AND backward (the same random upstream
-   gradient through autograd), against the NumPy reference (``gpukernels/reference/``
+   gradient through autograd), against the NumPy reference (``gpukernels/cpu/``
    called directly, in float64) and, when torch imports, against torch in float64. On
    ``numpy`` the autograd path runs the reference itself, so the torch comparison is
    the one that can fail there. Dropout is compared with the reference applied with the
@@ -129,7 +129,7 @@ def _randn(*shape, scale=1.0):
 
 
 def _ref(name):
-    return importlib.import_module(f"gpukernels.reference.{name}")
+    return importlib.import_module(f"gpukernels.cpu.{name}")
 
 
 def _ref_activation(name, *params):

@@ -14,6 +14,7 @@ import numpy as np
 
 from . import backend
 from .amp import full_precision, low_precision
+from .shapes import check_pair
 from .tensor import _FLOATS, Function, Tensor, bfloat16, check_same_dtype
 
 __all__ = [
@@ -27,7 +28,7 @@ __all__ = [
 
 def _kern(family, array):
     module = backend.kernels(family, backend.device_of(array))
-    if array.dtype == bfloat16 and module.__name__.startswith("gpukernels.reference"):
+    if array.dtype == bfloat16 and module.__name__.startswith("gpukernels.cpu"):
         raise TypeError(
             f"{family}: bfloat16 needs the Triton kernels (the 'cuda' or 'interpret' backend); "
             f"the NumPy reference has no bf16 arithmetic (backend {backend.get_backend()!r}); "
@@ -56,19 +57,7 @@ def _same_dtype(op, **tensors):
     check_same_dtype(op, "gk.autocast casts float32 operands of conv2d / linear for you", **tensors)
 
 
-def _pair(value, name, minimum):
-    given = value
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        value = (int(value), int(value))
-    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(
-        isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value
-    ):
-        value = (int(value[0]), int(value[1]))
-    else:
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if min(value) < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {given!r}")
-    return value
+_pair = check_pair
 
 
 def _check_reduction(reduction):

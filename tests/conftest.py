@@ -5,6 +5,7 @@ Triton kernels run on Triton's interpreter in a test session (tests/triton/), un
 GPUKERNELS_TEST_GPU=1 asks for the compiled kernels of the `gpu`-marked tests (a
 separate session: Triton fixes interpretation when a kernel is decorated)."""
 
+import contextlib
 import os
 
 if os.environ.get("GPUKERNELS_TEST_GPU") != "1":
@@ -24,6 +25,16 @@ def _fresh_library_state():
     yield
     if previous != "numpy":
         gk.set_backend(previous)
+
+
+@pytest.fixture
+def knob():
+    """``knob(split_k=5)``: ``gpukernels.knobs.override`` for the rest of the test
+    (each call nests; all are undone, in reverse, when the test ends)."""
+    from gpukernels import knobs
+
+    with contextlib.ExitStack() as stack:
+        yield lambda **values: stack.enter_context(knobs.override(**values))
 
 
 def pytest_collection_modifyitems(config, items):

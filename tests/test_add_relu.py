@@ -11,8 +11,8 @@ import torch
 
 import gpukernels as gk
 from gpukernels import nn
-from gpukernels.reference import _parallel
-from gpukernels.reference import activation as ref
+from gpukernels.cpu import _parallel
+from gpukernels.cpu import activation as ref
 from tests.helpers import TOL_IDS, TOLS, assert_close, grad_check, pair
 
 F = gk.functional

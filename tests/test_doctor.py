@@ -51,7 +51,7 @@ def test_default_command_passes_and_prints_versions_and_the_table():
         assert label in proc.stdout
     if expected == "numpy":
         assert "no GPU" in proc.stdout and "reference, torch" in proc.stdout
-        assert "reference.conv" in _row(proc.stdout, "conv2d+bias+relu")
+        assert "cpu.conv" in _row(proc.stdout, "conv2d+bias+relu")
 
 
 def test_interpret_command_runs_the_triton_kernels_and_passes():
@@ -88,7 +88,7 @@ def test_a_wrong_triton_kernel_is_a_mismatch(monkeypatch, capsys):
 
 
 def test_a_wrong_reference_kernel_is_caught_by_torch_on_numpy(monkeypatch, capsys):
-    reference = importlib.import_module("gpukernels.reference.activation")
+    reference = importlib.import_module("gpukernels.cpu.activation")
     right = reference.relu_forward
     monkeypatch.setattr(reference, "relu_forward", lambda x: right(x) * 1.5)
     assert doctor.main(["--backend", "numpy", "--only", "relu"]) == 1
@@ -97,7 +97,7 @@ def test_a_wrong_reference_kernel_is_caught_by_torch_on_numpy(monkeypatch, capsy
 
 
 def test_a_raising_kernel_is_an_error_row_with_the_exception(monkeypatch, capsys):
-    pool = importlib.import_module("gpukernels.reference.pool")
+    pool = importlib.import_module("gpukernels.cpu.pool")
 
     def broken(*args, **kwargs):
         raise ValueError("planted failure\nsecond line")
@@ -117,14 +117,14 @@ def test_a_silent_fallback_to_numpy_is_an_error(monkeypatch, capsys):
     def fallback(family, device="cpu"):
         if family != "loss":
             return real(family, device)
-        module = importlib.import_module("gpukernels.reference.loss")
+        module = importlib.import_module("gpukernels.cpu.loss")
         backend.last_dispatch[family] = module.__name__
         return module
 
     monkeypatch.setattr(backend, "kernels", fallback)
     assert doctor.main(["--interpret", "--only", "mse_loss"]) == 1
     row = _row(capsys.readouterr().out, "mse_loss")
-    assert "ERROR: ran gpukernels.reference.loss, expected gpukernels.triton.loss" in row
+    assert "ERROR: ran gpukernels.cpu.loss, expected gpukernels.triton.loss" in row
 
 
 def test_json_report(tmp_path, capsys):
@@ -151,13 +151,13 @@ def test_rich_table_on_a_terminal():
         def isatty(self):
             return True
 
-    rows = [doctor.Row("relu", "activation", "reference.activation", "float64", "reference", 0.0, 1e-10,
+    rows = [doctor.Row("relu", "activation", "cpu.activation", "float64", "reference", 0.0, 1e-10,
                        "float64", "ok"),
             doctor.Row("tanh", "activation", verdict="ERROR", detail="ValueError: planted")]
     out = Terminal()
     doctor.print_table(rows, file=out, width=160)
     text = out.getvalue()
-    for words in ("reference.activation", "1e-10 (float64)", "ERROR: ValueError: planted", "max error", "\x1b["):
+    for words in ("cpu.activation", "1e-10 (float64)", "ERROR: ValueError: planted", "max error", "\x1b["):
         assert words in text
     plain = io.StringIO()
     doctor.print_table(rows, file=plain)

@@ -7,6 +7,7 @@ import numbers
 
 from .. import functional as F
 from .. import backend
+from ..shapes import check_pair, is_int
 from ..tensor import Tensor, _as_dtype, bfloat16, float32
 from . import init
 from .module import Module
@@ -24,8 +25,7 @@ def _empty(shape, dtype, device):
 # or a NumPy error at the first forward.
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+_is_int = is_int
 
 
 def _int_arg(layer, name, value, minimum=1) -> int:
@@ -36,15 +36,7 @@ def _int_arg(layer, name, value, minimum=1) -> int:
 
 def _pair_arg(layer, name, value, minimum) -> tuple:
     """An int or a pair of ints, each >= ``minimum``, as a pair."""
-    if _is_int(value):
-        pair = (int(value), int(value))
-    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(_is_int(v) for v in value):
-        pair = (int(value[0]), int(value[1]))
-    else:
-        raise ValueError(f"{layer}: {name} must be an int or a pair of ints (each >= {minimum}), got {value!r}")
-    if min(pair) < minimum:
-        raise ValueError(f"{layer}: {name} must be >= {minimum}, got {value!r}")
-    return pair
+    return check_pair(value, name, minimum, layer=layer)
 
 
 def _real_arg(layer, name, value, low=None, high=None, low_open=False) -> float:

@@ -19,10 +19,10 @@ import numpy as np
 import triton
 import triton.language as tl
 
-from .. import backend
+from .. import backend, knobs
 from . import autotune
 from ..backend import get_array_module, kernel_arg
-from ..tensor import dtype_name, from_float32, to_float32  # noqa: F401 - the launchers' bf16 conversions
+from ..dtypes import dtype_name, from_float32, to_float32  # noqa: F401 - the launchers' bf16 conversions
 
 #: Element types the Triton launchers take. bfloat16 exists in neither NumPy nor CuPy, so
 #: bf16 arrays travel as uint16 bit patterns (what torch's ``.view(torch.int16)`` or
@@ -219,13 +219,14 @@ class Tuned:
             objects (``triton.autotune``'s ``early_config_prune``): keeps only the configs
             worth timing for a launch.
 
-    ``force`` (a config) replaces autotuning: the ``gpu`` tests run every config this way,
-    so a config that miscompiles cannot hide behind the autotuner's choice.
+    ``knobs.override(configs={tuned: cfg})`` replaces autotuning with ``cfg``: the
+    ``gpu`` tests run every config this way, so a config that miscompiles cannot hide
+    behind the autotuner's choice.
     """
 
     def __init__(self, kernel, blocks, configs, key, interpret, prune=None):
         self.kernel, self.blocks, self.configs = kernel, tuple(blocks), [tuple(c) for c in configs]
-        self.key, self.interpret, self.force, self.prune = list(key), tuple(interpret), None, prune
+        self.key, self.interpret, self.prune = list(key), tuple(interpret), prune
         fn = getattr(kernel, "fn", kernel)  # the Python function under the jit wrapper
         self.kernel_name, self.name = fn.__name__, f"{fn.__module__}.{fn.__name__}"
         self.arg_index = {name: i for i, name in enumerate(kernel.arg_names)}
@@ -245,8 +246,9 @@ class Tuned:
 
     def fixed_config(self):
         """The config a launch uses without autotuning (interpreter or forced), else None."""
-        if self.force is not None:
-            return self.force
+        forced = knobs.get("configs").get(self)
+        if forced is not None:
+            return forced
         return self.interpret if backend.interpreting() else None
 
     def __getitem__(self, grid):

@@ -3,7 +3,7 @@ forward, and the backward of the first four from the saved OUTPUT; plus ``add_re
 relu(a + b), a residual block's sum and ReLU in one pass (its backward is ReLU's).
 
 The reference (the oracle every kernel is tested against) is
-``gpukernels.reference.activation``: the same function names, arguments and results.
+``gpukernels.cpu.activation``: the same function names, arguments and results.
 
 Formulas (float32 math whatever the storage dtype; one rounding to it at the store):
 
@@ -220,7 +220,7 @@ HEAVISIDE_CONFIGS = [(1024, 4, 1), (2048, 8, 1)]
 # masked tail alone, a full block plus a tail, and full blocks alone.
 INTERPRET_CONFIG = (1024, 4, 1)
 
-#: ``KERNELS[kind].force = cfg`` pins one config (the gpu tests run each).
+#: ``knobs.override(configs={KERNELS[kind]: cfg})`` pins one config (the gpu tests run each).
 KERNELS = {
     "fwd": Tuned(_act_fwd_kernel, ("BLOCK",), GPU_CONFIGS, ["n"], INTERPRET_CONFIG),
     "bwd": Tuned(_act_bwd_kernel, ("BLOCK",), GPU_CONFIGS, ["n"], INTERPRET_CONFIG),

@@ -111,6 +111,18 @@ def ptxas_stats(ptx: str, cap: int) -> dict:
     }
 
 
+def ptx_digest(ptx: str) -> str:
+    """SHA-256 of the PTX without its debug lines (``.loc``, ``.file`` and the DWARF
+    sections name source files and line numbers, which moving code changes): equal
+    digests mean the same instructions, so a refactor can show it left a kernel alone."""
+    import hashlib  # noqa: PLC0415
+
+    body = ptx.split("\t.section\t.debug", 1)[0]
+    kept = [line for line in body.splitlines()
+            if not line.lstrip().startswith((".loc", ".file", "$L__", "//"))]
+    return hashlib.sha256("\n".join(kept).encode()).hexdigest()
+
+
 def compile_spec(spec: KernelSpec, cap: int) -> dict:
     """Compile ``spec`` for sm_``cap``; return its statistics and any problem found."""
     import importlib  # noqa: PLC0415
@@ -126,6 +138,7 @@ def compile_spec(spec: KernelSpec, cap: int) -> dict:
                               options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
     ptx = compiled.asm["ptx"]
     stats = ptxas_stats(ptx, cap)
+    digest = ptx_digest(ptx)
     has_mma = bool(re.search(r"\bmma\.sync|\bwgmma\.", ptx))
     problems = []
     if stats["spill_bytes"]:
@@ -135,7 +148,8 @@ def compile_spec(spec: KernelSpec, cap: int) -> dict:
     return {
         "name": spec.name, "arch": f"sm_{cap}", **stats, "mma": has_mma,
         "wgmma": "wgmma." in ptx, "shared_bytes": getattr(compiled.metadata, "shared", None),
-        "seconds": round(time.perf_counter() - start, 2), "problems": problems, **spec.extra,
+        "ptx_sha256": digest, "seconds": round(time.perf_counter() - start, 2), "problems": problems,
+        **spec.extra,
     }
 
 
@@ -175,6 +189,8 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, help="parallel compiler processes (default: CPU count)")
     parser.add_argument("--json", help="write the rows to this file")
     parser.add_argument("--quiet", action="store_true", help="print only the variants with problems, and the summary")
+    parser.add_argument("--compare", metavar="JSON", help="a --json file of an earlier run: report every variant "
+                        "whose PTX (debug lines aside) differs from it, or is new or gone")
     args = parser.parse_args(argv)
     from .. import backend  # noqa: PLC0415
 
@@ -198,7 +214,26 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
-    return 1 if bad else 0
+    complete = args.only is None and args.family == ",".join(FAMILIES) and archs == (80, 90)
+    changed = compare(rows, args.compare, complete) if args.compare else []
+    return 1 if bad or changed else 0
+
+
+def compare(rows, path, complete=True) -> list[str]:
+    """Print and return the variants whose PTX digest differs from those in ``path``
+    (those missing from ``rows`` too when ``rows`` is a complete run)."""
+    with open(path) as f:
+        before = {(r["name"], r["arch"]): r.get("ptx_sha256") for r in json.load(f)}
+    now = {(r["name"], r["arch"]): r.get("ptx_sha256") for r in rows}
+    if not complete:
+        before = {k: v for k, v in before.items() if k in now}
+    changed = [f"{n} {a}: {'new' if (n, a) not in before else 'gone' if (n, a) not in now else 'PTX differs'}"
+               for n, a in sorted(before.keys() | now.keys()) if before.get((n, a)) != now.get((n, a))]
+    for line in changed:
+        print("changed:", line)
+    print(f"compared with {path}: {len(now) - len(changed)} of {len(now)} variants have the same PTX, "
+          f"{len(changed)} changed")
+    return changed
 
 
 if __name__ == "__main__":

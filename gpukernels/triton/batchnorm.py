@@ -2,7 +2,7 @@
 (N, C) and (N, C, ...) inputs in any memory layout (NCHW, channels-last, strided views).
 
 The reference (the oracle every kernel is tested against) is
-``gpukernels.reference.batchnorm``: the same function names, arguments and semantics
+``gpukernels.cpu.batchnorm``: the same function names, arguments and semantics
 (PyTorch's: biased batch variance normalises x, the unbiased one moves the running
 variance; ``running = (1 - momentum) running + momentum batch``, in place).
 
@@ -480,7 +480,7 @@ FINALIZE_WARPS = 4
 SPLITS_INTERPRET = None
 
 _KEY = ["C", "R_OUT", "R_IN", "S", "BLOCK_C", "INNER"]
-#: The autotuned kernels; ``KERNELS[kind].force = cfg`` pins one config (tests).
+#: The autotuned kernels; ``knobs.override(configs={KERNELS[kind]: cfg})`` pins one config (tests).
 KERNELS = {
     "stats": Tuned(_bn_stats_kernel, ("TILE",), GPU_CONFIGS["stats"], _KEY + ["HAS_RUNNING"], INTERPRET_CONFIG),
     "fwd_apply": Tuned(_bn_fwd_apply_kernel, ("TILE",), GPU_CONFIGS["fwd_apply"],

@@ -2,7 +2,7 @@
 input- and weight-gradient kernels.
 
 The reference (the oracle every kernel is tested against) is
-``gpukernels.reference.conv``: the same function names and arguments.
+``gpukernels.cpu.conv``: the same function names and arguments.
 
 Three GEMMs, none of them materialised (no im2col buffer in memory):
 
@@ -50,9 +50,10 @@ import numpy as np
 import triton
 import triton.language as tl
 
-from .. import backend
+from .. import backend, knobs
 from ..backend import get_array_module, kernel_arg
-from ..reference.conv import conv2d_output_size  # noqa: F401 - the family's shared formula, re-exported
+from ..shapes import conv2d_output_size  # noqa: F401 - the family's shared formula, re-exported
+from ..shapes import pair as _pair
 from ._common import (Tuned, arg, check_float, from_float32, grouped_tile, kernel_view, needs_int64,
                       precision, strides, sum_partials, sum_partials_specs, to_float32, widen4)
 
@@ -373,7 +374,7 @@ def _pruner(kind):
     return prune
 
 
-#: The three kernels with their configs; ``KERNELS[kind].force = cfg`` pins one (tests).
+#: The three kernels with their configs; ``knobs.override(configs={KERNELS[kind]: cfg})`` pins one (tests).
 KERNELS = {
     "fwd": Tuned(_conv2d_fwd_kernel, _BLOCKS, GPU_CONFIGS["fwd"], _SHAPE_KEY, INTERPRET_CONFIG,
                  prune=_pruner("fwd")),
@@ -391,10 +392,6 @@ def _block_k():
 
 
 # ----------------------------------------------------------------------------- launchers
-
-
-def _pair(v):
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 def _check(x, weight, bias, groups):
@@ -519,13 +516,11 @@ def _dgrad_one(grad_y, y, weight, grad_x, stride, padding, dilation, activation,
 def _split_k(o, kc, p):
     """How many programs share the N*OH*OW reduction of grad-weight."""
     if backend.interpreting():
-        return SPLIT_K_INTERPRET or 1
+        return knobs.get("split_k") or 1  # tests exercise split-K there
     tiles = triton.cdiv(o, 64) * triton.cdiv(kc, 64)
     return max(1, min(TARGET_PROGRAMS // max(tiles, 1), p // MIN_PIXELS_PER_SPLIT, 64))
 
 
-#: Tests set this to exercise split-K under the interpreter (None: one split).
-SPLIT_K_INTERPRET = None
 
 
 def _wgrad_one(grad_y, y, x, weight, need_bias, stride, padding, dilation, activation, slope,

@@ -1,7 +1,7 @@
 """Softmax, log-softmax and fused softmax cross-entropy in Triton (row kernels).
 
 The reference (the oracle every kernel is tested against) is
-``gpukernels.reference.cross_entropy``: the same function names, arguments and return
+``gpukernels.cpu.cross_entropy``: the same function names, arguments and return
 conventions.
 
 Formulas, per row z of C values (float32 math whatever the storage dtype):
@@ -70,7 +70,7 @@ Known traps avoided (each has a test in tests/triton/test_cross_entropy.py):
 Targets: int32 or int64 (other integer dtypes are converted); out-of-range class
 indices that are not ``ignore_index`` raise the ValueError of ``functional.cross_entropy``
 naming the first one. That check reads 8 bytes back from the device (one host sync,
-after every kernel of the call is queued); ``CHECK_TARGETS = False`` skips it, and the
+after every kernel of the call is queued); the knob ``check_targets=False`` (``gpukernels.knobs``) skips it, and the
 kernels then write NaN loss and NaN gradient rows for such targets instead.
 
 Tile configs ``(ROWS, BLOCK, num_warps, num_stages)``: the autotuner only tries the
@@ -87,15 +87,11 @@ import numpy as np
 import triton
 import triton.language as tl
 
-from .. import backend
+from .. import backend, knobs
 from ..backend import get_array_module, kernel_arg
 from ._common import Tuned, arg, check_float, dtype_name, from_float32, kernel_view, needs_int64, strides
 
 _REDUCTIONS = ("mean", "sum", "none")
-
-#: Raise on out-of-range targets (one 8-byte device-to-host read per call). False:
-#: no host sync; such rows get a NaN loss and a NaN gradient instead.
-CHECK_TARGETS = True
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -177,7 +173,7 @@ def _ce_target(t_ptr, r, st, row_ok, ignore_index, C, INT64: tl.constexpr):
     t = tl.load(t_ptr + r * st, mask=row_ok, other=ignore_index)
     valid = row_ok & (t != ignore_index)
     in_range = (t >= 0) & (t < C)
-    bad = valid & (~in_range)  # the launcher raises on these unless CHECK_TARGETS is off
+    bad = valid & (~in_range)  # the launcher raises on these unless the check_targets knob is off
     tc = tl.where(valid & in_range, t, 0)  # clamped: never an out-of-bounds gather
     if INT64:
         tc = tc.to(tl.int64)
@@ -434,7 +430,7 @@ def _prune(configs, named_args, **kwargs):
 
 
 _BLOCKS = ("ROWS", "BLOCK")
-#: The four tiled kernels; ``KERNELS[kind].force = cfg`` pins one config (tests).
+#: The four tiled kernels; ``knobs.override(configs={KERNELS[kind]: cfg})`` pins one config (tests).
 KERNELS = {  # the autotuner only times the configs _prune keeps for C
     kind: Tuned(kernel, _BLOCKS, GPU_CONFIGS[kind], key, INTERPRET_CONFIG, prune=_prune)
     for kind, kernel, key in (("ce_fwd", _ce_fwd_kernel, ["N", "C"]), ("ce_bwd", _ce_bwd_kernel, ["N", "C"]),
@@ -614,7 +610,7 @@ def cross_entropy_forward(logits, target, reduction, ignore_index, label_smoothi
     grad = xp.empty((n, c), dtype=logits.dtype)  # fresh: the logits may have other readers
     per_row = xp.empty((n,), dtype=np.float32)
     info = xp.zeros((2,), dtype=np.int32)  # [count of non-ignored rows, N - first bad row]
-    mean, check = reduction == "mean", CHECK_TARGETS
+    mean, check = reduction == "mean", knobs.get("check_targets")
     if n:
         if mean or check:
             _ce_count_kernel[(triton.cdiv(n, COUNT_BLOCK),)](

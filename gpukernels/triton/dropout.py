@@ -1,6 +1,6 @@
 """Inverted dropout in Triton, with the masks of the host generator.
 
-The reference (the oracle) is ``gpukernels.reference.dropout``: same functions, same
+The reference (the oracle) is ``gpukernels.cpu.dropout``: same functions, same
 results. Formulas, with s = 1 / (1 - p) rounded to the storage dtype (as the
 reference's ``dtype.type(1 / (1 - p))``):
 
@@ -100,7 +100,7 @@ def _dropout_bwd_kernel(g_ptr, m_ptr, dx_ptr, n, INT64: tl.constexpr, BLOCK: tl.
 # ----------------------------------------------------------------------------- configs
 
 # The activation kernels' configs (same shape of work: flat, 2 to 3 streams).
-#: ``KERNELS[kind].force = cfg`` pins one config (the gpu tests run each).
+#: ``knobs.override(configs={KERNELS[kind]: cfg})`` pins one config (the gpu tests run each).
 KERNELS = {
     "fwd": Tuned(_dropout_fwd_kernel, ("BLOCK",), GPU_CONFIGS, ["n"], INTERPRET_CONFIG),
     "bwd": Tuned(_dropout_bwd_kernel, ("BLOCK",), GPU_CONFIGS, ["n"], INTERPRET_CONFIG),

@@ -2,7 +2,7 @@
 GEMM kernel launched with different strides (no transposed copy is ever made).
 
 The reference (the oracle every kernel is tested against) is
-``gpukernels.reference.linear``: the same function names and arguments. x may have any
+``gpukernels.cpu.linear``: the same function names and arguments. x may have any
 number of leading dimensions, (..., in); they are flattened into the GEMM's rows
 (a view when their strides allow it, else a copy made by ``reshape``).
 
@@ -54,7 +54,7 @@ import numpy as np
 import triton
 import triton.language as tl
 
-from .. import backend
+from .. import backend, knobs
 from ..backend import get_array_module
 from ._common import (Tuned, arg, check_float, grouped_tile, kernel_view, needs_int64, strides,
                       sum_partials)
@@ -175,8 +175,6 @@ GROUP_M = 8
 # Split-K of grad-W: aim for this many programs; each split keeps at least this many rows.
 TARGET_PROGRAMS = 264  # 2 waves of an H100's 132 SMs
 MIN_K_PER_SPLIT = 512
-#: Tests set this to exercise split-K under the interpreter (None: one split).
-SPLIT_K_INTERPRET = None
 
 _POINTERS = ("a_ptr", "b_ptr", "bias_ptr", "c_ptr", "rowsum_ptr")
 _SIZES = ("M", "N", "K", "sam", "sak", "sbk", "sbn", "scm", "scn", "k_per_split")
@@ -210,7 +208,7 @@ _KEY = ["M", "N", "K"]
 _BLOCKS = ("BLOCK_M", "BLOCK_N", "BLOCK_K")
 #: One Tuned per GEMM and width (each keeps its own autotuning cache, since the three
 #: GEMMs of one layer share M, N, K but not their operands' layouts);
-#: ``KERNELS[(kind, width)].force = cfg`` pins one (tests).
+#: ``knobs.override(configs={KERNELS[(kind, width)]: cfg})`` pins one (tests).
 KERNELS = {key: Tuned(_linear_gemm_kernel, _BLOCKS, configs, _KEY, INTERPRET_CONFIG, prune=_pruner(*key))
            for key, configs in GPU_CONFIGS.items()}
 
@@ -297,7 +295,7 @@ def linear_forward(x, weight, bias):
 def _split_k(width, m, n, k):
     """How many programs share grad-W's reduction over the batch rows."""
     if backend.interpreting():
-        return SPLIT_K_INTERPRET or 1
+        return knobs.get("split_k") or 1  # tests exercise split-K there
     tiles = triton.cdiv(m, 128) * triton.cdiv(n, 128)
     return max(1, min(TARGET_PROGRAMS // max(tiles, 1), k // MIN_K_PER_SPLIT, 64))
 

@@ -2,7 +2,7 @@
 one pass, a one-program reduction of the partials (no host synchronisation), and the
 gradient in one more pass.
 
-The reference (the oracle) is ``gpukernels.reference.loss``: same functions, same
+The reference (the oracle) is ``gpukernels.cpu.loss``: same functions, same
 conventions. Formulas (float32 math; the forward rounds to the storage dtype where the reference
 does, so its float16 diff and squares match the reference's bit for bit):
 
@@ -133,7 +133,7 @@ def _mse_bwd_kernel(g_ptr, diff_ptr, dx_ptr, n, scale,
 
 # The activation kernels' configs (flat, 2 to 4 streams); every BLOCK is a multiple of PART.
 assert all(c[0] % PART == 0 for c in GPU_CONFIGS + [INTERPRET_CONFIG])
-#: ``KERNELS[kind].force = cfg`` pins one config (the gpu tests run each).
+#: ``knobs.override(configs={KERNELS[kind]: cfg})`` pins one config (the gpu tests run each).
 KERNELS = {
     "fwd": Tuned(_mse_fwd_kernel, ("BLOCK",), GPU_CONFIGS, ["n"], INTERPRET_CONFIG),
     "bwd": Tuned(_mse_bwd_kernel, ("BLOCK",), GPU_CONFIGS, ["n"], INTERPRET_CONFIG),

@@ -3,7 +3,7 @@ Adagrad, RMSprop (momentum, centered), Adam / AdamW (AMSGrad, maximize), each ON
 kernel over a flat buffer, plus the global gradient norm for clipping.
 
 The reference (the oracle every kernel is tested against) is
-``gpukernels.reference.optim``: the same function names and arguments. The optimizers
+``gpukernels.cpu.optim``: the same function names and arguments. The optimizers
 (``gpukernels.optim``) call these with the flat parameter / gradient / state buffers
 of a param group (``gpukernels.optim.flat``), so a step is one launch whatever the
 number of parameter tensors.
@@ -94,7 +94,7 @@ import triton.language as tl
 
 from .. import backend
 from ..backend import kernel_arg
-from ..reference.optim import _check_norm_args, _norm_dtype, check_step, is_step_array
+from ..cpu.optim import _check_norm_args, _norm_dtype, check_step, is_step_array
 from ._common import Tuned, arg, dtype_name, needs_int64
 
 #: Kernel launches made by this module since import (tests read the difference).
@@ -589,7 +589,7 @@ def _update(op, name, p, g, states, scalars, flags, grad_scale, segments, device
 def sgd_update(p, g, momentum_buffer, *, lr, momentum=0.0, dampening=0.0,
                weight_decay=0.0, nesterov=False, maximize=False, first_step=False,
                grad_scale=None, segments=None):
-    """SGD as ``gpukernels.reference.optim.sgd_update``, one launch.
+    """SGD as ``gpukernels.cpu.optim.sgd_update``, one launch.
 
     ``g' = ±g c + wd p``;  with momentum: ``b = g'`` (first step) or
     ``momentum b + (1 - dampening) g'``;  ``p -= lr (g' + momentum b | b | g')``.
@@ -607,7 +607,7 @@ def sgd_update(p, g, momentum_buffer, *, lr, momentum=0.0, dampening=0.0,
 
 def adagrad_update(p, g, state_sum, *, step, lr, lr_decay=0.0, weight_decay=0.0,
                    eps=1e-10, maximize=False, grad_scale=None, segments=None, step_index=None):
-    """Adagrad as ``gpukernels.reference.optim.adagrad_update``, one launch (two with a
+    """Adagrad as ``gpukernels.cpu.optim.adagrad_update``, one launch (two with a
     step array: ``_step_kernel`` first).
 
     ``g' = ±g c + wd p``;  ``s += g'^2``;  ``p -= clr g' / (sqrt(s) + eps)`` with
@@ -629,7 +629,7 @@ def adagrad_update(p, g, state_sum, *, step, lr, lr_decay=0.0, weight_decay=0.0,
 def rmsprop_update(p, g, square_avg, grad_avg, momentum_buffer, *, lr, alpha=0.99,
                    eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
                    maximize=False, grad_scale=None, segments=None):
-    """RMSprop as ``gpukernels.reference.optim.rmsprop_update``, one launch.
+    """RMSprop as ``gpukernels.cpu.optim.rmsprop_update``, one launch.
 
     ``g' = ±g c + wd p``;  ``v = alpha v + (1 - alpha) g'^2``;  centered:
     ``m = lerp(m, g', 1 - alpha)``, ``a = sqrt(v - m^2) + eps``, else ``sqrt(v) + eps``;
@@ -653,7 +653,7 @@ def rmsprop_update(p, g, square_avg, grad_avg, momentum_buffer, *, lr, alpha=0.9
 def adam_update(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, *, step, lr, beta1=0.9,
                 beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled=False, amsgrad=False,
                 maximize=False, grad_scale=None, segments=None, step_index=None):
-    """Adam / AdamW as ``gpukernels.reference.optim.adam_update``, one launch (two with
+    """Adam / AdamW as ``gpukernels.cpu.optim.adam_update``, one launch (two with
     a step array: ``_step_kernel`` first).
 
     ``g' = ±g c`` (+ ``wd p``, or ``p *= 1 - lr wd`` when decoupled);
@@ -698,7 +698,7 @@ def _workspace(device, dtype, programs):
 
 def clip_coefficient(grads, max_norm, *, segments=None):
     """The global gradient norm and clipping coefficient, as
-    ``gpukernels.reference.optim.clip_coefficient``: one reduction launch per gradient
+    ``gpukernels.cpu.optim.clip_coefficient``: one reduction launch per gradient
     array (one for an optimizer's single flat buffer), no host synchronisation.
 
     ``norm = sqrt(sum g^2)`` over every array (its segments only, when given);

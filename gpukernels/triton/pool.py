@@ -2,7 +2,7 @@
 each, no atomics, deterministic.
 
 The reference (the oracle every kernel is tested against) is
-``gpukernels.reference.pool``: the same function names, arguments and results, except
+``gpukernels.cpu.pool``: the same function names, arguments and results, except
 the max-pool ``argmax``, which is an opaque state between a module's own forward and
 backward (the functional layer saves it without looking inside).
 
@@ -71,7 +71,7 @@ import triton
 import triton.language as tl
 
 from ..backend import get_array_module, kernel_arg
-from ..reference.conv import conv2d_output_size
+from ..shapes import conv2d_output_size
 from ._common import Tuned, arg, check_float, kernel_view, needs_int64, strides, widen4
 
 # ----------------------------------------------------------------------------- kernels
@@ -309,7 +309,7 @@ INTERPRET_CONFIG = (4096, 4, 1)  # few, big programs: the interpreter pays per o
 MAX_BLOCK_W = 128
 
 _KEY = ["C", "H", "W", "OH", "OW", "R"]
-#: The four kernels with their configs; ``KERNELS[kind].force = cfg`` pins one (tests).
+#: The four kernels with their configs; ``knobs.override(configs={KERNELS[kind]: cfg})`` pins one (tests).
 KERNELS = {
     "max_fwd": Tuned(_max_pool_fwd_kernel, ("BLOCK",), GPU_CONFIGS["max_fwd"], _KEY, INTERPRET_CONFIG),
     "max_bwd": Tuned(_max_pool_bwd_kernel, ("BLOCK",), GPU_CONFIGS["max_bwd"], _KEY, INTERPRET_CONFIG),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 
+from gpukernels import knobs
 from gpukernels.backend import cupy_from_torch, torch_from_cupy
 
 
@@ -22,11 +23,12 @@ def gpu_env(family: str):
 
 
 def each_config(monkeypatch, tuned, configs):
-    """Yield every config of ``configs`` with ``tuned.force`` set to it, so a miscompiled
-    config cannot hide behind autotuning; ``monkeypatch`` restores ``force`` after the test."""
+    """Yield every config of ``configs`` with ``tuned`` pinned to it
+    (``knobs.override(configs=...)`` around each iteration), so a miscompiled config
+    cannot hide behind autotuning."""
     for cfg in configs:
-        monkeypatch.setattr(tuned, "force", cfg)
-        yield cfg
+        with knobs.override(configs={tuned: cfg}):
+            yield cfg
 
 
 def assert_close_each(names, ours, theirs, rtol, label):

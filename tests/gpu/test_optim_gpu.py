@@ -9,11 +9,13 @@ Run with ``make test-gpu`` (GPUKERNELS_TEST_GPU=1): compiled kernels, not the in
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
 import gpukernels.optim as gko
-from gpukernels import nn
+from gpukernels import knobs, nn
 from gpukernels.backend import cupy_from_torch
 from gpukernels.nn.parameter import Parameter
 from gpukernels.tensor import Tensor
@@ -42,12 +44,8 @@ def forced(env):
     """Force one update config on every kernel for the test's duration."""
     _, _, tri = env
 
-    def force(cfg):
-        for tuned in tri._KERNELS.values():
-            tuned.force = cfg
-
-    yield force
-    force(None)
+    with contextlib.ExitStack() as stack:
+        yield lambda cfg: stack.enter_context(knobs.override(configs={t: cfg for t in tri._KERNELS.values()}))
 
 
 def _gk_loss(params, coefs):

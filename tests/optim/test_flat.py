@@ -15,7 +15,7 @@ import gpukernels as gk  # noqa: E402
 import gpukernels.optim as gko  # noqa: E402
 from gpukernels import nn  # noqa: E402
 from gpukernels.nn.parameter import Parameter  # noqa: E402
-from gpukernels.reference import optim as ref  # noqa: E402
+from gpukernels.cpu import optim as ref  # noqa: E402
 from gpukernels.tensor import Tensor  # noqa: E402
 
 SHAPES = [(1,), (7,), (1025,), (3, 5), ()]

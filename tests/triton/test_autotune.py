@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import gpukernels as gk
-from gpukernels import backend
-from gpukernels.reference import activation as ref
+from gpukernels import backend, knobs
+from gpukernels.cpu import activation as ref
 from tests.helpers import assert_close
 
 pytestmark = pytest.mark.skipif(not backend.interpreting(), reason="needs TRITON_INTERPRET=1")
@@ -168,7 +168,7 @@ def test_every_family_launches_through_the_tuner_and_stays_correct(monkeypatch, 
     from gpukernels import doctor
     from gpukernels.triton import _common, autotune
 
-    monkeypatch.setattr(_common.Tuned, "fixed_config", lambda self: self.force)
+    monkeypatch.setattr(_common.Tuned, "fixed_config", lambda self: knobs.get("configs").get(self))
     monkeypatch.setenv("GPUKERNELS_AUTOTUNE", "fast")
     monkeypatch.setenv("GPUKERNELS_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(autotune, "DISK", autotune.DiskCache())

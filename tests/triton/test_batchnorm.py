@@ -15,7 +15,7 @@ import pytest
 import gpukernels as gk
 from gpukernels import backend
 from gpukernels import functional as F
-from gpukernels.reference import batchnorm as ref
+from gpukernels.cpu import batchnorm as ref
 from tests.helpers import assert_close
 
 pytestmark = pytest.mark.skipif(not backend.interpreting(), reason="needs TRITON_INTERPRET=1")
@@ -174,7 +174,7 @@ def test_a_mean_of_1000_keeps_float32_accuracy(tri, monkeypatch):
 
 @pytest.mark.parametrize("fuse_max", [16, 0], ids=["merged-in-apply", "finalize-kernel"])
 @pytest.mark.parametrize("splits", [3, 7])
-def test_several_splits_are_merged(tri, monkeypatch, splits, fuse_max):
+def test_several_splits_are_merged(tri, monkeypatch, splits, fuse_max, knob):
     # (2, 3, 5, 41) in 256-value tiles: NCHW 2 tiles per channel (one per image), so 7
     # splits leave 5 programs without a tile (count-0 partials); channels-last 7 tiles
     # of 64 rows x 4 channels
@@ -182,7 +182,7 @@ def test_several_splits_are_merged(tri, monkeypatch, splits, fuse_max):
     monkeypatch.setattr(tri, "FUSE_MAX_SPLITS", fuse_max)
     monkeypatch.setattr(tri, "INTERPRET_BLOCK_C", 1)
     for kernel in tri.KERNELS.values():
-        monkeypatch.setattr(kernel, "force", (256, 4, 1))
+        knob(configs={kernel: (256, 4, 1)})
     x, w, b, rm, rv, g = _problem((2, 3, 5, 41), seed=9, offset=-3.0)
     _check(tri, x, w, b, rm, rv, g, True, np.float32, name=f"{splits} splits, fuse <= {fuse_max}")
     _check(tri, _channels_last(x), w, b, rm, rv, _channels_last(g), True, np.float32,
@@ -190,17 +190,17 @@ def test_several_splits_are_merged(tri, monkeypatch, splits, fuse_max):
     _check(tri, x, w, b, rm, rv, g, False, np.float32, needs=(True, True, True), name=f"{splits} splits eval")
 
 
-def test_small_tiles_walk_rows_and_columns(tri, monkeypatch):
+def test_small_tiles_walk_rows_and_columns(tri, monkeypatch, knob):
     # several column tiles per row (n_ib > 1) in NCHW: 16 channels x 16 columns in 256-
     # value tiles, then one channel x 64 columns in 64-value tiles; channels-last 2-row
     # tiles of 17 (padded to 32) channels
     monkeypatch.setattr(tri, "SPLITS_INTERPRET", 2)
     x, w, b, rm, rv, g = _problem((2, 17, 3, 25), seed=10)
     for kernel in tri.KERNELS.values():
-        monkeypatch.setattr(kernel, "force", (256, 4, 1))
+        knob(configs={kernel: (256, 4, 1)})
     _check(tri, x, w, b, rm, rv, g, True, np.float32, name="256-value tiles, 16 channels")
     for kernel in tri.KERNELS.values():
-        monkeypatch.setattr(kernel, "force", (64, 4, 1))
+        knob(configs={kernel: (64, 4, 1)})
     monkeypatch.setattr(tri, "INTERPRET_BLOCK_C", 1)
     _check(tri, x, w, b, rm, rv, g, True, np.float32, name="64-value tiles")
     x, g = x[:, :, :, :4], g[:, :, :, :4]  # 24 rows: 12 tiles
@@ -294,14 +294,14 @@ def test_functional_batch_norm_dispatches_to_triton_under_interpret():
     assert backend.last_dispatch["batchnorm"] == "gpukernels.triton.batchnorm"
     gk.set_backend("numpy")
     theirs = run()
-    assert backend.last_dispatch["batchnorm"] == "gpukernels.reference.batchnorm"
+    assert backend.last_dispatch["batchnorm"] == "gpukernels.cpu.batchnorm"
     for name, a, e in zip(["y", "x.grad", "w.grad", "b.grad", "running_mean", "running_var"], ours, theirs):
         assert_close(a, e, atol=1e-4, rtol=1e-4, name=name)
 
 
 def test_a_read_only_contiguous_input_is_accepted(tri):
     # np.broadcast_to(x, x.shape) is C-contiguous but read-only: kernel_view must copy it
-    from gpukernels.reference import batchnorm as ref
+    from gpukernels.cpu import batchnorm as ref
 
     x = np.random.default_rng(5).standard_normal((4, 3, 5, 5)).astype(np.float32)
     y, _, _ = tri.batch_norm_forward(np.broadcast_to(x, x.shape), None, None, None, None, True, 0.1, 1e-5)

@@ -9,7 +9,7 @@ import torch
 
 import gpukernels as gk
 from gpukernels import backend
-from gpukernels.reference import cast as ref
+from gpukernels.cpu import cast as ref
 from gpukernels.tensor import cast_array, to_float32
 from tests.helpers import assert_close
 

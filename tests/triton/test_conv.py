@@ -10,7 +10,7 @@ import pytest
 import gpukernels as gk
 from gpukernels import backend
 from gpukernels import functional as F
-from gpukernels.reference import conv as ref
+from gpukernels.cpu import conv as ref
 from tests.helpers import assert_close
 
 pytestmark = pytest.mark.skipif(not backend.interpreting(), reason="needs TRITON_INTERPRET=1")
@@ -93,9 +93,9 @@ def test_float16_inputs_accumulate_in_float32(tri, case):
     _check(tri, x, wt, b, geom, "relu", np.float16, name=f"{case} fp16")
 
 
-def test_grad_weight_split_k_sums_the_partials(tri, monkeypatch):
+def test_grad_weight_split_k_sums_the_partials(tri, monkeypatch, knob):
     x, wt, b, geom = _problem((3, 17, 13, 13, 7, 3, 1, 1, 1), np.float32, seed=5)
-    monkeypatch.setattr(tri, "SPLIT_K_INTERPRET", 5)
+    knob(split_k=5)
     _check(tri, x, wt, b, geom, "leaky_relu", np.float32, name="split-k 5")
 
 
@@ -139,7 +139,7 @@ def test_functional_conv2d_dispatches_to_triton_under_interpret():
     gk.set_backend("numpy")
     x2, w2, b2 = (gk.tensor(t.numpy(), requires_grad=True) for t in (x, w, b))
     F.conv2d(x2, w2, b2, padding=1, activation="relu").sum().backward()
-    assert backend.last_dispatch["conv"] == "gpukernels.reference.conv"
+    assert backend.last_dispatch["conv"] == "gpukernels.cpu.conv"
     for name, ours, theirs in zip("xwb", grads, (x2.grad, w2.grad, b2.grad)):
         assert_close(ours, theirs, atol=1e-4, rtol=1e-4, name=f"grad {name}")
 
@@ -150,10 +150,10 @@ def test_float64_is_a_clear_error_on_the_triton_path(tri):
         tri.conv2d_forward(x, np.zeros((1, 1, 3, 3)), None, (1, 1), (0, 0), (1, 1), 1)
 
 
-def test_small_tiles_cover_many_programs_and_tails(tri, monkeypatch):
+def test_small_tiles_cover_many_programs_and_tails(tri, monkeypatch, knob):
     # 16x16x16 tiles: several row and column tiles, grouped ordering, K tails per tap
     for kernel in tri.KERNELS.values():
-        monkeypatch.setattr(kernel, "force", (16, 16, 16, 4, 1))
+        knob(configs={kernel: (16, 16, 16, 4, 1)})
     x, wt, b, geom = _problem((3, 17, 8, 8, 33, 3, 1, 1, 1), np.float32, seed=11)
     _check(tri, x, wt, b, geom, "relu", np.float32, name="16x16x16 tiles")
     x, wt, b, geom = _problem((2, 3, 7, 7, 20, 3, 2, 1, 1), np.float32, seed=12)  # packed K

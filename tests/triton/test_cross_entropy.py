@@ -14,7 +14,7 @@ import pytest
 import gpukernels as gk
 from gpukernels import backend
 from gpukernels import functional as F
-from gpukernels.reference import cross_entropy as ref
+from gpukernels.cpu import cross_entropy as ref
 from gpukernels.triton._common import from_float32, to_float32
 from tests.helpers import assert_close
 
@@ -315,8 +315,8 @@ def test_out_of_range_targets_raise_an_error_naming_the_first(tri):
         tri.cross_entropy_forward(z, t, "none", IGNORE, 0.0)
 
 
-def test_unchecked_bad_targets_poison_their_rows_without_reading_out_of_bounds(tri, monkeypatch):
-    monkeypatch.setattr(tri, "CHECK_TARGETS", False)
+def test_unchecked_bad_targets_poison_their_rows_without_reading_out_of_bounds(tri, monkeypatch, knob):
+    knob(check_targets=False)
     z, t = _problem(6, 5, ignore_every=0)
     t_bad = t.copy()
     t_bad[2] = 10**9
@@ -396,11 +396,11 @@ def test_softmax_of_strided_inputs_and_1e4_logits(tri):
 
 
 @pytest.mark.parametrize("kind", ["ce_fwd", "ce_bwd", "softmax_fwd", "softmax_bwd"])
-def test_every_gpu_config_is_correct_under_the_interpreter(tri, kind, monkeypatch):
+def test_every_gpu_config_is_correct_under_the_interpreter(tri, kind, monkeypatch, knob):
     z, t = _problem(5, 1100, seed=18)
     z2, t2 = _problem(66, 37, seed=19)
     for cfg in tri.GPU_CONFIGS[kind]:
-        monkeypatch.setattr(tri.KERNELS[kind], "force", cfg)
+        knob(configs={tri.KERNELS[kind]: cfg})
         for zz, tt in ((z, t), (z2, t2)):
             if kind.startswith("ce"):
                 _check_ce(tri, zz, tt, "mean", 0.1, name=f"{kind} {cfg} {zz.shape}")

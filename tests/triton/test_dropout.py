@@ -13,7 +13,7 @@ import pytest
 import gpukernels as gk
 from gpukernels import backend
 from gpukernels import functional as F
-from gpukernels.reference import dropout as ref
+from gpukernels.cpu import dropout as ref
 from gpukernels.triton._common import to_float32
 
 pytestmark = pytest.mark.skipif(not backend.interpreting(), reason="needs TRITON_INTERPRET=1")
@@ -143,5 +143,5 @@ def test_functional_dropout_runs_the_triton_kernels_with_the_numpy_backends_mask
     assert backend.last_dispatch["dropout"] == "gpukernels.triton.dropout"
     gk.set_backend("numpy")
     y_np, gx_np = run()
-    assert backend.last_dispatch["dropout"] == "gpukernels.reference.dropout"
+    assert backend.last_dispatch["dropout"] == "gpukernels.cpu.dropout"
     assert np.array_equal(y, y_np) and np.array_equal(gx, gx_np)

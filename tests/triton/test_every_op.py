@@ -64,7 +64,7 @@ def test_op_runs_its_triton_kernel_and_matches_numpy(name, family, fn, arrays):
     out, grads = _run(fn, arrays, "interpret", differentiable)
     assert backend.last_dispatch[family] == f"gpukernels.triton.{family}", f"{name} did not run Triton"
     ref_out, ref_grads = _run(fn, arrays, "numpy", differentiable)
-    assert backend.last_dispatch[family] == f"gpukernels.reference.{family}"
+    assert backend.last_dispatch[family] == f"gpukernels.cpu.{family}"
     assert_close(out, ref_out, atol=1e-5, rtol=1e-4, name=f"{name} forward")
     for i, (g, r) in enumerate(zip(grads, ref_grads)):
         assert_close(g, r, atol=1e-5, rtol=1e-4, name=f"{name} grad {i}")
@@ -73,7 +73,7 @@ def test_op_runs_its_triton_kernel_and_matches_numpy(name, family, fn, arrays):
 def test_every_family_of_the_reference_has_a_triton_module():
     import pkgutil
 
-    import gpukernels.reference as ref
+    import gpukernels.cpu as ref
 
     families = {m.name for m in pkgutil.iter_modules(ref.__path__) if not m.name.startswith("_")}
     missing = sorted(families - backend.TRITON_FAMILIES)

@@ -11,7 +11,7 @@ import pytest
 import gpukernels as gk
 from gpukernels import backend
 from gpukernels import functional as F
-from gpukernels.reference import linear as ref
+from gpukernels.cpu import linear as ref
 from tests.helpers import assert_close
 
 pytestmark = pytest.mark.skipif(not backend.interpreting(), reason="needs TRITON_INTERPRET=1")
@@ -123,27 +123,27 @@ def test_read_only_operands_are_read_not_refused(tri):
     _check(tri, *ro[:3], np.float32, gy=ro[3], name="read-only")
 
 
-def test_grad_weight_split_k_sums_the_partials(tri, monkeypatch):
-    monkeypatch.setattr(tri, "SPLIT_K_INTERPRET", 3)  # batch 1023 in 64-row steps: 3 splits
+def test_grad_weight_split_k_sums_the_partials(tri, monkeypatch, knob):
+    knob(split_k=3)  # batch 1023 in 64-row steps: 3 splits
     x, w, b = _problem(1023, 7, 33, np.float32, seed=9)
     _check(tri, x, w, b, np.float32, name="split-k 3")
     _check(tri, x, w, b, np.float32, needs=(False, True, False), name="split-k 3 no db")
 
 
-def test_small_tiles_cover_many_programs_and_tails(tri, monkeypatch):
+def test_small_tiles_cover_many_programs_and_tails(tri, monkeypatch, knob):
     # 16x16x16 tiles: several row and column tiles, grouped ordering, K tails
     for kernel in tri.KERNELS.values():
-        monkeypatch.setattr(kernel, "force", (16, 16, 16, 4, 1))
+        knob(configs={kernel: (16, 16, 16, 4, 1)})
     x, w, b = _problem(130, 33, 47, np.float32, seed=10)
     _check(tri, x, w, b, np.float32, name="16x16x16 tiles")
-    monkeypatch.setattr(tri, "SPLIT_K_INTERPRET", 4)
+    knob(split_k=4)
     _check(tri, x, w, b, np.float32, name="16x16x16 tiles split-k 4")
 
 
-def test_int64_offsets_give_the_same_result(tri, monkeypatch):
+def test_int64_offsets_give_the_same_result(tri, monkeypatch, knob):
     # tensors of 2**31 elements do not fit a test; the INT64 code path runs on small ones
     monkeypatch.setattr(tri, "needs_int64", lambda *arrays: True)
-    monkeypatch.setattr(tri, "SPLIT_K_INTERPRET", 2)
+    knob(split_k=2)
     x, w, b = _problem(130, 33, 7, np.float32, seed=11)
     _check(tri, x.T.copy().T, w, b, np.float32, name="int64")
 
@@ -188,7 +188,7 @@ def test_functional_linear_dispatches_to_triton_under_interpret():
     assert backend.last_dispatch["linear"] == "gpukernels.triton.linear"
     gk.set_backend("numpy")
     theirs = run()
-    assert backend.last_dispatch["linear"] == "gpukernels.reference.linear"
+    assert backend.last_dispatch["linear"] == "gpukernels.cpu.linear"
     for name, a, e in zip(("y", "x.grad", "w.grad", "b.grad"), ours, theirs):
         assert_close(a, e, atol=1e-4, rtol=1e-4, name=name)
 

@@ -13,7 +13,7 @@ import pytest
 import gpukernels as gk
 from gpukernels import backend
 from gpukernels import functional as F
-from gpukernels.reference import loss as ref
+from gpukernels.cpu import loss as ref
 from tests.helpers import assert_close
 
 pytestmark = pytest.mark.skipif(not backend.interpreting(), reason="needs TRITON_INTERPRET=1")
@@ -77,11 +77,11 @@ def test_elementwise_results_are_bit_exact_against_the_reference_in_their_dtype(
         assert np.array_equal(tri.mse_loss_backward(g0, diff, "mean"), ref.mse_loss_backward(g0, diff_ref, "mean"))
 
 
-def test_float16_mean_gradient_keeps_its_precision_for_large_n(tri, monkeypatch):
+def test_float16_mean_gradient_keeps_its_precision_for_large_n(tri, monkeypatch, knob):
     # 2 / n = 1e-5 is subnormal in float16 (spacing 6e-8: the reference's float16(2 / n)
     # is 0.6% off); here the scale and g * scale stay in float32, one rounding at the end
     for kind in ("fwd", "bwd"):  # 13 big programs, not 196: the interpreter pays per program
-        monkeypatch.setattr(tri.KERNELS[kind], "force", (16384, 4, 1))
+        knob(configs={tri.KERNELS[kind]: (16384, 4, 1)})
     rng = np.random.default_rng(9)
     a, t = (rng.standard_normal(200_000).astype(np.float16) for _ in range(2))
     _, diff = tri.mse_loss_forward(a, t, "mean")
@@ -101,12 +101,12 @@ def test_many_partials_and_a_short_reduction_block(tri, monkeypatch):
         _check(tri, a, t, reduction, label="SUM_BLOCK 2")
 
 
-def test_every_partial_slot_is_written_whatever_the_tile(tri, monkeypatch):
+def test_every_partial_slot_is_written_whatever_the_tile(tri, monkeypatch, knob):
     # a 2048-element tile writes its sum and a 0 in its second 1024-element slot; a
     # NaN-filled buffer shows any slot a launch leaves stale (as an autotuner trial of
     # a smaller tile would on a GPU)
     monkeypatch.setattr(tri, "_partials", lambda xp, m: xp.full(m, np.nan, dtype=np.float32))
-    monkeypatch.setattr(tri.KERNELS["fwd"], "force", (2048, 4, 1))
+    knob(configs={tri.KERNELS["fwd"]: (2048, 4, 1)})
     rng = np.random.default_rng(3)
     for n in (1, 1025, 2048, 5000, 6144):
         a, t = (rng.standard_normal(n).astype(np.float32) for _ in range(2))

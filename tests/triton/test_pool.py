@@ -11,7 +11,7 @@ import pytest
 import gpukernels as gk
 from gpukernels import backend
 from gpukernels import functional as F
-from gpukernels.reference import pool as ref
+from gpukernels.cpu import pool as ref
 from tests.helpers import assert_close
 
 pytestmark = pytest.mark.skipif(not backend.interpreting(), reason="needs TRITON_INTERPRET=1")
@@ -193,10 +193,10 @@ def test_windows_of_128_taps_or_more_keep_an_int32_argmax(tri):
     assert am.dtype == np.int32
 
 
-def test_small_tiles_and_many_column_tiles(tri, monkeypatch):
+def test_small_tiles_and_many_column_tiles(tri, monkeypatch, knob):
     # 128-element tiles 8 wide: many row and column programs, tails in both directions
     for kernel in tri.KERNELS.values():
-        monkeypatch.setattr(kernel, "force", (128, 4, 1))
+        knob(configs={kernel: (128, 4, 1)})
     monkeypatch.setattr(tri, "MAX_BLOCK_W", 8)
     for case in (CASES[0], CASES[2], CASES[7]):
         x = _input(case, np.float32, seed=6)
@@ -228,7 +228,7 @@ def test_functional_pooling_dispatches_to_triton_under_interpret():
     assert backend.last_dispatch["pool"] == "gpukernels.triton.pool"
     gk.set_backend("numpy")
     y_np, gx_np = run()
-    assert backend.last_dispatch["pool"] == "gpukernels.reference.pool"
+    assert backend.last_dispatch["pool"] == "gpukernels.cpu.pool"
     assert_close(y, y_np, atol=1e-6, rtol=1e-6, name="y")
     assert_close(gx, gx_np, atol=1e-5, rtol=1e-5, name="x.grad")
 

@@ -1,4 +1,4 @@
-"""NumPy reference conv2d (gpukernels.reference.conv) against PyTorch CPU in float64.
+"""NumPy reference conv2d (gpukernels.cpu.conv) against PyTorch CPU in float64.
 
 Every case checks the forward output and all three gradients (same random upstream
 gradient for both libraries) on each NumPy implementation path (nhwc, flat,
@@ -14,7 +14,7 @@ import threading
 import numpy as np
 import pytest
 
-from gpukernels.reference import _parallel, conv
+from gpukernels.cpu import _parallel, conv
 from tests.helpers import assert_close
 
 torch = pytest.importorskip("torch")
@@ -61,7 +61,7 @@ def make_inputs(rng, n, c, h, w, o, kh, kw, groups, bias, dtype=np.float64):
     return x, wt, b
 
 
-def check_case(case, path, monkeypatch, rng_seed=0):
+def check_case(case, path, knob, rng_seed=0):
     (n, c, h, w, o, (kh, kw), stride, padding, dilation, groups, bias, activation, needs) = case
     slope = 0.2
     rng = np.random.default_rng(rng_seed)
@@ -70,7 +70,7 @@ def check_case(case, path, monkeypatch, rng_seed=0):
     oh, ow = conv.conv2d_output_size(h, w, (kh, kw), stride, padding, dilation)
     gy = rng.standard_normal((n, o, oh, ow))
     ref = torch_conv(x, wt, b, stride, padding, dilation, groups, activation, slope, gy, needs)
-    monkeypatch.setattr(conv, "FORCE_PATH", path)
+    knob(conv_cpu_path=path)
     y = conv.conv2d_forward(x, wt, b, stride, padding, dilation, groups, activation, slope)
     assert y.dtype == np.float64 and y.shape == (n, o, oh, ow)
     grads = conv.conv2d_backward(gy, x, wt, y, stride, padding, dilation, groups, activation, slope, needs)
@@ -179,9 +179,9 @@ def _case_id(case):
 
 
 @pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
-def test_conv_matches_torch_float64(case, monkeypatch):
+def test_conv_matches_torch_float64(case, knob):
     for path in PATHS:
-        check_case(case, path, monkeypatch)
+        check_case(case, path, knob)
 
 
 # ----------------------------------------------------------------------------- threads
@@ -200,7 +200,7 @@ def threaded(monkeypatch):
     [((1, 1), "relu", True), ((2, 2), "leaky_relu", False), ((1, 1), None, False)],
     ids=["s1-relu-bias", "s2-leaky", "s1-plain"],
 )
-def test_threaded_tiles_match_torch(path, stride, activation, bias, threaded, monkeypatch):
+def test_threaded_tiles_match_torch(path, stride, activation, bias, threaded, monkeypatch, knob):
     """N = 9 on two threads: chunks of 5 and 4 images, tiles of 2 (tails of 1); the
     tail tiles use the first image slots of buffers sized for two."""
     n, c, h, w, o = 9, 16, 32, 32, 16
@@ -213,7 +213,7 @@ def test_threaded_tiles_match_torch(path, stride, activation, bias, threaded, mo
     # tiles of two images on every path: chunks of 5 and 4 give tiles 2, 2, 1 and 2, 2
     tiles = conv._tiles
     monkeypatch.setattr(conv, "_tiles", lambda n0, n1, per_image, budget: tiles(n0, n1, 1, 2))
-    monkeypatch.setattr(conv, "FORCE_PATH", path)
+    knob(conv_cpu_path=path)
     y = conv.conv2d_forward(x, wt, b, stride, (1, 1), (1, 1), 1, activation, 0.1)
     grads = conv.conv2d_backward(gy, x, wt, y, stride, (1, 1), (1, 1), 1, activation, 0.1, needs)
     assert_rel_close(y, ref[0], rtol=RTOL64, name="y")
@@ -304,7 +304,7 @@ def test_float32_stays_float32_and_is_accurate():
         assert_rel_close(got, want, rtol=2e-3, name=name)
 
 
-def test_non_contiguous_inputs(monkeypatch):
+def test_non_contiguous_inputs(monkeypatch, knob):
     rng = np.random.default_rng(12)
     xt = rng.standard_normal((8, 8, 3, 2)).transpose(3, 2, 0, 1)  # (2, 3, 8, 8), not contiguous
     w = rng.standard_normal((3, 3, 5, 4)).transpose(0, 1, 3, 2)[:, :, :3, :3]  # (3, 3, 3, 3) view
@@ -315,7 +315,7 @@ def test_non_contiguous_inputs(monkeypatch):
         np.ascontiguousarray(gy), ALL,
     )
     for path in PATHS:
-        monkeypatch.setattr(conv, "FORCE_PATH", path)
+        knob(conv_cpu_path=path)
         y = conv.conv2d_forward(xt, w, b, (1, 1), (1, 1), (1, 1), 1)
         grads = conv.conv2d_backward(gy, xt, w, y, (1, 1), (1, 1), (1, 1), 1)
         for name, got, want in zip(("y", "grad_x", "grad_w", "grad_b"), (y, *grads), ref):

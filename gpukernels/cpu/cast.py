@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_array_module
-from ..tensor import bfloat16, from_float32, to_float32
+from ..dtypes import bfloat16, from_float32, to_float32
 
 
 def cast(x, dtype):

@@ -1,4 +1,4 @@
-"""NumPy reference batch norm and ReLU (gpukernels.reference.batchnorm / activation).
+"""NumPy reference batch norm and ReLU (gpukernels.cpu.batchnorm / activation).
 
 float64 against PyTorch CPU to ~1e-12 relative (forward, running statistics, all three
 gradients, training and eval, with and without affine parameters and running stats),
@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpukernels.reference import _parallel, activation, batchnorm
+from gpukernels.cpu import _parallel, activation, batchnorm
 from tests.helpers import assert_close
 
 torch = pytest.importorskip("torch")

@@ -103,7 +103,10 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..backend import get_array_module
+from .. import knobs
 from . import _parallel
+from ..shapes import conv2d_output_size  # noqa: F401 - the family's formula, re-exported
+from ..shapes import pair as _pair
 
 __all__ = ["conv2d_output_size", "conv2d_forward", "conv2d_backward"]
 
@@ -124,34 +127,10 @@ NHWC_MIN_CHANNELS = 32
 NHWC_MAX_OW = 24
 #: Outputs narrower than this use nhwc, or (grouped, 1x1) the batch-inner layout.
 BATCH_INNER_MAX_OW = 12
-#: Tests and benchmarks: force "nhwc", "flat" (stride-1 calls only), "batch_inner" or
-#: "generic".
-FORCE_PATH = None
 #: Input channels per group from which stride-1 convs use one GEMM per kernel tap.
 SHIFT_MIN_CHANNELS = 32
 #: Column-buffer budget per tile on CuPy (device memory, no cache argument there).
 CUPY_TILE_BYTES = 256 << 20
-
-
-def _pair(v):
-    if isinstance(v, (tuple, list)):
-        return int(v[0]), int(v[1])
-    return int(v), int(v)
-
-
-def conv2d_output_size(h, w, kernel, stride, padding, dilation):
-    """Output ``(oh, ow)`` of a convolution of an ``h x w`` input (PyTorch's formula).
-
-    ``kernel``, ``stride``, ``padding``, ``dilation`` are ints or ``(h, w)`` pairs; the
-    result may be ``<= 0`` when the kernel does not fit (the caller rejects that).
-    """
-    kh, kw = _pair(kernel)
-    sh, sw = _pair(stride)
-    ph, pw = _pair(padding)
-    dh, dw = _pair(dilation)
-    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    return oh, ow
 
 
 class _Geom:
@@ -497,8 +476,9 @@ def _flat_ok(g):
 def _path(g):
     """Which NumPy implementation serves ``g`` (thresholds measured on the 2-core dev
     machine, see the module docstring)."""
-    if FORCE_PATH is not None:
-        return "generic" if FORCE_PATH == "flat" and not _flat_ok(g) else FORCE_PATH
+    forced = knobs.get("conv_cpu_path")  # tests and benchmarks pin a path
+    if forced is not None:
+        return "generic" if forced == "flat" and not _flat_ok(g) else forced
     if g.Kg < GENERIC_MAX_DEPTH or (g.G == 1 and g.C <= GENERIC_MAX_CHANNELS):
         return "generic"
     if g.G == 1 and g.KH * g.KW > 1:
