@@ -10,25 +10,14 @@
 
 from . import backend
 from .backend import cuda_available, get_backend, set_backend
-from .tensor import (
-    Function,
-    Tensor,
-    bfloat16,
-    bool_,
-    enable_grad,
-    float16,
-    float32,
-    float64,
-    int32,
-    int64,
-    is_grad_enabled,
-    no_grad,
-    tensor,
-)
+from .autograd import Function, enable_grad, is_grad_enabled, no_grad
+from .dtypes import bfloat16, bool_, float16, float32, float64, int32, int64
+from .tensor import Tensor
+from .creation import tensor
 from .random import manual_seed
 from .amp import autocast, get_autocast_dtype
 from . import cuda_graph, functional, nn, optim  # noqa: E402 - they import the names above
-from .creation import arange, ones, randn, zeros, ones_like, zeros_like  # noqa: E402
+from .creation import arange, ones, randn, zeros, ones_like, zeros_like  # noqa: E402,F811
 from .serialization import load, save  # noqa: E402 - safetensors files, never pickles
 
 __version__ = "0.1.0"

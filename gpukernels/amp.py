@@ -27,7 +27,8 @@ import threading
 
 import numpy as np
 
-from .tensor import Tensor, bfloat16, dtype_name, float16, float32
+from .dtypes import bfloat16, dtype_name, float16, float32
+from .tensor import Tensor
 
 _state = threading.local()
 

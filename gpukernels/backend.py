@@ -1,26 +1,19 @@
-"""Backend choice, the array module of a backend, and op dispatch.
+"""Backend choice, the array module of a backend, and kernel arguments.
 
 A backend decides two things: which array library holds tensor data (NumPy or CuPy)
-and which implementation of each op family runs. Every op family lives in a module
-with the same function names for every backend:
+and which kernel package runs the ops (``gpukernels.kernels`` is the dispatch table):
 
-    gpukernels.cpu.<family>   NumPy/CuPy-generic code (the ``numpy`` backend)
-    gpukernels.triton.<family>      Triton launchers (``cuda`` / ``interpret``)
-
-Autograd Functions never import an implementation directly; they ask
-``kernels(family)`` for the module of the current backend, so a new backend plugs in
-here without touching the autograd or the modules.
-
-Backends:
-
-- ``numpy``: ``numpy.ndarray`` and the reference code. Always available.
-- ``cuda``: ``cupy.ndarray``; the families in ``TRITON_FAMILIES`` run Triton kernels,
-  the others the same reference code on CuPy (Chainer style: one NumPy-compatible code
-  path). CuPy, Triton and torch are imported lazily, only when asked for.
+- ``numpy``: ``numpy.ndarray`` and the fast NumPy kernels of ``gpukernels/cpu/``.
+  Always available.
+- ``cuda``: ``cupy.ndarray`` and the Triton kernels of ``gpukernels/triton/``. CuPy,
+  Triton and torch are imported lazily, only when asked for.
 - ``interpret``: ``numpy.ndarray`` and the same Triton kernels run by Triton's
   interpreter (``TRITON_INTERPRET=1``): how every kernel is tested on a CPU machine.
   Triton fixes interpretation when a kernel is decorated, so this is a process-wide
   mode: choose it before the first op that loads a Triton kernel.
+
+(``gpukernels/reference/`` is the naive NumPy oracle the tests compare both against;
+no backend runs it.)
 
 The choice is process-wide: ``set_backend(name)`` or the ``GPUKERNELS_BACKEND``
 environment variable; the default is ``cuda`` when CuPy sees a GPU, else ``numpy``.
@@ -32,6 +25,9 @@ interpreter reads and writes. On ``cuda`` Triton kernels launch on CuPy's curren
 stream, like CuPy's own kernels (``_launch_triton_on_cupy_streams``; by default Triton
 would ask torch), so a step enqueued inside ``with cupy.cuda.Stream():`` (a CUDA graph
 capture, ``gpukernels.cuda_graph``) stays on one stream.
+
+A leaf of the library: it imports NumPy only (CuPy, torch and Triton lazily), so every
+kernel package may import it.
 """
 
 from __future__ import annotations
@@ -47,26 +43,11 @@ BACKENDS = ("numpy", "cuda", "interpret")
 
 
 
-#: Modules of gpukernels/triton/ that are tools, not op families.
-_TRITON_TOOLS = ("aot", "autotune")
-
-
-def _triton_families() -> frozenset:
-    """The op families with a module in gpukernels/triton/ (found without importing it)."""
-    import pkgutil  # noqa: PLC0415
-
-    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "triton")
-    return frozenset(m.name for m in pkgutil.iter_modules([folder])
-                     if not m.name.startswith("_") and m.name not in _TRITON_TOOLS)
-
-
-#: Op families with Triton kernels: a module ``gpukernels/triton/<family>.py`` with the
-#: functions of ``gpukernels/cpu/<family>.py``. Under ``cuda`` and ``interpret``
-#: they run those kernels; the families without one yet run the xp-generic reference on
-#: the backend's own arrays (CuPy / NumPy). ``last_dispatch`` records which ran.
-TRITON_FAMILIES = _triton_families()
-
 _state = {"name": None}
+
+#: The module each op family's last call ran, by family name (``gpukernels.kernels``
+#: records it; tests and the doctor check that a Triton backend never fell back to NumPy).
+last_dispatch: dict[str, str] = {}
 
 
 def _cupy():
@@ -313,31 +294,7 @@ def kernel_arg(array, dtype: str | None = None):
     return t.view(getattr(torch, dtype)) if dtype else t
 
 
-# ----------------------------------------------------------------------------- graph capture
-
-_capture = {"active": False, "checks": []}
-
-
-def capturing() -> bool:
-    """True while ``gpukernels.cuda_graph`` records a CUDA graph: code that would read a
-    device value on the host (a sync, illegal during capture) or bake a per-step host
-    value into a kernel argument must not run now (it raises, or defers its check)."""
-    return _capture["active"]
-
-
-def _set_capturing(active: bool) -> list:
-    """Start (True) or stop (False) a capture; returns the checks deferred during it."""
-    checks, _capture["checks"] = _capture["checks"], []
-    _capture["active"] = bool(active)
-    return checks
-
-
-def defer_check(check) -> None:
-    """During a capture: ``check()`` (which reads device values and raises on bad data)
-    runs after each replay of the graph instead of now."""
-    if not _capture["active"]:
-        raise RuntimeError("defer_check() outside a CUDA graph capture: run the check now")
-    _capture["checks"].append(check)
+# ----------------------------------------------------------------------------- Triton streams
 
 
 def _launch_triton_on_cupy_streams() -> None:
@@ -352,42 +309,3 @@ def _launch_triton_on_cupy_streams() -> None:
     cupy = _cupy()
     active.get_current_stream = lambda device=None: cupy.cuda.get_current_stream().ptr
     active._gk_cupy_stream = True
-
-
-# ----------------------------------------------------------------------------- dispatch
-
-_REFERENCE, _TRITON = "gpukernels.cpu", "gpukernels.triton"
-
-#: The last implementation module each family dispatched to (tests assert on it).
-last_dispatch: dict[str, str] = {}
-
-# (package, family) -> module: every op's forward and backward dispatch, so no import
-# machinery on that path after the first call.
-_modules: dict[tuple[str, str], ModuleType] = {}
-
-
-def implementation(family: str, backend: str) -> str:
-    """The package whose ``<family>`` module serves ``backend``."""
-    if backend in ("cuda", "interpret") and family in TRITON_FAMILIES:
-        return _TRITON
-    return _REFERENCE
-
-
-def kernels(family: str, device: str = "cpu") -> ModuleType:
-    """The module implementing op ``family`` (``"conv"``, ``"pool"``, ...) for arrays on
-    ``device``: CuPy arrays take the ``cuda`` implementation, host arrays the current
-    backend's when it works on host memory (``numpy`` / ``interpret``), else the NumPy
-    reference."""
-    if device == "cuda":
-        backend = "cuda"
-    else:
-        backend = get_backend()
-        backend = backend if device_of_backend(backend) == "cpu" else "numpy"
-    key = (implementation(family, backend), family)
-    module = _modules.get(key)
-    if module is None:
-        if backend == "cuda" and key[0] == _TRITON:
-            _launch_triton_on_cupy_streams()
-        module = _modules[key] = importlib.import_module(f"{key[0]}.{family}")
-    last_dispatch[family] = module.__name__
-    return module

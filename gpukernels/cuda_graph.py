@@ -41,7 +41,42 @@ from __future__ import annotations
 import numbers
 
 from . import backend
-from .tensor import Tensor
+
+# ----------------------------------------------------------------------------- capture state
+# Read by the kernels (gpukernels/triton/), so this module imports nothing above
+# ``backend``: a step's tensors are recognised by what they are (``data``, ``_new``).
+
+_capture = {"active": False, "checks": []}
+
+
+def capturing() -> bool:
+    """True while ``gpukernels.cuda_graph`` records a CUDA graph: code that would read a
+    device value on the host (a sync, illegal during capture) or bake a per-step host
+    value into a kernel argument must not run now (it raises, or defers its check)."""
+    return _capture["active"]
+
+
+def _set_capturing(active: bool) -> list:
+    """Start (True) or stop (False) a capture; returns the checks deferred during it."""
+    checks, _capture["checks"] = _capture["checks"], []
+    _capture["active"] = bool(active)
+    return checks
+
+
+def defer_check(check) -> None:
+    """During a capture: ``check()`` (which reads device values and raises on bad data)
+    runs after each replay of the graph instead of now."""
+    if not _capture["active"]:
+        raise RuntimeError("defer_check() outside a CUDA graph capture: run the check now")
+    _capture["checks"].append(check)
+
+
+def _is_tensor(x) -> bool:
+    return hasattr(x, "data") and callable(getattr(x, "_new", None))
+
+
+# ----------------------------------------------------------------------------- GraphedStep
+
 
 
 class GraphedStep:
@@ -84,7 +119,7 @@ class GraphedStep:
 
     def __call__(self, *inputs):
         for i, x in enumerate(inputs):
-            if not isinstance(x, Tensor):
+            if not _is_tensor(x):
                 raise TypeError(f"GraphedStep: input {i} must be a Tensor, got {type(x).__name__}")
             if x.device != "cuda":
                 raise RuntimeError(f"GraphedStep: input {i} is on {x.device}; CUDA graphs need "
@@ -105,9 +140,9 @@ class GraphedStep:
         # a blocking stream: ordered with the legacy default stream both ways
         self._stream = cupy.cuda.Stream(non_blocking=False)
         self._pool = cupy.cuda.MemoryPool()  # the graph's temporaries, and only them
-        self._inputs = tuple(Tensor(x.data.copy()) for x in inputs)
+        self._inputs = tuple(x._new(x.data.copy()) for x in inputs)
         with self._stream, cupy.cuda.using_allocator(self._pool.malloc):
-            backend._set_capturing(True)
+            _set_capturing(True)
             self._stream.begin_capture()
             try:
                 outputs = self.fn(*self._inputs)
@@ -116,13 +151,13 @@ class GraphedStep:
                     self._stream.end_capture()
                 except Exception:  # noqa: BLE001 - the capture is invalid anyway
                     pass
-                backend._set_capturing(False)
+                _set_capturing(False)
                 raise RuntimeError(f"GraphedStep: the step could not be recorded as a CUDA graph "
                                    f"(call {self.calls}): {exc}") from exc
             try:
                 graph = self._stream.end_capture()
             finally:
-                self._checks = backend._set_capturing(False)
+                self._checks = _set_capturing(False)
         self.graph, self._outputs = graph, outputs
         return self._launch()  # recording ran nothing: this call's step runs now
 

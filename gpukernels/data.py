@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .tensor import tensor
+from .creation import tensor
 
 DATASETS = ("digits", "mnist", "cifar10", "synthetic")
 

@@ -37,7 +37,7 @@ Run it:
 ``--interpret`` must be chosen before any Triton kernel module is imported in the
 process (Triton fixes interpretation when a kernel is decorated); the doctor says so
 when that already happened. Every check is one entry of ``CHECKS``: adding an op is one
-``OpCheck(...)`` there (a family of ``backend.TRITON_FAMILIES`` without an entry is
+``OpCheck(...)`` there (a family of ``kernels.FAMILIES`` without an entry is
 reported as an ERROR row).
 """
 
@@ -59,7 +59,7 @@ from typing import Any
 import numpy as np
 
 import gpukernels as gk
-from gpukernels import backend
+from gpukernels import backend, kernels
 from gpukernels import functional as F
 from gpukernels import random as gk_random
 
@@ -604,7 +604,8 @@ def run_check(check, ctx: Context, show_traceback: bool = False) -> Row:
     if check.needs_bf16 and not ctx.bf16[0]:
         row.verdict, row.detail = "skipped", ctx.bf16[1]
         return row
-    expected_module = f"{backend.implementation(check.family, ctx.backend)}.{check.family}"
+    family = kernels.FAMILIES[check.family]
+    expected_module = family.triton_path if ctx.backend in ("cuda", "interpret") else family.cpu.__name__
     backend.last_dispatch.pop(check.family, None)
     begin = time.perf_counter()
     try:
@@ -636,7 +637,7 @@ def run_checks(ctx: Context, only=None, show_traceback=False) -> list[Row]:
     rows = [run_check(c, ctx, show_traceback) for c in checks]
     if not only:  # the doctor's own completeness: every Triton family has an entry
         covered = {c.family for c in CHECKS}
-        for family in sorted(backend.TRITON_FAMILIES - covered):
+        for family in sorted(set(kernels.FAMILIES) - covered):
             rows.append(Row(f"({family})", family, detail="no doctor check for this family: add an entry "
                                                           "to gpukernels.doctor.CHECKS"))
     return rows

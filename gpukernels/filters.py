@@ -40,7 +40,10 @@ import numpy as np
 
 from . import backend
 from .functional import conv2d
-from .tensor import _FLOATS, Function, Tensor, tensor
+from .autograd import Function
+from .creation import tensor
+from .dtypes import FLOATS as _FLOATS
+from .tensor import Tensor
 
 __all__ = [
     "SOBEL_X", "SOBEL_Y", "LAPLACIAN_4", "LAPLACIAN_8",

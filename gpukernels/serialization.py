@@ -54,7 +54,8 @@ import tempfile
 import numpy as np
 
 from . import backend
-from .tensor import Tensor, bfloat16
+from .dtypes import bfloat16
+from .tensor import Tensor
 
 __all__ = ["save", "load", "CheckpointError", "atomic_write", "remove_stale_temps", "FORMAT_VERSION"]
 

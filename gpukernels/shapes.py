@@ -56,3 +56,22 @@ def conv2d_output_size(h, w, kernel, stride, padding, dilation):
     oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     return oh, ow
+
+
+def broadcast_shape(op, a, b) -> tuple:
+    """NumPy's broadcast of shapes ``a`` and ``b``; a ValueError naming ``op``, both
+    shapes and the first dimension that differs when they do not broadcast."""
+    a, b = tuple(a), tuple(b)
+    if a == b:
+        return a
+    out = []
+    for i in range(1, max(len(a), len(b)) + 1):
+        m = a[-i] if i <= len(a) else 1
+        n = b[-i] if i <= len(b) else 1
+        if m != n and m != 1 and n != 1:
+            raise ValueError(
+                f"{op}: shapes {a} and {b} cannot be broadcast together: size {m} (dimension "
+                f"{len(a) - i} of the first) does not match size {n} (dimension {len(b) - i} of the "
+                "second), and neither is 1")
+        out.append(max(m, n) if m != 1 and n != 1 else m * n)
+    return tuple(reversed(out))

@@ -13,7 +13,8 @@ import torch
 import gpukernels as gk
 from gpukernels import backend
 from gpukernels import functional as F
-from gpukernels.tensor import add_arrays, cast_array, from_float32, to_float32
+from gpukernels.dtypes import from_float32, to_float32
+from gpukernels.kernels import add_arrays, cast_array
 from benchmarks.torch_twin import torch_twin
 from models.cnn import digits_cnn
 from tests.helpers import assert_close

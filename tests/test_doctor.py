@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gpukernels import backend, doctor
+from gpukernels import backend, doctor, kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_interpreter = pytest.mark.skipif(not backend.interpreting(), reason="needs TRITON_INTERPRET=1")
@@ -70,7 +70,7 @@ def test_interpret_after_compiled_kernels_were_imported_is_a_clear_error():
 
 
 def test_every_triton_family_has_a_check():
-    assert backend.TRITON_FAMILIES <= {c.family for c in doctor.CHECKS}
+    assert set(kernels.FAMILIES) <= {c.family for c in doctor.CHECKS}
     assert len({c.name for c in doctor.CHECKS}) == len(doctor.CHECKS)
 
 
@@ -112,16 +112,12 @@ def test_a_raising_kernel_is_an_error_row_with_the_exception(monkeypatch, capsys
 
 @needs_interpreter
 def test_a_silent_fallback_to_numpy_is_an_error(monkeypatch, capsys):
-    real = backend.kernels
-
-    def fallback(family, device="cpu"):
-        if family != "loss":
-            return real(family, device)
+    def fallback(device="cpu"):
         module = importlib.import_module("gpukernels.cpu.loss")
-        backend.last_dispatch[family] = module.__name__
+        backend.last_dispatch["loss"] = module.__name__
         return module
 
-    monkeypatch.setattr(backend, "kernels", fallback)
+    monkeypatch.setattr(kernels.loss, "for_device", fallback)
     assert doctor.main(["--interpret", "--only", "mse_loss"]) == 1
     row = _row(capsys.readouterr().out, "mse_loss")
     assert "ERROR: ran gpukernels.cpu.loss, expected gpukernels.triton.loss" in row

@@ -12,7 +12,8 @@ import numpy as np
 
 from ..backend import get_array_module
 from ..random import generator
-from ..tensor import Tensor, cast_array
+from ..kernels import cast_array
+from ..tensor import Tensor
 
 
 def _fill(tensor: Tensor, host: np.ndarray) -> Tensor:

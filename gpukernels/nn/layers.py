@@ -8,7 +8,9 @@ import numbers
 from .. import functional as F
 from .. import backend
 from ..shapes import check_pair, is_int
-from ..tensor import Tensor, _as_dtype, bfloat16, float32
+from ..dtypes import as_dtype as _as_dtype
+from ..dtypes import bfloat16, float32
+from ..tensor import Tensor
 from . import init
 from .module import Module
 from .parameter import Parameter

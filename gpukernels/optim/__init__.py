@@ -2,7 +2,7 @@
 
 Each param group's parameters, gradients and state live as views of one flat buffer
 per (device, dtype) (``flat.py``); ``step()`` makes one call of the backend's update
-function (``backend.kernels("optim", device)``: ``gpukernels.cpu.optim`` on
+function (``kernels.optim.for_device(device)``: ``gpukernels.cpu.optim`` on
 NumPy, ``gpukernels.triton.optim`` on the Triton backends, one kernel launch) per
 buffer, updating it in place. ``max_grad_norm=`` fuses global-norm gradient clipping
 into the step. ``capturable=True`` (Adam, AdamW, Adagrad; accepted by SGD and RMSprop,

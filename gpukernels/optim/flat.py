@@ -7,7 +7,7 @@ For each (param group, device, dtype) an optimizer keeps one ``FlatParams``:
   views);
 - ``grad``: an array of the same layout; each parameter carries its slice as
   ``param._grad_view``, and autograd writes a leaf's gradient into that slice instead of
-  a fresh array (``gpukernels.tensor._accumulate``), so ``param.grad.data`` is a view too;
+  a fresh array (``gpukernels.autograd._accumulate``), so ``param.grad.data`` is a view too;
 - ``state[name]``: one array per optimizer state (``exp_avg``, ``momentum_buffer``, ...)
   of the same layout; ``optimizer.state[param][name]`` holds the parameter's view, so
   ``state_dict()`` keeps PyTorch's per-parameter layout;
@@ -49,7 +49,9 @@ import weakref
 import numpy as np
 
 from .. import backend
-from ..tensor import Tensor, VersionCounter, cast_array
+from ..autograd import VersionCounter
+from ..kernels import cast_array
+from ..tensor import Tensor
 
 #: Every parameter's view starts at a multiple of this many bytes of the buffer.
 ALIGN_BYTES = 128

@@ -7,7 +7,7 @@ arrays: momentum buffers, moment estimates, step counts).
 Flat buffers (``flat.py``): when a group is added, its parameters are copied into one
 contiguous buffer per (device, dtype) and each ``param.data`` becomes a view of it;
 gradients and state arrays get buffers of the same layout. ``step()`` then makes one
-call of the backend's update function (``backend.kernels("optim", device)``) per
+call of the backend's update function (``kernels.optim.for_device(device)``) per
 buffer: one Triton launch on the GPU whatever the number of parameter tensors. Take
 views of ``param.data`` after constructing the optimizer, not before (as with apex's
 and DeepSpeed's flat buffers).
@@ -44,7 +44,7 @@ update call advances it there and derives the bias corrections / decayed rate fr
 reads no device value on the host. Parameters are grouped into one call per *cohort*
 (parameters whose counts are equal because they were created, or loaded, with equal
 counts and stepped together ever since), tracked on the host without reading the
-counts. While ``backend.capturing()``, ``step()`` refuses what a replay would get
+counts. While ``cuda_graph.capturing()``, ``step()`` refuses what a replay would get
 wrong: a non-capturable optimizer whose update depends on the step, state created now
 (a replay would create it again: run an eager step first), a buffer rebuilt now,
 clipping over several devices (its norm is combined on the host). Hyper-parameters
@@ -63,8 +63,9 @@ from collections import defaultdict
 
 import numpy as np
 
-from .. import backend
-from ..tensor import Tensor, enable_grad, no_grad
+from .. import backend, cuda_graph, kernels
+from ..autograd import enable_grad, no_grad
+from ..tensor import Tensor
 from .flat import FlatParams
 
 #: Words for the state whose creation a graph capture refuses (in its message).
@@ -303,7 +304,7 @@ class Optimizer:
         entry = self._flat[index]
         if entry is not None and entry[0] == key and all(f.valid() for f in entry[1]):
             return entry[1]
-        if entry is not None and backend.capturing():
+        if entry is not None and cuda_graph.capturing():
             raise RuntimeError(
                 f"{type(self).__name__}.step() cannot be captured in a CUDA graph while its flat "
                 "buffers must be rebuilt (a parameter's .data was rebound, or the group's parameters "
@@ -369,12 +370,12 @@ class Optimizer:
             grads, segments = per_device.setdefault(flat.device, ([], []))
             grads.append(flat.grad)
             segments.append(None if len(members) == len(flat.params) else flat.segments(members))
-        if len(per_device) > 1 and backend.capturing():
+        if len(per_device) > 1 and cuda_graph.capturing():
             raise RuntimeError(
                 f"{type(self).__name__}.step() cannot be captured in a CUDA graph with max_grad_norm over "
                 f"gradients on several devices ({sorted(per_device)}): their norms are combined on the host"
             )
-        results = [backend.kernels("optim", device).clip_coefficient(grads, self.max_grad_norm, segments=segments)
+        results = [kernels.optim.for_device(device).clip_coefficient(grads, self.max_grad_norm, segments=segments)
                    for device, (grads, segments) in per_device.items()]
         if len(results) == 1:
             self.last_grad_norm = results[0][0]
@@ -428,10 +429,10 @@ class Optimizer:
             p = flat.params[i]
             key = self._prepare(p, self.state[p], group, flat, i, fresh)
             launches.setdefault(key, []).append(i)
-        kernels = backend.kernels("optim", flat.device)
+        family = kernels.optim.for_device(flat.device)
         whole = len(members) == len(flat.params) and len(launches) == 1
         for key, indices in launches.items():
-            self._launch(kernels, flat, group, key, None if whole else flat.segments(indices), grad_scale,
+            self._launch(family, flat, group, key, None if whole else flat.segments(indices), grad_scale,
                          indices)
             if device_steps:  # stepped together: still equal counts, whatever the replays
                 token = next(self._tokens)
@@ -473,7 +474,7 @@ class Optimizer:
         buffer (see the module docstring), after one norm reduction with
         ``max_grad_norm``.
 
-        While a CUDA graph is being recorded (``backend.capturing()``) it raises
+        While a CUDA graph is being recorded (``cuda_graph.capturing()``) it raises
         ``RuntimeError`` rather than record a step that replays wrongly: an optimizer
         whose update depends on the step count but is not ``capturable``, or a step
         that would create state (run at least one eager step before capture).
@@ -482,7 +483,7 @@ class Optimizer:
             closure: optional callable that re-evaluates the model and returns the
                 loss; it runs with gradients enabled and its result is returned.
         """
-        if backend.capturing():  # before anything runs, as torch's capture health check
+        if cuda_graph.capturing():  # before anything runs, as torch's capture health check
             for group in self.param_groups:
                 if not group.get("capturable", False) and self._step_dependent(group):
                     raise RuntimeError(
@@ -501,7 +502,7 @@ class Optimizer:
                     members = self._gather_grads(flat)
                     if members:
                         work.append((group, flat, members))
-            if backend.capturing():  # every refusal before the first launch
+            if cuda_graph.capturing():  # every refusal before the first launch
                 for group, flat, members in work:
                     self._check_capture_state(group, flat, members)
             grad_scale = self._clip_scale(work) if self.max_grad_norm is not None and work else None

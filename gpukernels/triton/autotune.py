@@ -36,7 +36,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from .. import backend
+from .. import backend, cuda_graph
 
 MODES = ("full", "fast", "off")
 FAST_CONFIGS = 3
@@ -259,7 +259,7 @@ def choose(tuned, grid, args, consts) -> tuple:
         named = named or {**dict(zip(tuned.kernel.arg_names, args)), **consts}
         gpu, sms = device()
         ranked = rank(candidates, [_programs(grid, named, tuned.meta(c)) for c in candidates], sms)
-        if m == "off" or backend.capturing():
+        if m == "off" or cuda_graph.capturing():
             _count(untimed=1)
             cfg = ranked[0]
             if m == "off":

@@ -87,7 +87,7 @@ import numpy as np
 import triton
 import triton.language as tl
 
-from .. import backend, knobs
+from .. import backend, cuda_graph, knobs
 from ..backend import get_array_module, kernel_arg
 from ._common import Tuned, arg, check_float, dtype_name, from_float32, kernel_view, needs_int64, strides
 
@@ -633,8 +633,8 @@ def cross_entropy_forward(logits, target, reduction, ignore_index, label_smoothi
     # after every kernel of the call is queued: the one host sync of the call. While a
     # CUDA graph records (no host reads allowed) the check runs after each replay instead.
     if check and n:
-        if backend.capturing():
-            backend.defer_check(lambda: int(backend.to_numpy(info)[1]) != 0
+        if cuda_graph.capturing():
+            cuda_graph.defer_check(lambda: int(backend.to_numpy(info)[1]) != 0
                                 and _raise(_bad_target(target, info, n, c, ignore_index)))
         elif int(backend.to_numpy(info)[1]) != 0:
             raise _bad_target(target, info, n, c, ignore_index)

@@ -46,7 +46,7 @@ import numpy as np
 import triton
 import triton.language as tl
 
-from .. import backend
+from .. import backend, cuda_graph
 from ..backend import get_array_module, kernel_arg
 from ..random import generator
 from ._common import (
@@ -173,7 +173,7 @@ def dropout_forward(x, p):
     """
     p = _check_p("dropout_forward", p)
     check_arrays("dropout_forward", x=x)
-    if backend.capturing():
+    if cuda_graph.capturing():
         raise RuntimeError("dropout_forward: the mask is drawn on the host and copied over, which a "
                            "CUDA graph would replay unchanged every step; dropout cannot be captured")
     xp = get_array_module(x)

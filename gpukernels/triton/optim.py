@@ -92,7 +92,7 @@ import numpy as np
 import triton
 import triton.language as tl
 
-from .. import backend
+from .. import backend, cuda_graph
 from ..backend import kernel_arg
 from ..cpu.optim import _check_norm_args, _norm_dtype, check_step, is_step_array
 from ._common import Tuned, arg, dtype_name, needs_int64
@@ -504,7 +504,7 @@ _STEP_INDEX: dict = {}
 def _hyper(op, device):
     hyper = _HYPER.get(device)
     if hyper is None:
-        if backend.capturing():  # it would come from the graph's memory pool, and outlive it
+        if cuda_graph.capturing():  # it would come from the graph's memory pool, and outlive it
             raise RuntimeError(f"{op}: the first update with device step counts on {device} cannot be "
                                "recorded in a CUDA graph; run an eager step before capture")
         hyper = _HYPER[device] = backend.xp_for_device(device).zeros(2, dtype=np.float64)
@@ -526,7 +526,7 @@ def _device_step(op, p, step, step_index, mode, lr, a, b):
         key = (device, index)
         table = _STEP_INDEX.get(key)
         if table is None:
-            if backend.capturing():  # a host-to-device copy: no place in a graph
+            if cuda_graph.capturing():  # a host-to-device copy: no place in a graph
                 raise RuntimeError(
                     f"{op}: these step counts {index} are advanced together for the first time while a "
                     "CUDA graph is being recorded (their index table would be copied from the host); run "

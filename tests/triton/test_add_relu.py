@@ -157,7 +157,8 @@ def test_add_forward_is_the_plain_sum(tri, shape, dtype):
 
 
 def test_add_forward_bf16_and_gradient_sums_take_it(tri):
-    from gpukernels.tensor import add_arrays, from_float32, to_float32  # noqa: PLC0415
+    from gpukernels.dtypes import from_float32, to_float32  # noqa: PLC0415
+    from gpukernels.kernels import add_arrays  # noqa: PLC0415
 
     a32, b32 = _inputs((2, 3, 5, 7), np.float32, seed=7)
     a, b = from_float32(np, a32, np.uint16), from_float32(np, b32, np.uint16)

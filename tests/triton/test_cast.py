@@ -10,7 +10,8 @@ import torch
 import gpukernels as gk
 from gpukernels import backend
 from gpukernels.cpu import cast as ref
-from gpukernels.tensor import cast_array, to_float32
+from gpukernels.dtypes import to_float32
+from gpukernels.kernels import cast_array
 from tests.helpers import assert_close
 
 pytestmark = pytest.mark.skipif(not backend.interpreting(), reason="needs TRITON_INTERPRET=1")

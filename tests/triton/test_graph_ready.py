@@ -1,7 +1,7 @@
 """What a CUDA graph needs from a training step, checked on the interpreter.
 
 A recorded graph replays every kernel with the arguments it had when recorded, and a
-recording may not read the device from the host. So, with ``backend.capturing()`` on
+recording may not read the device from the host. So, with ``cuda_graph.capturing()`` on
 (what ``GraphedStep`` sets while recording), a whole step (forward, cross-entropy,
 backward, optimizer) must run without raising, defer its host-side checks, and launch
 exactly the same kernels with the same scalar arguments as the next step does: then a
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import gpukernels as gk
-from gpukernels import backend
+from gpukernels import backend, cuda_graph
 from gpukernels import functional as F
 from models import train
 from models.cnn import digits_cnn
@@ -64,11 +64,11 @@ def _batches(shape, n, batch=4):
 def _captured_step(step, x, y, log):
     """One step with ``capturing()`` on: (its launches, the checks it deferred)."""
     log.clear()
-    backend._set_capturing(True)
+    cuda_graph._set_capturing(True)
     try:
         step(x, y)
     finally:
-        checks = backend._set_capturing(False)
+        checks = cuda_graph._set_capturing(False)
     return list(log), checks
 
 
@@ -117,24 +117,24 @@ def test_recording_refuses_a_step_dependent_optimizer_and_dropout():
     step = train.make_train_step(model, opt)
     x, y = _batches((1, 8, 8), 1)[0]
     step(x, y)
-    backend._set_capturing(True)
+    cuda_graph._set_capturing(True)
     try:
         with pytest.raises(RuntimeError, match="capturable"):
             step(x, y)
         with pytest.raises(RuntimeError, match="dropout cannot be captured"):
             F.dropout(x, 0.5)
     finally:
-        backend._set_capturing(False)
+        cuda_graph._set_capturing(False)
 
 
 def test_deferred_target_check_raises_after_the_step():
     gk.set_backend("interpret")
     logits = gk.tensor(np.zeros((3, 4), np.float32), requires_grad=True)
-    backend._set_capturing(True)
+    cuda_graph._set_capturing(True)
     try:
         F.cross_entropy(logits, gk.tensor([0, 7, 1]))  # 7 is no class index: not raised yet
     finally:
-        checks = backend._set_capturing(False)
+        checks = cuda_graph._set_capturing(False)
     with pytest.raises(ValueError, match=r"target\[1\] = 7 is not a class index"):
         for check in checks:
             check()
@@ -142,7 +142,7 @@ def test_deferred_target_check_raises_after_the_step():
 
 def test_defer_check_outside_a_capture_is_an_error():
     with pytest.raises(RuntimeError, match="outside a CUDA graph capture"):
-        backend.defer_check(lambda: None)
+        cuda_graph.defer_check(lambda: None)
 
 
 def test_graphed_step_checks_its_arguments_and_needs_the_cuda_backend():

@@ -15,7 +15,7 @@ import pytest
 
 import gpukernels as gk
 import gpukernels.optim as gko
-from gpukernels import backend, nn
+from gpukernels import backend, cuda_graph, nn
 from gpukernels.nn.parameter import Parameter
 from gpukernels.cpu import optim as ref
 from gpukernels.tensor import Tensor
@@ -133,12 +133,12 @@ def test_capturable_changes_nothing_for_sgd_and_rmsprop(backend_name, name):
 
 @contextlib.contextmanager
 def capturing():
-    """``backend.capturing()`` is True inside (as while gpukernels.cuda_graph records)."""
-    backend._set_capturing(True)
+    """``cuda_graph.capturing()`` is True inside (as while gpukernels.cuda_graph records)."""
+    cuda_graph._set_capturing(True)
     try:
         yield
     finally:
-        backend._set_capturing(False)
+        cuda_graph._set_capturing(False)
 
 
 @contextlib.contextmanager
