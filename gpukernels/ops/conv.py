@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import numbers
 
+from .. import kernels
 from ..amp import low_precision
 from ..shapes import check_pair
-from .. import kernels
 from ._common import KernelFunction, check_slope, same_dtype, tensor_arg
 
 

@@ -6,9 +6,9 @@ Kernels: ``gpukernels/{reference,cpu,triton}/cross_entropy.py``.
 
 from __future__ import annotations
 
+from .. import kernels
 from ..amp import full_precision
 from ..tensor import Tensor
-from .. import kernels
 from ._common import KernelFunction, check_dim, check_reduction, tensor_arg
 
 

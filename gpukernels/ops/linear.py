@@ -5,8 +5,8 @@ Kernels: ``gpukernels/{reference,cpu,triton}/linear.py`` (``linear_forward``, ``
 
 from __future__ import annotations
 
-from ..amp import low_precision
 from .. import kernels
+from ..amp import low_precision
 from ._common import KernelFunction, same_dtype, tensor_arg
 
 

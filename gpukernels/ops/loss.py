@@ -5,8 +5,8 @@ Kernels: ``gpukernels/{reference,cpu,triton}/loss.py``.
 
 from __future__ import annotations
 
-from ..amp import full_precision
 from .. import kernels
+from ..amp import full_precision
 from ._common import KernelFunction, check_reduction, same_dtype, tensor_arg
 
 

@@ -5,8 +5,8 @@ Kernels: ``gpukernels/{reference,cpu,triton}/pool.py``.
 
 from __future__ import annotations
 
-from ..shapes import check_pair
 from .. import kernels
+from ..shapes import check_pair
 from ._common import KernelFunction, tensor_arg
 
 
