@@ -1,4 +1,7 @@
-"""Train a model: ``python -m models.train --model cnn --dataset digits``.
+"""Train a model: ``gpukernels-train --model cnn --dataset digits`` (``python -m models.train`` in a clone).
+
+``gpukernels-train`` is the console script a ``pip install 'gpukernels[train]'`` puts on the
+PATH; ``python -m models.train`` (``make train``) runs the same ``main`` from the repository.
 
 Prints a progress bar per epoch (loss, images/s), one line of loss and accuracy per
 epoch, the test accuracy, and as its last line one JSON object (model, dataset, device,
@@ -142,8 +145,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see --help)\n")
 
 
+def _prog() -> str:
+    """The command the user typed, for usage lines: the console script or ``-m``."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "gpukernels-train" if name.startswith("gpukernels-train") else "python -m models.train"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m models.train", description=__doc__.splitlines()[0])
+    p = _Parser(prog=_prog(), description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=MODELS, default="cnn")
     p.add_argument("--dataset", choices=DATASETS, default="digits")
     p.add_argument("--data-dir", help="directory with the MNIST IDX files or CIFAR-10 batches")
@@ -504,6 +513,12 @@ def run(args) -> dict:
             import matplotlib  # noqa: F401, PLC0415 - fail before training, not after
         except ImportError:
             raise TrainError("--plot needs matplotlib: pip install matplotlib") from None
+    if args.dataset == "digits":
+        try:
+            import sklearn.datasets  # noqa: F401, PLC0415 - the digits images ship inside it
+        except ImportError:
+            raise TrainError("--dataset digits needs scikit-learn, which ships the digits images: "
+                             "pip install 'gpukernels[train]' (or scikit-learn)") from None
 
     (x_train, y_train), (x_test, y_test) = load_dataset(args.dataset, args.data_dir, seed=args.seed)
     if args.train_size is not None:
