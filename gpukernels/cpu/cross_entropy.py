@@ -1,43 +1,27 @@
-"""NumPy reference: softmax, log-softmax and softmax cross-entropy (log-sum-exp form).
-
-log_softmax(z) = z - m - log(sum(exp(z - m))) with m = max(z): exp never sees a
-positive argument, so logits of 1e4 do not overflow.
+"""The ``numpy`` backend's softmax, log-softmax and softmax cross-entropy (formulas:
+``gpukernels.reference.cross_entropy``, log-sum-exp form).
 
 Cross-entropy computes the loss AND its gradient in the forward (Liger-Kernel style):
-the gradient w.r.t. the logits is (softmax - target distribution) / count, ready the
-moment the loss is known; the backward only scales it by the upstream gradient, so the
-logits need not be kept. Label smoothing eps mixes the one-hot target with the uniform
-distribution: q = (1 - eps) onehot + eps / C.
+the gradient w.r.t. the logits is (softmax - q) / count, q = (1 - eps) onehot + eps / C,
+ready the moment the loss is known. Here in five passes over (N, C), in place in the
+gradient's buffer, where the reference forms log-softmax, q and the gradient as whole
+arrays. Softmax, log-softmax and the backward are the reference's, already the fastest
+NumPy form.
 """
 
 from __future__ import annotations
 
 from ..backend import get_array_module, to_numpy
+from ..reference.cross_entropy import (  # noqa: F401 - already the fastest NumPy form
+    cross_entropy_backward,
+    log_softmax_backward,
+    log_softmax_forward,
+    softmax_backward,
+    softmax_forward,
+)
 
-
-def softmax_forward(x, dim):
-    xp = get_array_module(x)
-    e = xp.exp(x - x.max(axis=dim, keepdims=True))
-    e /= e.sum(axis=dim, keepdims=True)
-    return e
-
-
-def softmax_backward(grad_y, y, dim):
-    """dx = y * (g - sum(g * y))."""
-    return y * (grad_y - (grad_y * y).sum(axis=dim, keepdims=True))
-
-
-def log_softmax_forward(x, dim):
-    xp = get_array_module(x)
-    shifted = x - x.max(axis=dim, keepdims=True)
-    shifted -= xp.log(xp.exp(shifted).sum(axis=dim, keepdims=True))
-    return shifted
-
-
-def log_softmax_backward(grad_y, y, dim):
-    """dx = g - softmax * sum(g), with softmax = exp(y)."""
-    xp = get_array_module(y)
-    return grad_y - xp.exp(y) * grad_y.sum(axis=dim, keepdims=True)
+__all__ = ["softmax_forward", "softmax_backward", "log_softmax_forward", "log_softmax_backward",
+           "cross_entropy_forward", "cross_entropy_backward"]
 
 
 def cross_entropy_forward(logits, target, reduction, ignore_index, label_smoothing):
@@ -94,13 +78,6 @@ def cross_entropy_forward(logits, target, reduction, ignore_index, label_smoothi
         return per_row.sum(), grad
     with _quiet(xp):
         return (per_row.sum() / count).astype(logits.dtype), grad
-
-
-def cross_entropy_backward(grad_loss, grad_logits, reduction):
-    """Scale the gradient saved by the forward by the upstream gradient."""
-    if reduction == "none":
-        return grad_logits * grad_loss[:, None]
-    return grad_logits * grad_loss
 
 
 class _quiet:

@@ -1,23 +1,7 @@
-"""NumPy reference: inverted dropout. The mask is drawn on the host from the library
-generator (``gk.manual_seed``) so every backend drops the same elements."""
+"""The ``numpy`` backend's dropout: the reference's, already the fastest NumPy form (the
+mask is drawn on the host from the library generator, so every backend drops the same
+elements). A later issue may make it faster."""
 
-from __future__ import annotations
+from ..reference.dropout import dropout_backward, dropout_forward, dropout_mask
 
-from ..backend import get_array_module
-from ..random import generator
-
-
-def dropout_mask(shape, p, dtype, xp):
-    """Keep-mask already scaled by 1/(1-p): entries are 0 or 1/(1-p)."""
-    keep = generator().random(shape) >= p
-    return xp.asarray(keep.astype(dtype) * dtype.type(1.0 / (1.0 - p)))
-
-
-def dropout_forward(x, p):
-    """Returns (y, mask) with y = x * mask."""
-    mask = dropout_mask(x.shape, p, x.dtype, get_array_module(x))
-    return x * mask, mask
-
-
-def dropout_backward(grad_y, mask):
-    return grad_y * mask
+__all__ = ["dropout_mask", "dropout_forward", "dropout_backward"]

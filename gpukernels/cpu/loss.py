@@ -1,18 +1,6 @@
-"""NumPy reference: mean squared error. loss = reduce((input - target)^2)."""
+"""The ``numpy`` backend's mean squared error: the reference's, already the fastest NumPy
+form (one pass per elementwise step). A later issue may make it faster."""
 
-from __future__ import annotations
+from ..reference.loss import mse_loss_backward, mse_loss_forward
 
-
-def mse_loss_forward(input, target, reduction):
-    """Returns (loss, diff) where diff = input - target is kept for the backward."""
-    diff = input - target
-    sq = diff * diff
-    if reduction == "none":
-        return sq, diff
-    return (sq.mean() if reduction == "mean" else sq.sum()), diff
-
-
-def mse_loss_backward(grad, diff, reduction):
-    """d loss / d input = 2 (input - target) * g [/ numel for 'mean']; target gets the negative."""
-    scale = 2.0 / diff.size if reduction == "mean" else 2.0
-    return diff * (grad * diff.dtype.type(scale))
+__all__ = ["mse_loss_forward", "mse_loss_backward"]
