@@ -11,7 +11,9 @@ from collections import OrderedDict
 from typing import Iterator
 
 from .. import backend
-from ..tensor import _FLOATS, Tensor, cast_array
+from ..dtypes import FLOATS, as_dtype, bfloat16, dtype_name, float16, float32, float64
+from ..kernels import cast_array
+from ..tensor import Tensor
 from .parameter import Parameter
 
 
@@ -149,26 +151,74 @@ class Module:
         return self
 
     def to(self, device=None, dtype=None) -> Module:
-        """Move (and/or cast floating) parameters and buffers in place; returns self."""
-        if device is not None and not isinstance(device, str) and dtype is None:
-            device, dtype = None, device
+        """Move and/or cast the parameters and buffers in place; returns self.
+
+        ``to(device)``, ``to(dtype)``, ``to(device, dtype)`` or ``to(tensor)`` (its device
+        and dtype), as PyTorch's. A dtype must be a floating one and casts only the
+        floating-point parameters and buffers (bf16 bits included); integer buffers such
+        as ``num_batches_tracked`` keep theirs. The Parameters stay the same objects, so
+        an optimizer built before keeps updating them (a flat buffer moves whole), and
+        gradients follow their parameter. A tensor whose data this replaces counts one
+        in-place change (its version), as ``load_state_dict`` does: a graph recorded
+        before refuses its backward instead of mixing old and new arrays.
+        """
+        if isinstance(device, Tensor) and dtype is None:
+            device, dtype = device.device, device.dtype
+        elif device is not None and not isinstance(device, str) and dtype is None:
+            device, dtype = None, device  # to(float64)
         device = backend.normalize_device(device) if device is not None else None
+        if dtype is not None:
+            dtype = as_dtype(dtype)
+            if dtype not in FLOATS:
+                raise TypeError(f"{type(self).__name__}.to: dtype must be a floating-point dtype (float16, "
+                                f"bfloat16, float32, float64), got {dtype_name(dtype)}")
+        tensors = {id(t): t for _, m in self.named_modules() for store in (m._parameters, m._buffers)
+                   for t in store.values() if t is not None}
+        before = {key: t.data for key, t in tensors.items()}
         moved = self._move_flat_parameters(device, dtype)
-        for _, module in self.named_modules():
-            for store in (module._parameters, module._buffers):
-                for t in store.values():
-                    if t is None or id(t) in moved:
-                        continue
-                    data = t.data
-                    if dtype is not None and data.dtype in _FLOATS:
-                        data = cast_array(data, dtype)  # bf16 bits included
-                    if device is not None:
-                        data = backend.to_device(data, device)
-                    t.data = data
-                    if t.grad is not None:
-                        t.grad = None if data.shape != t.grad.shape else Tensor(
-                            backend.to_device(cast_array(t.grad.data, data.dtype), backend.device_of(data)))
+        for key, t in tensors.items():
+            if key in moved:
+                continue
+            data = t.data
+            if dtype is not None and data.dtype in FLOATS:
+                data = cast_array(data, dtype)  # bf16 bits included
+            if device is not None:
+                data = backend.to_device(data, device)
+            if data is t.data:
+                continue
+            t.data = data
+            if t.grad is not None:
+                t.grad = None if data.shape != t.grad.shape else Tensor(
+                    backend.to_device(cast_array(t.grad.data, data.dtype), backend.device_of(data)))
+        bumped = set()  # one count per counter: a flat buffer's parameters share one
+        for key, t in tensors.items():
+            if t.data is not before[key] and id(t._version_counter()) not in bumped:
+                bumped.add(id(t._version_counter()))
+                t._bump_version()
         return self
+
+    def double(self) -> Module:
+        """Cast the floating-point parameters and buffers to float64 in place (``to``)."""
+        return self.to(dtype=float64)
+
+    def float(self) -> Module:
+        """Cast the floating-point parameters and buffers to float32 in place (``to``)."""
+        return self.to(dtype=float32)
+
+    def half(self) -> Module:
+        """Cast the floating-point parameters and buffers to float16 in place (``to``)."""
+        return self.to(dtype=float16)
+
+    def bfloat16(self) -> Module:
+        """Cast the floating-point parameters and buffers to bfloat16 (uint16 bits) in
+        place (``to``)."""
+        return self.to(dtype=bfloat16)
+
+    def cpu(self) -> Module:
+        return self.to("cpu")
+
+    def cuda(self) -> Module:
+        return self.to("cuda")
 
     def _move_flat_parameters(self, device, dtype) -> set:
         """Move the parameters an optimizer keeps as views of one flat buffer
@@ -230,7 +280,10 @@ class Module:
                     f"state_dict, but {target.shape} in the model"
                 )
             xp = backend.get_array_module(target.data)
-            target.data[...] = xp.asarray(backend.to_device(value, backend.device_of(target.data)))
+            value = xp.asarray(backend.to_device(value, backend.device_of(target.data)))
+            if value.dtype != target.dtype and value.dtype in FLOATS and target.dtype in FLOATS:
+                value = cast_array(value, target.dtype)  # as copy_ casts: bf16 bits are not integers
+            target.data[...] = value
             target._bump_version()  # shared with the parameter: graphs that saved it see the change
         return missing, unexpected
 

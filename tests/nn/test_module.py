@@ -9,6 +9,7 @@ import torch
 
 import gpukernels as gk
 from gpukernels import nn
+from gpukernels.dtypes import from_float32, to_float32
 from tests.helpers import assert_close, to_torch
 
 
@@ -169,6 +170,128 @@ def test_to_dtype_converts_parameters_and_buffers():
 def test_to_unknown_device_is_an_error():
     with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda', got 'tpu'"):
         nn.Linear(2, 2).to("tpu")
+
+
+# ----------------------------------------------------------------------------- dtype casts
+# Module.double() / float() / half() / bfloat16() and to(dtype), with PyTorch's meaning:
+# floating-point parameters and buffers are cast in place, integer buffers stay, the
+# Parameters stay the same objects, and the module itself is returned.
+
+CASTS = [("double", np.float64), ("float", np.float32), ("half", np.float16), ("bfloat16", gk.bfloat16)]
+
+
+def _floats_of(net):
+    """Every floating tensor's float32 values (bf16 bits widened)."""
+    return {k: to_float32(np, v.numpy()) for k, v in net.state_dict().items() if v.dtype != np.int64}
+
+
+@pytest.mark.parametrize("method, dtype", CASTS, ids=[m for m, _ in CASTS])
+@pytest.mark.parametrize("start", [np.float32, np.float64])
+def test_dtype_methods_cast_floating_parameters_and_buffers_in_place(method, dtype, start):
+    net = small_net().to(start)
+    net(gk.randn(4, 3, 4, 4).to(start))  # running statistics away from their start
+    params = dict(net.named_parameters())
+    before = _floats_of(net)
+    assert getattr(net, method)() is net
+    assert dict(net.named_parameters()) == params  # the same names ...
+    assert all(p is params[n] for n, p in net.named_parameters())  # ... and the same objects
+    assert all(isinstance(p, nn.Parameter) and p.requires_grad and p.dtype == dtype for p in net.parameters())
+    assert net[1].running_mean.dtype == net[1].running_var.dtype == dtype
+    assert net[1].num_batches_tracked.dtype == np.int64 and int(net[1].num_batches_tracked.item()) == 1
+    tol = {np.float16: 1e-3, gk.bfloat16: 8e-3}.get(dtype, 1e-7)
+    for key, value in _floats_of(net).items():
+        assert_close(value, before[key], atol=tol, rtol=tol, name=key)
+
+
+def test_to_dtype_takes_a_tensor_or_device_and_dtype_and_refuses_integer_dtypes():
+    net = small_net()
+    assert net.to(gk.zeros(1, dtype=gk.float64)) is net and all(p.dtype == np.float64 for p in net.parameters())
+    assert net.to("cpu", gk.float16) is net and net[1].running_var.dtype == np.float16
+    assert net.to(dtype="float32") is net and net[4].weight.dtype == np.float32
+    assert net.cpu() is net and net[4].weight.device == "cpu"
+    with pytest.raises(TypeError, match="Sequential.to: dtype must be a floating-point dtype .* got int64"):
+        net.to(gk.int64)
+    with pytest.raises(TypeError, match="dtype must be a NumPy dtype or its name, got 'float99'"):
+        net.to(dtype="float99")
+    assert all(p.dtype == np.float32 for p in net.parameters())  # a refused cast changed nothing
+
+
+def test_an_optimizer_built_before_double_updates_the_same_parameters():
+    gk.manual_seed(0)
+    net = small_net()
+    opt = gk.optim.SGD(net.parameters(), lr=0.1)
+    net.double()
+    assert [p for g in opt.param_groups for p in g["params"]] == list(net.parameters())
+    before = {n: p.numpy().copy() for n, p in net.named_parameters()}
+    out = net(gk.randn(3, 3, 4, 4).double())  # the numpy backend in float64
+    assert out.dtype == np.float64
+    out.sum().backward()
+    opt.step()
+    for name, p in net.named_parameters():
+        assert p.dtype == p.grad.dtype == np.float64
+        assert_close(p, before[name] - 0.1 * p.grad.numpy(), atol=1e-15, rtol=1e-15, name=name)
+
+
+def test_double_forward_and_backward_match_the_float32_net():
+    gk.manual_seed(4)
+    single = small_net()
+    double = small_net()
+    double.load_state_dict(single.state_dict())
+    double.double()
+    x = gk.randn(2, 3, 4, 4)
+    a, b = single(x), double(x.double())
+    assert b.dtype == np.float64
+    assert_close(b, a.numpy(), atol=1e-5, rtol=1e-5, name="forward")
+    a.sum().backward()
+    b.sum().backward()
+    for (name, p), q in zip(single.named_parameters(), double.parameters()):
+        assert q.grad.dtype == np.float64
+        assert_close(q.grad, p.grad.numpy(), atol=1e-4, rtol=1e-4, name=name)
+
+
+def test_a_cast_counts_as_an_inplace_change_and_gradients_follow():
+    net = nn.Linear(3, 2)
+    loss = net(gk.ones(4, 3)).sum()
+    versions = [p._version for p in net.parameters()]
+    net.float()  # already float32: nothing replaced, nothing counted
+    assert [p._version for p in net.parameters()] == versions
+    net.double()
+    assert [p._version for p in net.parameters()] == [v + 1 for v in versions]
+    with pytest.raises(RuntimeError, match=r"saved by LinearFunction is at version \d+; expected version \d+"):
+        loss.backward()
+    net.zero_grad()
+    net(gk.ones(4, 3).double()).sum().backward()
+    net.half()
+    assert all(p.grad.dtype == np.float16 for p in net.parameters())
+
+
+@pytest.mark.parametrize("method, dtype", CASTS, ids=[m for m, _ in CASTS])
+def test_state_dict_round_trip_in_each_dtype(method, dtype):
+    gk.manual_seed(1)
+    a = getattr(small_net(), method)()
+    saved = {k: v.numpy().copy() for k, v in a.state_dict().items()}
+    b = getattr(small_net(), method)()
+    b.load_state_dict(pickle.loads(pickle.dumps(saved)))
+    for key, value in b.state_dict().items():
+        assert value.dtype == saved[key].dtype
+        np.testing.assert_array_equal(value.numpy(), saved[key], err_msg=key)
+
+
+def test_load_state_dict_casts_values_to_the_models_dtype_bf16_bits_included():
+    gk.manual_seed(2)
+    single = small_net()
+    values = {k: v.numpy().copy() for k, v in single.state_dict().items()}
+    brain = small_net().bfloat16()
+    brain.load_state_dict(values)  # float32 values into bf16 parameters: rounded, not cast as integers
+    for key, value in brain.state_dict().items():
+        expected = values[key] if value.dtype == np.int64 else from_float32(np, values[key], gk.bfloat16)
+        np.testing.assert_array_equal(value.numpy(), expected, err_msg=key)
+    wide = small_net().double()
+    wide.load_state_dict(brain.state_dict())  # bf16 bits into float64: widened exactly
+    for key, value in wide.state_dict().items():
+        expected = brain.state_dict()[key].numpy()
+        expected = expected if value.dtype == np.int64 else to_float32(np, expected)
+        np.testing.assert_array_equal(value.numpy(), expected, err_msg=key)
 
 
 @pytest.mark.parametrize("train", [True, False])
