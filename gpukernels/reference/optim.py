@@ -12,8 +12,8 @@ the count it holds, which the update advances in place first (``step += 1``), as
 update replays with the count of each replay. The ``numpy`` backend runs these
 functions (``gpukernels.cpu.optim`` re-exports them); the Triton backend
 (``gpukernels.triton.optim``) implements the same names and signatures, each update as
-one kernel (two with a step array: the count's advance, then the update), and shares
-the argument checks ``check_step`` and ``check_norm_args``.
+one kernel (two with a step array: the count's advance, then the update); the argument
+checks both run (``check_step``, ``check_norm_args``) live in ``gpukernels.host_rules``.
 
 Two keyword arguments serve the optimizers' flat buffers (``gpukernels.optim.flat``),
 where every parameter of a group is a slice of one array:
@@ -31,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_array_module
+from ..host_rules import check_norm_args, check_step, is_step_array, norm_dtype
 
 
 def _lerp_(a, b, weight):
@@ -84,34 +85,6 @@ def _pieces(segments, **arrays):
         if not 0 <= start <= stop <= size:
             raise ValueError(f"segments: ({start}, {stop}) is not a range inside the {size} elements")
         yield {name: None if a is None else a[start:stop] for name, a in flat.items()}
-
-
-def is_step_array(step) -> bool:
-    """``step`` is a device count (capturable) rather than a host int."""
-    return hasattr(step, "shape") and hasattr(step, "dtype")
-
-
-STEP_DTYPES = (np.dtype(np.float32), np.dtype(np.int32))
-
-
-def check_step(op, step, step_index, p):
-    """Validate a step-count array (and ``step_index``) for ``p``'s update; returns the
-    indices as a tuple of ints, or ``None`` (every element)."""
-    from ..backend import device_of  # noqa: PLC0415
-
-    if step.dtype not in STEP_DTYPES:
-        raise TypeError(f"{op}: step must be a float32 or int32 array of step counts, got {step.dtype}")
-    if step.size == 0 or not step.flags.c_contiguous:
-        raise ValueError(f"{op}: step must be a non-empty C-contiguous array, got shape {tuple(step.shape)} "
-                         f"strides {step.strides}")
-    if device_of(step) != device_of(p):
-        raise RuntimeError(f"{op}: step is on {device_of(step)}, p on {device_of(p)}")
-    if step_index is None:
-        return None
-    index = tuple(int(i) for i in step_index)
-    if not index or not all(0 <= i < step.size for i in index):
-        raise ValueError(f"{op}: step_index must hold indices into the {step.size} step counts, got {index}")
-    return index
 
 
 def _advance_step(op, step, step_index, p):
@@ -328,12 +301,6 @@ def _adam(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps, weig
     p -= step_size * exp_avg / denom
 
 
-def norm_dtype(grads) -> np.dtype:
-    """The dtype a global gradient norm is computed in: float64 when a gradient is
-    float64, else float32 (float16 / bf16 gradients are summed in float32)."""
-    return np.dtype(np.float64 if any(g.dtype == np.float64 for g in grads) else np.float32)
-
-
 def clip_coefficient(grads, max_norm, *, segments=None):
     """The global gradient norm and the clipping coefficient of
     ``torch.nn.utils.clip_grad_norm_(params, max_norm)``, without touching the gradients.
@@ -365,18 +332,3 @@ def clip_coefficient(grads, max_norm, *, segments=None):
     coef = dtype.type(max_norm) / (norm + dtype.type(1e-6))
     coef = xp.where(coef > 1, dtype.type(1.0), coef)  # NaN stays NaN, as torch.clamp(max=1)
     return xp.stack([norm, coef]).astype(dtype)
-
-
-def check_norm_args(grads, max_norm, segments):
-    """``clip_coefficient``'s arguments checked (shared with the Triton backend): the
-    gradients as a non-empty list and one segments entry per gradient."""
-    grads = list(grads)
-    if not grads:
-        raise ValueError("clip_coefficient: grads must hold at least one array, got none")
-    if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or not max_norm > 0:
-        raise ValueError(f"clip_coefficient: max_norm must be a number > 0, got {max_norm!r}")
-    segments = [None] * len(grads) if segments is None else list(segments)
-    if len(segments) != len(grads):
-        raise ValueError(f"clip_coefficient: segments must have one entry per gradient "
-                         f"({len(grads)}), got {len(segments)}")
-    return grads, segments
