@@ -11,14 +11,14 @@ What it does, in order:
    or no GPU so ``numpy``).
 2. Runs every op family once on small random inputs (odd sizes, channel counts that are
    not powers of two) on that backend, forward AND backward (the same random upstream
-   gradient through autograd), against the NumPy reference (``gpukernels/cpu/``
-   called directly, in float64) and, when torch imports, against torch in float64. On
-   ``numpy`` the autograd path runs the reference itself, so the torch comparison is
-   the one that can fail there. Dropout is compared with the reference applied with the
+   gradient through autograd), against the naive NumPy reference
+   (``gpukernels/reference/`` called directly, in float64) and, when torch imports,
+   against torch in float64. On ``numpy`` the autograd path runs the fast NumPy kernels
+   (``gpukernels/cpu/``), so both comparisons can fail there. Dropout is compared with the reference applied with the
    same mask (same seed); the optimizers take two Adam / SGD-momentum steps on a few
    parameters and are compared with the reference updates (and ``torch.optim``).
 3. Prints one row per check: op, the implementation that ran (``triton.conv`` or
-   ``reference.conv``: a Triton backend that silently fell back to NumPy is an ERROR),
+   ``cpu.conv``: a Triton backend that silently fell back to NumPy is an ERROR),
    dtype, what it was compared with, max error, tolerance, verdict (``ok``,
    ``MISMATCH`` naming the worst output, ``ERROR`` with the exception in one line).
    The error is ``max |ours - ref| / (1 + |ref|)`` over the output, every input

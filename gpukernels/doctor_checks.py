@@ -72,7 +72,7 @@ def _randn(*shape, scale=1.0):
 
 
 def _ref(name):
-    return importlib.import_module(f"gpukernels.cpu.{name}")
+    return importlib.import_module(f"gpukernels.reference.{name}")
 
 
 def _ref_activation(name, *params):

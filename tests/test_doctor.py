@@ -87,8 +87,16 @@ def test_a_wrong_triton_kernel_is_a_mismatch(monkeypatch, capsys):
     assert "relu (MISMATCH)" in out.strip().splitlines()[-1]
 
 
+def test_a_wrong_cpu_kernel_is_caught_by_the_reference_on_numpy(monkeypatch, capsys):
+    cpu = importlib.import_module("gpukernels.cpu.activation")
+    right = cpu.relu_forward
+    monkeypatch.setattr(cpu, "relu_forward", lambda x: right(x) * 1.5)
+    assert doctor.main(["--backend", "numpy", "--only", "relu"]) == 1
+    assert "MISMATCH: out vs reference" in _row(capsys.readouterr().out, "relu")
+
+
 def test_a_wrong_reference_kernel_is_caught_by_torch_on_numpy(monkeypatch, capsys):
-    reference = importlib.import_module("gpukernels.cpu.activation")
+    reference = importlib.import_module("gpukernels.reference.activation")
     right = reference.relu_forward
     monkeypatch.setattr(reference, "relu_forward", lambda x: right(x) * 1.5)
     assert doctor.main(["--backend", "numpy", "--only", "relu"]) == 1
