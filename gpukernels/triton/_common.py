@@ -1,10 +1,10 @@
 """What every Triton launcher shares: argument checks, kernel arguments (bf16 as uint16),
 float32 <-> storage conversions, int64 decisions (and ``widen4``, the kernels' stride
-widening), the layout and launch helpers of the flat elementwise kernels
-(``flat_operands``, ``empty_in_order``, ``flat_grid``, ``flat_block``, ``storage_round``,
-``INT32_SAFE``: activation, dropout, loss), and ``Tuned``: a kernel with its GPU configs,
-autotuned on a GPU, one fixed config under the interpreter, any one config forced by
-the tests.
+widening), the flat elementwise kernels' configs, layout and launch (``FLAT_CONFIGS``,
+``flat_kernel``, ``flat_inputs``, ``launch_flat``: activation, cast, dropout, loss),
+``Tuned`` (a kernel with its GPU configs, autotuned on a GPU, one fixed config under the
+interpreter, any one config forced by the tests), and the split-K policy and partial
+sums of the grad-weight GEMMs (``split_k``, ``sum_partials``: conv, linear).
 
 Config tuples: the kernel's block sizes in the order of ``Tuned.blocks``, then
 ``num_warps`` and ``num_stages``, e.g. ``(128, 64, 32, 8, 3)`` for (BLOCK_M, BLOCK_N,
@@ -131,9 +131,20 @@ def widen4(a, b, c, d):
 
 
 # ----------------------------------------------------------------------------- flat kernels
-# Elementwise kernels (activation, dropout, loss) run flat over dense buffers in BLOCK
-# pieces: program p owns [p BLOCK, (p + 1) BLOCK); a full piece is accessed unmasked (so
-# it vectorises), only the last, partial piece is masked with its indices clamped.
+# Elementwise kernels (activation, cast, dropout, loss) run flat over dense buffers in
+# BLOCK pieces: program p owns [p BLOCK, (p + 1) BLOCK); a full piece is accessed unmasked
+# (so it vectorises), only the last, partial piece is masked with its indices clamped.
+
+# (BLOCK, num_warps, num_stages) of every autotuned flat kernel (heaviside's strided one
+# has its own): 8 or 16 elements per thread, so every thread has 2 to 4 independent
+# 16-byte loads (fp32) per stream in flight, with few enough registers for 50-100%
+# occupancy (32 per thread needed ~128 registers and spilled in leaky's backward). No
+# loop, so num_stages is 1. Every BLOCK is a multiple of 1024 (the loss kernel's
+# partial-sum grid). Each spill-free on sm_80 and sm_90 (aot_specs).
+FLAT_CONFIGS = [(1024, 4, 1), (2048, 4, 1), (2048, 8, 1), (4096, 8, 1)]
+# Under the interpreter: 1024, so the tests' 1023 / 1025 / 2048 elements exercise the
+# masked tail alone, a full block plus a tail, and full blocks alone.
+FLAT_INTERPRET_CONFIG = (1024, 4, 1)
 
 #: Flat kernels compute ``start + BLOCK`` and ``start + arange(BLOCK)``: past this many
 #: elements those overflow int32 before the tensor reaches 2**31 elements, so the
@@ -192,6 +203,42 @@ def empty_in_order(xp, shape, dtype, order):
     order ``flat_operands`` returned), so a flat kernel's output keeps its inputs' layout."""
     buf = xp.empty(tuple(shape[i] for i in order), dtype=dtype)
     return buf.transpose(tuple(int(i) for i in np.argsort(order))) if len(order) > 1 else buf
+
+
+def flat_kernel(kernel, configs=FLAT_CONFIGS):
+    """``kernel`` (a flat kernel: pointers, then ``n``, ..., ``INT64``, ``BLOCK``) as a
+    ``Tuned`` over ``configs``, autotuned per element count ``n``."""
+    return Tuned(kernel, ("BLOCK",), configs, ["n"], FLAT_INTERPRET_CONFIG)
+
+
+def flat_inputs(op, **arrays):
+    """The checks and layout of a flat kernel's inputs: ``check_arrays`` (and, for two,
+    ``check_same_shape``), then ``flat_operands``. Returns ``(xp, arrays, empty)``:
+    the arrays laid out for the kernel, and ``empty(dtype=None)``, a new array of their
+    shape in their layout (their dtype by default), for each output."""
+    check_arrays(op, **arrays)
+    if len(arrays) == 2:
+        check_same_shape(op, **arrays)
+    xp = get_array_module(*arrays.values())
+    laid, order = flat_operands(xp, *arrays.values())
+    ref = laid[0]
+
+    def empty(dtype=None):
+        return empty_in_order(xp, ref.shape, ref.dtype if dtype is None else dtype, order)
+
+    return xp, laid, empty
+
+
+def launch_flat(kernel, arrays, n, *scalars, bits=False, **consts):
+    """``kernel(*arrays, n, *scalars, INT64=..., **consts)`` over ``n`` elements in BLOCK
+    pieces (nothing for ``n = 0``). ``kernel``: a ``Tuned`` (BLOCK from its config) or a
+    jit function (BLOCK and warps in ``consts``). INT64 when an operand needs it or ``n``
+    reaches ``INT32_SAFE``. bf16 arrays go in as bf16 (``arg``), or as their uint16 bits
+    with ``bits`` (a kernel that converts them itself)."""
+    if n:
+        to_arg = kernel_arg if bits else arg
+        kernel[flat_grid(n)](*(to_arg(a) for a in arrays), n, *scalars,
+                             INT64=n >= INT32_SAFE or needs_int64(*arrays), **consts)
 
 
 def storage_round(dtype, value) -> float:
@@ -260,7 +307,36 @@ class Tuned:
 
         return launch
 
-# ----------------------------------------------------------------------------- split-K partial sums
+# ----------------------------------------------------------------------------- split-K
+# A grad-weight GEMM (conv, linear) reduces over the batch (K = N*OH*OW pixels, or batch
+# rows) into a small output, whose tiles alone may not fill the GPU: then K is split over
+# several programs, each writing a float32 partial, added by ``sum_partials`` in a fixed
+# order (deterministic: no atomics).
+
+#: Split-K aims for this many programs: 2 waves of an H100's 132 SMs.
+SPLIT_K_PROGRAMS = 264
+#: At most this many splits.
+SPLIT_K_MAX = 64
+
+
+def split_k(tuned, rows, cols, k, tile, min_k):
+    """``(splits, k_per_split)`` of a grad-weight launch of ``tuned`` whose (rows, cols)
+    output is counted in ``tile x tile`` tiles and whose reduction has ``k`` steps, each
+    split keeping at least ``min_k`` of them; under the interpreter the ``split_k`` knob
+    (one split by default: tests exercise split-K there). ``k_per_split`` is a whole
+    number of BLOCK_K steps of the config the launch will use (the largest BLOCK_K of the
+    configs when the autotuner chooses: every other one divides it)."""
+    if backend.interpreting():
+        splits = knobs.get("split_k") or 1
+    else:
+        tiles = triton.cdiv(rows, tile) * triton.cdiv(cols, tile)
+        splits = max(1, min(SPLIT_K_PROGRAMS // max(tiles, 1), k // min_k, SPLIT_K_MAX))
+    cfg = tuned.fixed_config()
+    block_k = tuned.blocks.index("BLOCK_K")
+    bk = cfg[block_k] if cfg is not None else max(c[block_k] for c in tuned.configs)
+    per_split = triton.cdiv(triton.cdiv(k, splits), bk) * bk  # whole BLOCK_K steps per split
+    return triton.cdiv(k, per_split), per_split
+
 
 # _sum_partials_kernel: elements per program, warps (a bandwidth-bound pass, not tuned)
 SUM_BLOCK, SUM_WARPS = 1024, 4
@@ -299,15 +375,3 @@ def sum_partials(part, out, c=None, kw=1):
     _sum_partials_kernel[(triton.cdiv(o * kc, SUM_BLOCK),)](
         kernel_arg(part), arg(out), s, o, kc, kc if c is None else c, kw, *st, BLOCK=SUM_BLOCK,
         num_warps=SUM_WARPS)
-
-
-def sum_partials_specs():
-    """Ahead-of-time specs of ``_sum_partials_kernel`` for float32 / float16 / bf16 outputs."""
-    from .aot import KernelSpec, signature_for  # noqa: PLC0415
-
-    const = {"BLOCK": SUM_BLOCK}
-    return [KernelSpec(name=f"common.sum_partials[{dtype}]", module=__name__, kernel="_sum_partials_kernel",
-                       signature=signature_for(_sum_partials_kernel, const, {"part_ptr": "fp32", "out_ptr": dtype},
-                                               floats=()),
-                       constexprs=const, num_warps=SUM_WARPS, num_stages=1, tensor_cores=False)
-            for dtype in ("fp32", "fp16", "bf16")]

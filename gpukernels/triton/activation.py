@@ -51,10 +51,9 @@ to 4 (collapsed) strided dimensions without copying them.
 int64 offsets once a tensor nears 2**31 elements (``INT64``, from ``INT32_SAFE``: the
 block arithmetic must not wrap either); float32, float16 and bfloat16 (as uint16 bit
 patterns) storage; float64 is refused (TypeError), as by every Triton family. Configs
-are autotuned per element count ``n`` (and dtype) on a GPU. The layout and launch
-helpers (``flat_operands``, ``empty_in_order``, ``flat_grid``, ``flat_block``,
-``storage_round``) live in ``_common`` and serve ``dropout`` and ``loss`` too, which also
-reuse ``GPU_CONFIGS``.
+are autotuned per element count ``n`` (and dtype) on a GPU. The configs, layout and
+launch of flat kernels (``FLAT_CONFIGS``, ``flat_inputs``, ``launch_flat``,
+``flat_block``, ``storage_round``) live in ``_common``: cast, dropout and loss share them.
 """
 
 from __future__ import annotations
@@ -68,8 +67,8 @@ import triton.language as tl
 from .. import backend
 from ..backend import get_array_module
 from ._common import (
-    INT32_SAFE, Tuned, arg, check_arrays, check_same_shape, empty_in_order, flat_block, flat_grid, flat_operands,
-    from_float32, kernel_view, needs_int64, storage_round, strides,
+    FLAT_CONFIGS, check_arrays, flat_block, flat_inputs, flat_kernel, from_float32, kernel_view, launch_flat,
+    storage_round, strides,
 )
 
 _ACT = {"relu": 0, "leaky_relu": 1, "sigmoid": 2, "tanh": 3, "heaviside": 4}
@@ -209,23 +208,17 @@ def _heaviside_kernel(x_ptr, v_ptr, y_ptr, n, D1, D2, D3,
 
 # ----------------------------------------------------------------------------- configs
 
-# (BLOCK, num_warps, num_stages): 8 or 16 elements per thread, so every thread has 2
-# to 4 independent 16-byte loads (fp32) per stream in flight, with few enough registers
-# for 50-100% occupancy (32 per thread needed ~128 registers and spilled in leaky's
-# backward). No loop, so num_stages is 1. Every BLOCK is a multiple of 1024 (the loss
-# kernel's partial-sum grid). Each spill-free on sm_80 and sm_90 (aot_specs).
-GPU_CONFIGS = [(1024, 4, 1), (2048, 4, 1), (2048, 8, 1), (4096, 8, 1)]
+# The flat kernels' configs (``_common.FLAT_CONFIGS``); heaviside's strided kernel has
+# fewer. Each spill-free on sm_80 and sm_90 (aot_specs).
+GPU_CONFIGS = FLAT_CONFIGS
 HEAVISIDE_CONFIGS = [(1024, 4, 1), (2048, 8, 1)]
-# Under the interpreter: 1024, so the tests' 1023 / 1025 / 2048 elements exercise the
-# masked tail alone, a full block plus a tail, and full blocks alone.
-INTERPRET_CONFIG = (1024, 4, 1)
 
 #: ``knobs.override(configs={KERNELS[kind]: cfg})`` pins one config (the gpu tests run each).
 KERNELS = {
-    "fwd": Tuned(_act_fwd_kernel, ("BLOCK",), GPU_CONFIGS, ["n"], INTERPRET_CONFIG),
-    "bwd": Tuned(_act_bwd_kernel, ("BLOCK",), GPU_CONFIGS, ["n"], INTERPRET_CONFIG),
-    "heaviside": Tuned(_heaviside_kernel, ("BLOCK",), HEAVISIDE_CONFIGS, ["n"], INTERPRET_CONFIG),
-    "add_relu": Tuned(_add_relu_kernel, ("BLOCK",), GPU_CONFIGS, ["n"], INTERPRET_CONFIG),
+    "fwd": flat_kernel(_act_fwd_kernel),
+    "bwd": flat_kernel(_act_bwd_kernel),
+    "heaviside": flat_kernel(_heaviside_kernel, HEAVISIDE_CONFIGS),
+    "add_relu": flat_kernel(_add_relu_kernel),
 }
 
 
@@ -240,27 +233,16 @@ def _check_slope(op, negative_slope):
 
 
 def _forward_launch(op, x, slope=0.0, value=0.0):
-    check_arrays(op, x=x)
-    xp = get_array_module(x)
-    (x,), order = flat_operands(xp, x)
-    y = empty_in_order(xp, x.shape, x.dtype, order)
-    n = x.size
-    if n:
-        KERNELS["fwd"][flat_grid(n)](arg(x), arg(y), n, slope, value,
-                                      ACT=_ACT[op.split("_forward")[0]], INT64=needs_int64(x) or n >= INT32_SAFE)
+    _, (x,), empty = flat_inputs(op, x=x)
+    y = empty()
+    launch_flat(KERNELS["fwd"], (x, y), x.size, slope, value, ACT=_ACT[op.split("_forward")[0]])
     return y
 
 
 def _backward_launch(op, grad_y, y, slope=0.0):
-    check_arrays(op, grad_y=grad_y, y=y)
-    check_same_shape(op, grad_y=grad_y, y=y)
-    xp = get_array_module(grad_y, y)
-    (grad_y, y), order = flat_operands(xp, grad_y, y)
-    dx = empty_in_order(xp, y.shape, y.dtype, order)
-    n = y.size
-    if n:
-        KERNELS["bwd"][flat_grid(n)](arg(grad_y), arg(y), arg(dx), n, slope,
-                                      ACT=_ACT[op.split("_backward")[0]], INT64=needs_int64(y) or n >= INT32_SAFE)
+    _, (grad_y, y), empty = flat_inputs(op, grad_y=grad_y, y=y)
+    dx = empty()
+    launch_flat(KERNELS["bwd"], (grad_y, y, dx), y.size, slope, ACT=_ACT[op.split("_backward")[0]])
     return dx
 
 
@@ -319,15 +301,9 @@ def add_forward(a, b):
 
 
 def _add_launch(op, a, b, relu):
-    check_arrays(op, a=a, b=b)
-    check_same_shape(op, a=a, b=b)
-    xp = get_array_module(a, b)
-    (a, b), order = flat_operands(xp, a, b)
-    y = empty_in_order(xp, a.shape, a.dtype, order)
-    n = y.size
-    if n:
-        KERNELS["add_relu"][flat_grid(n)](arg(a), arg(b), arg(y), n, RELU=relu,
-                                          INT64=needs_int64(a) or n >= INT32_SAFE)
+    _, (a, b), empty = flat_inputs(op, a=a, b=b)
+    y = empty()
+    launch_flat(KERNELS["add_relu"], (a, b, y), y.size, RELU=relu)
     return y
 
 
@@ -452,61 +428,5 @@ def heaviside_forward(x, values):
     sizes = [d[0] for d in dims]
     sx = [d[1][0] for d in dims]
     sv = [d[1][1] for d in dims]
-    KERNELS["heaviside"][flat_grid(n)](
-        arg(x), arg(values), arg(y), n, sizes[1], sizes[2], sizes[3], *sx, *sv,
-        INT64=needs_int64(x, values, y) or n >= INT32_SAFE,
-    )
+    launch_flat(KERNELS["heaviside"], (x, values, y), n, sizes[1], sizes[2], sizes[3], *sx, *sv)
     return y
-
-
-# ----------------------------------------------------------------------------- ahead-of-time specs
-
-
-def aot_specs():
-    """Every activation x every config of the forward and backward kernels (fp32), and on
-    the first config the fp16 / bf16 / INT64 variants; add_relu's kernel likewise;
-    heaviside's strided kernel per config."""
-    from .aot import KernelSpec, signature_for  # noqa: PLC0415
-
-    specs = []
-    kinds = [("fwd", "_act_fwd_kernel", ("x_ptr", "y_ptr"), ("slope", "value"), range(5)),
-             ("bwd", "_act_bwd_kernel", ("g_ptr", "y_ptr", "dx_ptr"), ("slope",), range(4))]
-    for kind, name, pointers, floats, acts in kinds:
-        fn = globals()[name]
-        for i, (block, warps, stages) in enumerate(GPU_CONFIGS):
-            for act in acts:
-                runs = [("fp32", {})] + ([("fp16", {}), ("bf16", {}), ("fp32 int64", {"INT64": True})] if i == 0 else [])
-                for label, over in runs:
-                    dtype = label.split()[0]
-                    const = {"ACT": act, "INT64": False, "BLOCK": block, **over}
-                    act_name = [k for k, v in _ACT.items() if v == act][0]
-                    specs.append(KernelSpec(
-                        name=f"activation.{kind}[{act_name} {block} w{warps} {label}]", module=__name__,
-                        kernel=name, signature=signature_for(fn, const, pointers, dtype, floats=floats,
-                                                             i64=("n",) if over.get("INT64") else ()),
-                        constexprs=const, num_warps=warps, num_stages=stages, tensor_cores=False))
-    fn = _add_relu_kernel
-    for i, (block, warps, stages) in enumerate(GPU_CONFIGS):
-        runs = [("fp32", {}), ("fp32 no-relu", {"RELU": False})]
-        if i == 0:
-            runs += [("fp16", {}), ("bf16", {}), ("bf16 no-relu", {"RELU": False}), ("fp32 int64", {"INT64": True})]
-        for label, over in runs:
-            const = {"RELU": True, "INT64": False, "BLOCK": block, **over}
-            specs.append(KernelSpec(
-                name=f"activation.add_relu[{block} w{warps} {label}]", module=__name__,
-                kernel="_add_relu_kernel",
-                signature=signature_for(fn, const, ("a_ptr", "b_ptr", "y_ptr"), label.split()[0], floats=(),
-                                        i64=("n",) if over.get("INT64") else ()),
-                constexprs=const, num_warps=warps, num_stages=stages, tensor_cores=False))
-    fn = _heaviside_kernel
-    for i, (block, warps, stages) in enumerate(HEAVISIDE_CONFIGS):
-        for label, over in [("fp32", {})] + ([("bf16", {}), ("fp32 int64", {"INT64": True})] if i == 0 else []):
-            const = {"INT64": False, "BLOCK": block, **over}
-            specs.append(KernelSpec(
-                name=f"activation.heaviside[{block} w{warps} {label}]", module=__name__,
-                kernel="_heaviside_kernel",
-                signature=signature_for(fn, const, ("x_ptr", "v_ptr", "y_ptr"), label.split()[0], floats=(),
-                                        i64=("n",) if over.get("INT64") else ()),
-                constexprs=const, num_warps=warps, num_stages=stages, tensor_cores=False))
-    return specs
-

@@ -1,7 +1,7 @@
 """Compile every Triton kernel and config ahead of time, without a GPU, and read what
 ``ptxas`` says about it: ``python -m gpukernels.triton.aot [--arch 80,90] [--json F]``.
 
-For each kernel variant and tile config of every op family (their ``aot_specs()``) and
+For each kernel variant and tile config of every op family (``aot_specs.py``) and
 each target (sm_80 = A100, sm_90 = H100): ``triton.compile`` to PTX, then ``ptxas -v``
 for registers, spills and shared memory, with the ptxas the installed Triton itself runs
 for that target (Triton 3.9: its CUDA 13 ``ptxas-blackwell`` from sm_90 on, CUDA 12.9
@@ -26,44 +26,11 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
 
-#: Every op family module of gpukernels/triton/ (each has aot_specs()).
+from .aot_specs import SPECS, KernelSpec
+
+#: Every op family of gpukernels/triton/ (``aot_specs.SPECS`` lists each one's variants).
 FAMILIES = ("activation", "batchnorm", "cast", "conv", "cross_entropy", "dropout", "linear", "loss", "optim", "pool")
-
-
-@dataclass
-class KernelSpec:
-    """One compilation: a jit function, its argument types and constexpr values."""
-
-    name: str  # e.g. "conv.fwd[128x64x32 w4 s4 fp32 tf32]"
-    module: str  # module holding the kernel, e.g. "gpukernels.triton.conv"
-    kernel: str  # attribute name of the @triton.jit function
-    signature: dict  # arg name -> "*fp32" | "i32" | "fp32" | "constexpr"
-    constexprs: dict
-    num_warps: int
-    num_stages: int
-    tensor_cores: bool = True  # must the PTX contain mma/wgmma?
-    # Arguments a launch sees as multiples of 16 (aligned pointers, sizes): Triton
-    # specialises on that at run time, so the vectorised code a GPU runs is compiled.
-    aligned: tuple = ()
-    extra: dict = field(default_factory=dict)
-
-
-def signature_for(fn, constexprs, pointers, dtype="fp32", floats=("slope",), i64=()):
-    """A Triton signature: pointers get ``*dtype`` (a dict entry overrides), ``floats``
-    fp32, ``i64`` int64, constexprs "constexpr", every other argument i32."""
-    sig = {}
-    for name in fn.arg_names:
-        if name in constexprs:
-            sig[name] = "constexpr"
-        elif name in pointers:
-            sig[name] = "*" + (pointers[name] if isinstance(pointers, dict) else dtype)
-        elif name in floats:
-            sig[name] = "fp32"
-        else:
-            sig[name] = "i64" if name in i64 else "i32"
-    return sig
 
 
 def _ptxas(cap: int) -> str:
@@ -149,12 +116,8 @@ def compile_spec(spec: KernelSpec, cap: int) -> dict:
 
 
 def all_specs(families=FAMILIES) -> list[KernelSpec]:
-    import importlib  # noqa: PLC0415
-
-    specs = []
-    for family in families:
-        specs += importlib.import_module(f"gpukernels.triton.{family}").aot_specs()
-    return specs
+    """The specs of ``families``, in that order."""
+    return [spec for family in families for spec in SPECS[family]()]
 
 
 def _compile_job(args):

@@ -19,8 +19,7 @@ import numpy as np
 import triton
 import triton.language as tl
 
-from ..backend import get_array_module, kernel_arg
-from ._common import FLOAT_DTYPES, INT32_SAFE, check_arrays, empty_in_order, flat_block, flat_grid, flat_operands, needs_int64
+from ._common import FLOAT_DTYPES, flat_block, flat_inputs, launch_flat
 
 BLOCK, WARPS = 1024, 4
 
@@ -56,34 +55,11 @@ def cast(x, dtype):
         dtype: float32, float16 or ``gk.bfloat16`` (uint16).
     """
     dtype = np.dtype(dtype)
-    check_arrays("cast", x=x)
+    _, (x,), empty = flat_inputs("cast", x=x)
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"cast (Triton): float32, float16 or bfloat16 (as uint16) targets, got {dtype}")
-    xp = get_array_module(x)
-    (x,), order = flat_operands(xp, x)
-    y = empty_in_order(xp, x.shape, dtype, order)
-    n = x.size
-    if n:
-        # kernel_arg, not arg: bf16 arrays go in as their uint16 bits
-        _cast_kernel[flat_grid(n)](kernel_arg(x), kernel_arg(y), n, SRC_BF16=x.dtype == np.uint16,
-                                   DST_BF16=dtype == np.uint16, INT64=needs_int64(x) or n >= INT32_SAFE,
-                                   BLOCK=BLOCK, num_warps=WARPS)
+    y = empty(dtype)
+    # bits: bf16 arrays go in as their uint16 bits, which the kernel converts itself
+    launch_flat(_cast_kernel, (x, y), x.size, bits=True, SRC_BF16=x.dtype == np.uint16,
+                DST_BF16=dtype == np.uint16, BLOCK=BLOCK, num_warps=WARPS)
     return y
-
-
-def aot_specs():
-    """The kernel for every (source, target) pair of float32 / float16 / bf16, and one
-    int64-offset variant."""
-    from .aot import KernelSpec, signature_for  # noqa: PLC0415
-
-    specs = []
-    pairs = [(a, b) for a in ("fp32", "fp16", "bf16") for b in ("fp32", "fp16", "bf16") if a != b]
-    bits = {"fp32": "fp32", "fp16": "fp16", "bf16": "u16"}  # bf16 as raw uint16
-    for (src, dst), int64 in [(p, False) for p in pairs] + [(("fp32", "bf16"), True)]:
-        const = {"SRC_BF16": src == "bf16", "DST_BF16": dst == "bf16", "INT64": int64, "BLOCK": BLOCK}
-        specs.append(KernelSpec(
-            name=f"cast[{src}->{dst}{' int64' if int64 else ''}]", module=__name__, kernel="_cast_kernel",
-            signature=signature_for(_cast_kernel, const, {"x_ptr": bits[src], "y_ptr": bits[dst]}, floats=(),
-                                    i64=("n",) if int64 else ()),
-            constexprs=const, num_warps=WARPS, num_stages=1, tensor_cores=False))
-    return specs

@@ -50,12 +50,12 @@ import numpy as np
 import triton
 import triton.language as tl
 
-from .. import backend, knobs
 from ..backend import get_array_module, kernel_arg
+from ..host_rules import activate_
 from ..shapes import conv2d_output_size  # noqa: F401 - the family's shared formula, re-exported
 from ..shapes import pair as _pair
 from ._common import (Tuned, arg, check_float, from_float32, grouped_tile, kernel_view, needs_int64,
-                      precision, strides, sum_partials, sum_partials_specs, to_float32, widen4)
+                      precision, split_k, strides, sum_partials, to_float32, widen4)
 
 _ACTIVATIONS = {None: 0, "relu": 1, "leaky_relu": 2}
 
@@ -352,8 +352,9 @@ INTERPRET_CONFIG = (64, 64, 32, 4, 1)  # big tiles: the interpreter pays per op,
 GROUP_M = 8
 # PACKED when C*KH*KW fits in a few K steps but C alone would waste most of a BLOCK_K.
 PACKED_MAX_K = 64
-# Split-K: aim for this many programs; each split keeps at least this many pixels.
-TARGET_PROGRAMS = 264  # 2 waves of an H100's 132 SMs
+# Split-K of grad-weight (``_common.split_k``): output tiles counted as SPLIT_TILE squares;
+# each split keeps at least this many pixels.
+SPLIT_TILE = 64
 MIN_PIXELS_PER_SPLIT = 256
 
 
@@ -383,12 +384,6 @@ KERNELS = {
     "wgrad": Tuned(_conv2d_wgrad_kernel, _BLOCKS, GPU_CONFIGS["wgrad"], _SHAPE_KEY + ["p_per_split"],
                    INTERPRET_CONFIG, prune=_pruner("wgrad")),
 }
-
-
-def _block_k():
-    """BLOCK_K of the config the next grad-weight launch will use (split-K rounds to it)."""
-    cfg = KERNELS["wgrad"].fixed_config()
-    return cfg[2] if cfg is not None else max(c[2] for c in GPU_CONFIGS["wgrad"])
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -458,21 +453,13 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activatio
         return y
     if x.size == 0:  # no input channels: only the bias remains
         y32 = xp.zeros(y.shape, np.float32) + (0 if bias is None else to_float32(xp, bias).reshape(1, o, 1, 1))
-        y[...] = from_float32(xp, _activate_host(xp, y32, activation, negative_slope), x.dtype)
+        y[...] = from_float32(xp, activate_(xp, y32, activation, negative_slope), x.dtype)
         return y
     cg, og = c // groups, o // groups
     for g in range(groups):
         _forward_one(x[:, g * cg:(g + 1) * cg], weight[g * og:(g + 1) * og],
                      None if bias is None else bias[g * og:(g + 1) * og], y[:, g * og:(g + 1) * og],
                      stride, padding, dilation, activation, negative_slope)
-    return y
-
-
-def _activate_host(xp, y, activation, slope):
-    if activation == "relu":
-        xp.maximum(y, 0, out=y)
-    elif activation == "leaky_relu":
-        y[...] = xp.where(y > 0, y, y * y.dtype.type(slope))
     return y
 
 
@@ -513,16 +500,6 @@ def _dgrad_one(grad_y, y, weight, grad_x, stride, padding, dilation, activation,
             )
 
 
-def _split_k(o, kc, p):
-    """How many programs share the N*OH*OW reduction of grad-weight."""
-    if backend.interpreting():
-        return knobs.get("split_k") or 1  # tests exercise split-K there
-    tiles = triton.cdiv(o, 64) * triton.cdiv(kc, 64)
-    return max(1, min(TARGET_PROGRAMS // max(tiles, 1), p // MIN_PIXELS_PER_SPLIT, 64))
-
-
-
-
 def _wgrad_one(grad_y, y, x, weight, need_bias, stride, padding, dilation, activation, slope,
                gw_out, gb_out):
     """grad_weight into ``gw_out`` (O, C, KH, KW) and grad_bias into ``gb_out`` (O,) (each
@@ -532,10 +509,7 @@ def _wgrad_one(grad_y, y, x, weight, need_bias, stride, padding, dilation, activ
     n, c, h, w, o, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = _geometry(x, weight, stride, padding, dilation)
     kc, p = c * kh * kw, n * oh * ow
     packed = kc <= PACKED_MAX_K and c < 16
-    splits = _split_k(o, kc, p)
-    bk = _block_k()
-    per_split = triton.cdiv(triton.cdiv(p, splits), bk) * bk  # whole BLOCK_K steps per split
-    splits = triton.cdiv(p, per_split)
+    splits, per_split = split_k(KERNELS["wgrad"], o, kc, p, SPLIT_TILE, MIN_PIXELS_PER_SPLIT)
     dw_part = xp.empty((splits, o, kc), dtype=np.float32)
     db_part = xp.empty((splits, o), dtype=np.float32) if need_bias else dw_part
 
@@ -597,64 +571,3 @@ def conv2d_backward(grad_y, x, weight, y, stride, padding, dilation, groups, act
             _wgrad_one(gy_g, y_g, x[:, cs], weight[xs], needs[2], stride, padding, dilation,
                        activation, negative_slope, gw[xs] if needs[1] else None, gb[xs] if needs[2] else None)
     return grad_x, gw, gb
-
-
-# ----------------------------------------------------------------------------- ahead-of-time specs
-
-
-def aot_specs():
-    """Every kernel x config (float32/TF32, 3x3, stride 1, ReLU), every IEEE config in full
-    float32, plus, on the first config of each kernel, the variants that change the
-    generated code: fp16, bf16, PACKED small-C, 1x1, stride/dilation 2, leaky ReLU, INT64
-    offsets (also with the unit innermost strides Triton turns into constants at launch)."""
-    from .aot import KernelSpec, signature_for  # noqa: PLC0415
-
-    unit_strides = {"fwd": ("sxw", "syw"), "dgrad": ("sgw", "sdw"), "wgrad": ("sgw", "sxw")}
-    kernels = {
-        "fwd": ("_conv2d_fwd_kernel", ("x_ptr", "w_ptr", "b_ptr", "y_ptr"),
-                dict(HAS_BIAS=True, PACKED=False)),
-        "dgrad": ("_conv2d_dgrad_kernel", ("g_ptr", "y_ptr", "w_ptr", "dx_ptr"),
-                  dict(TAP_STEP_H=1, TAP_STEP_W=1)),
-        "wgrad": ("_conv2d_wgrad_kernel", ("g_ptr", "y_ptr", "x_ptr", "dw_ptr", "db_ptr"),
-                  dict(NEED_BIAS=True, PACKED=False)),
-    }
-    variants = [  # (label, dtype, constexpr overrides, tensor cores expected)
-        ("fp16", "fp16", {}, True),
-        ("bf16", "bf16", {}, True),
-        ("1x1 s2", "fp32", {"KH": 1, "KW": 1, "STRIDE_H": 2, "STRIDE_W": 2}, True),
-        ("5x5 d2 leaky", "fp32", {"KH": 5, "KW": 5, "DIL_H": 2, "DIL_W": 2, "ACTIVATION": 2}, True),
-        ("int64", "fp32", {"INT64": True}, True),
-        # a stride of 1 is specialised to a constexpr at launch: the int64 widening must take it
-        ("int64 unit-stride", "fp32", {"INT64": True, "UNIT": 1}, True),
-        ("packed", "fp32", {"PACKED": True}, True),
-    ]
-    specs = []
-    for kind, (name, pointers, own) in kernels.items():
-        fn = globals()[name]
-        for i, (bm, bn, bk, warps, stages) in enumerate(GPU_CONFIGS[kind]):
-            runs = [("fp32 tf32", "fp32", {}, True)] + (variants if i == 0 else [])
-            if (bm, bn, bk, warps, stages) in IEEE[kind]:  # the configs full float32 may use
-                runs.append(("fp32 ieee", "fp32", {"PRECISION": "ieee"}, False))
-            for label, dtype, over, tensor_cores in runs:
-                if label == "packed" and "PACKED" not in own:
-                    continue
-                const = dict(KH=3, KW=3, STRIDE_H=1, STRIDE_W=1, DIL_H=1, DIL_W=1, ACTIVATION=1,
-                             INT64=False, PRECISION="tf32" if dtype == "fp32" else "ieee",
-                             BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=GROUP_M, **own)
-                const.update(over)
-                if const.pop("UNIT", None):  # NCHW's innermost strides, specialised to 1
-                    const.update(dict.fromkeys(unit_strides[kind], 1))
-                ptrs = {p: dtype for p in pointers}
-                if kind == "wgrad":  # float32 partial sums whatever the input dtype
-                    ptrs.update(dw_ptr="fp32", db_ptr="fp32")
-                if kind == "dgrad" and over.get("STRIDE_H") == 2:
-                    const.update(TAP_STEP_H=2, TAP_STEP_W=2)
-                specs.append(KernelSpec(
-                    name=f"conv.{kind}[{bm}x{bn}x{bk} w{warps} s{stages} {label}]",
-                    module=__name__, kernel=name,
-                    signature=signature_for(fn, const, ptrs), constexprs=const,
-                    num_warps=warps, num_stages=stages, tensor_cores=tensor_cores,
-                    aligned=pointers,  # allocations are 256-byte aligned
-                ))
-    specs += sum_partials_specs()
-    return specs

@@ -46,14 +46,13 @@ import numpy as np
 import triton
 import triton.language as tl
 
-from .. import backend, cuda_graph
-from ..backend import get_array_module, kernel_arg
+from .. import cuda_graph
+from ..backend import get_array_module
 from ..random import generator
 from ._common import (
-    INT32_SAFE, Tuned, arg, check_arrays, check_float, check_same_shape, empty_in_order, flat_block, flat_grid,
-    flat_operands, needs_int64, storage_round,
+    FLAT_CONFIGS, check_arrays, check_float, empty_in_order, flat_block, flat_inputs, flat_kernel, flat_operands,
+    launch_flat, storage_round,
 )
-from .activation import GPU_CONFIGS, INTERPRET_CONFIG
 
 # ----------------------------------------------------------------------------- kernels
 
@@ -99,12 +98,10 @@ def _dropout_bwd_kernel(g_ptr, m_ptr, dx_ptr, n, INT64: tl.constexpr, BLOCK: tl.
 
 # ----------------------------------------------------------------------------- configs
 
-# The activation kernels' configs (same shape of work: flat, 2 to 3 streams).
+# The flat kernels' configs (``_common.FLAT_CONFIGS``: flat work, 2 to 3 streams).
+GPU_CONFIGS = FLAT_CONFIGS
 #: ``knobs.override(configs={KERNELS[kind]: cfg})`` pins one config (the gpu tests run each).
-KERNELS = {
-    "fwd": Tuned(_dropout_fwd_kernel, ("BLOCK",), GPU_CONFIGS, ["n"], INTERPRET_CONFIG),
-    "bwd": Tuned(_dropout_bwd_kernel, ("BLOCK",), GPU_CONFIGS, ["n"], INTERPRET_CONFIG),
-}
+KERNELS = {"fwd": flat_kernel(_dropout_fwd_kernel), "bwd": flat_kernel(_dropout_bwd_kernel)}
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -130,11 +127,8 @@ def _launch_forward(op, xp, x, shape, dtype, p, order):
     mask = empty_in_order(xp, shape, dtype, order)
     y = empty_in_order(xp, shape, dtype, order) if x is not None else None
     bits = _keep_bits(xp, shape, p, order)
-    n = mask.size
-    if n:
-        KERNELS["fwd"][flat_grid(n)](
-            arg(x if x is not None else mask), kernel_arg(bits), arg(y if y is not None else mask), arg(mask),
-            n, storage_round(dtype, 1.0 / (1.0 - p)), HAS_X=x is not None, INT64=needs_int64(mask) or n >= INT32_SAFE)
+    launch_flat(KERNELS["fwd"], (x if x is not None else mask, bits, y if y is not None else mask, mask),
+                mask.size, storage_round(dtype, 1.0 / (1.0 - p)), HAS_X=x is not None)
     return y, mask
 
 
@@ -188,45 +182,7 @@ def dropout_backward(grad_y, mask):
         grad_y: dL/dy, same shape and dtype as mask.
         mask: the saved mask.
     """
-    op = "dropout_backward"
-    check_arrays(op, grad_y=grad_y, mask=mask)
-    check_same_shape(op, grad_y=grad_y, mask=mask)
-    xp = get_array_module(grad_y, mask)
-    (grad_y, mask), order = flat_operands(xp, grad_y, mask)
-    dx = empty_in_order(xp, mask.shape, mask.dtype, order)
-    n = dx.size
-    if n:
-        KERNELS["bwd"][flat_grid(n)](arg(grad_y), arg(mask), arg(dx), n, INT64=needs_int64(dx) or n >= INT32_SAFE)
+    _, (grad_y, mask), empty = flat_inputs("dropout_backward", grad_y=grad_y, mask=mask)
+    dx = empty()
+    launch_flat(KERNELS["bwd"], (grad_y, mask, dx), dx.size)
     return dx
-
-
-# ----------------------------------------------------------------------------- ahead-of-time specs
-
-
-def aot_specs():
-    """Both kernels x every config (fp32, forward with x), and on the first config the
-    fp16 / bf16 / mask-only / INT64 variants."""
-    from .aot import KernelSpec, signature_for  # noqa: PLC0415
-
-    specs = []
-    for i, (block, warps, stages) in enumerate(GPU_CONFIGS):
-        fwd_runs = [("fp32", {})] + ([("fp16", {}), ("bf16", {}), ("fp32 mask-only", {"HAS_X": False}),
-                                      ("fp32 int64", {"INT64": True})] if i == 0 else [])
-        for label, over in fwd_runs:
-            const = {"HAS_X": True, "INT64": False, "BLOCK": block, **over}
-            ptrs = {p: label.split()[0] for p in ("x_ptr", "y_ptr", "mask_ptr")}
-            ptrs["bits_ptr"] = "u8"
-            specs.append(KernelSpec(
-                name=f"dropout.fwd[{block} w{warps} {label}]", module=__name__, kernel="_dropout_fwd_kernel",
-                signature=signature_for(_dropout_fwd_kernel, const, ptrs, floats=("scale",),
-                                        i64=("n",) if over.get("INT64") else ()),
-                constexprs=const, num_warps=warps, num_stages=stages, tensor_cores=False))
-        bwd_runs = [("fp32", {})] + ([("fp16", {}), ("bf16", {}), ("fp32 int64", {"INT64": True})] if i == 0 else [])
-        for label, over in bwd_runs:
-            const = {"INT64": False, "BLOCK": block, **over}
-            specs.append(KernelSpec(
-                name=f"dropout.bwd[{block} w{warps} {label}]", module=__name__, kernel="_dropout_bwd_kernel",
-                signature=signature_for(_dropout_bwd_kernel, const, ("g_ptr", "m_ptr", "dx_ptr"),
-                                        label.split()[0], floats=(), i64=("n",) if over.get("INT64") else ()),
-                constexprs=const, num_warps=warps, num_stages=stages, tensor_cores=False))
-    return specs

@@ -54,9 +54,8 @@ import numpy as np
 import triton
 import triton.language as tl
 
-from .. import backend, knobs
 from ..backend import get_array_module
-from ._common import (Tuned, arg, check_float, grouped_tile, kernel_view, needs_int64, strides,
+from ._common import (Tuned, arg, check_float, grouped_tile, kernel_view, needs_int64, split_k, strides,
                       sum_partials)
 from ._common import precision as dot_precision
 
@@ -172,8 +171,9 @@ assert all(max(b[2] for b in cs) % c[2] == 0
            for (kind, _), cs in GPU_CONFIGS.items() if kind == "wgrad" for c in cs)
 INTERPRET_CONFIG = (64, 64, 64, 4, 1)  # big tiles: the interpreter pays per op, not per element
 GROUP_M = 8
-# Split-K of grad-W: aim for this many programs; each split keeps at least this many rows.
-TARGET_PROGRAMS = 264  # 2 waves of an H100's 132 SMs
+# Split-K of grad-W (``_common.split_k``): output tiles counted as SPLIT_TILE squares;
+# each split keeps at least this many rows.
+SPLIT_TILE = 128
 MIN_K_PER_SPLIT = 512
 
 _POINTERS = ("a_ptr", "b_ptr", "bias_ptr", "c_ptr", "rowsum_ptr")
@@ -215,12 +215,6 @@ KERNELS = {key: Tuned(_linear_gemm_kernel, _BLOCKS, configs, _KEY, INTERPRET_CON
 
 def _width(dtype):
     return "fp32" if np.dtype(dtype) == np.float32 else "16bit"
-
-
-def _block_k(width):
-    """BLOCK_K of the config the next grad-W launch will use (split-K rounds to it)."""
-    cfg = KERNELS[("wgrad", width)].fixed_config()
-    return cfg[2] if cfg is not None else max(c[2] for c in GPU_CONFIGS[("wgrad", width)])
 
 
 def _gemm(kind, a, a_strides, b, b_strides, c, c_strides, m, n, k, *, bias=None, rowsum=None,
@@ -292,14 +286,6 @@ def linear_forward(x, weight, bias):
     return y.reshape(*x.shape[:-1], out_f)
 
 
-def _split_k(width, m, n, k):
-    """How many programs share grad-W's reduction over the batch rows."""
-    if backend.interpreting():
-        return knobs.get("split_k") or 1  # tests exercise split-K there
-    tiles = triton.cdiv(m, 128) * triton.cdiv(n, 128)
-    return max(1, min(TARGET_PROGRAMS // max(tiles, 1), k // MIN_K_PER_SPLIT, 64))
-
-
 def _wgrad(g2, x2, weight, need_w, need_b):
     """dW = g^T x and db = column sums of g, one launch (split-K partials added here)."""
     xp = get_array_module(g2)
@@ -319,10 +305,7 @@ def _wgrad(g2, x2, weight, need_w, need_b):
         _gemm("wgrad", g2, g_t, one, (0, 0), gb, (1, 1), out_f, 1, m, precision="ieee")
         return gw, gb
     n = in_f
-    splits = _split_k(width, out_f, n, m)
-    bk = _block_k(width)
-    per_split = triton.cdiv(triton.cdiv(m, splits), bk) * bk  # whole BLOCK_K steps per split
-    splits = triton.cdiv(m, per_split)
+    splits, per_split = split_k(KERNELS[("wgrad", width)], out_f, n, m, SPLIT_TILE, MIN_K_PER_SPLIT)
     if splits == 1:  # write dW and db in their own dtype directly
         _gemm("wgrad", g2, g_t, x2, strides(x2), gw, strides(gw), out_f, n, m, rowsum=gb,
               precision=dot_precision(g2.dtype))
@@ -386,63 +369,3 @@ def linear_backward(grad_y, x, weight, needs=(True, True, True)):
         else:
             gw, gb = _wgrad(g2, x2, weight, need_w, need_b)
     return gx, gw, gb
-
-
-# ----------------------------------------------------------------------------- ahead-of-time specs
-
-
-def aot_specs():
-    """Every GEMM (forward, grad-x, grad-W) x every config of its width (float32 with TF32;
-    16-bit as bf16) in the two regimes of the configs comment: aligned (16-byte pointers,
-    sizes and strides multiples of 16, the unit strides of contiguous operands as the
-    constants Triton makes of them), and, for the UNALIGNED configs, with no alignment
-    at all. Plus the variants that change the code: fp16, no bias / no row sums, any
-    strides (no unit stride: loads as unaligned as can be; on the first UNALIGNED config),
-    full fp32 (ieee: FMA, no tensor cores) and INT64 offsets (on the last config, aligned
-    and not). The tensor-core ones must contain mma / wgmma."""
-    from .aot import KernelSpec, signature_for  # noqa: PLC0415
-
-    # the unit strides of each GEMM's operands when x, W, dy and the outputs are contiguous
-    kinds = {
-        "fwd": (dict(sak=1, sbk=1, scn=1), dict(HAS_BIAS=True, ROW_SUMS=False)),
-        "dgrad": (dict(sak=1, sbn=1, scn=1), dict(HAS_BIAS=False, ROW_SUMS=False)),
-        "wgrad": (dict(sam=1, sbn=1, scn=1), dict(HAS_BIAS=False, ROW_SUMS=True)),
-    }
-    variants = [  # (label, width, on which config, dtype, constexpr overrides)
-        ("fp16", "16bit", 0, "fp16", {}),
-        ("plain", "fp32", 0, "fp32", {"HAS_BIAS": False, "ROW_SUMS": False}),
-        ("strided", "fp32", "safe", "fp32", {"sam": None, "sak": None, "sbk": None, "sbn": None, "scn": None}),
-        ("fp32 ieee", "fp32", -1, "fp32", {"PRECISION": "ieee"}),
-        ("int64", "fp32", -1, "fp32", {"INT64": True}),
-        ("int64", "16bit", -1, "bf16", {"INT64": True}),
-    ]
-    fn = _linear_gemm_kernel
-    ints = tuple(a for a in fn.arg_names if a in _SIZES or a in ("split_c", "split_r"))
-    specs = []
-    for (kind, width), configs in GPU_CONFIGS.items():
-        unit, own = kinds[kind]
-        base_dtype = "fp32" if width == "fp32" else "bf16"
-        for i, cfg in enumerate(configs):
-            bm, bn, bk, warps, stages = cfg
-            runs = [(base_dtype, base_dtype, {})]
-            safe = UNALIGNED[(kind, width)]
-            runs += [(label, dtype, over) for label, w, where, dtype, over in variants
-                     if w == width and (cfg == safe[0] if where == "safe" else where % len(configs) == i)]
-            for label, dtype, over in runs:
-                for aligned in (True, False):
-                    if not aligned and (cfg not in UNALIGNED[(kind, width)] or label in ("fp16", "plain")):
-                        continue
-                    const = dict(INT64=False, PRECISION="tf32" if dtype == "fp32" else "ieee",
-                                 BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=GROUP_M, **unit, **own)
-                    const.update(over)
-                    const = {k: v for k, v in const.items() if v is not None}
-                    specs.append(KernelSpec(
-                        name=f"linear.{kind}[{bm}x{bn}x{bk} w{warps} s{stages} {label}"
-                             f"{'' if aligned else ' unaligned'}]",
-                        module=__name__, kernel="_linear_gemm_kernel",
-                        signature=signature_for(fn, const, dict.fromkeys(_POINTERS, dtype)), constexprs=const,
-                        num_warps=warps, num_stages=stages,
-                        tensor_cores=not (dtype == "fp32" and const["PRECISION"] == "ieee"),
-                        aligned=(_POINTERS + tuple(a for a in ints if a not in const)) if aligned else (),
-                    ))
-    return specs

@@ -47,10 +47,9 @@ import triton.language as tl
 
 from ..backend import get_array_module, kernel_arg
 from ._common import (
-    INT32_SAFE, Tuned, arg, check_arrays, check_same_shape, empty_in_order, flat_block, flat_grid, flat_operands,
-    from_float32, needs_int64,
+    FLAT_CONFIGS, FLAT_INTERPRET_CONFIG, arg, check_arrays, empty_in_order, flat_block, flat_inputs, flat_kernel,
+    flat_operands, from_float32, launch_flat,
 )
-from .activation import GPU_CONFIGS, INTERPRET_CONFIG
 
 #: Elements per partial sum: the smallest BLOCK of every config (GPU and interpreter).
 PART = 1024
@@ -131,13 +130,12 @@ def _mse_bwd_kernel(g_ptr, diff_ptr, dx_ptr, n, scale,
 
 # ----------------------------------------------------------------------------- configs
 
-# The activation kernels' configs (flat, 2 to 4 streams); every BLOCK is a multiple of PART.
-assert all(c[0] % PART == 0 for c in GPU_CONFIGS + [INTERPRET_CONFIG])
+# The flat kernels' configs (``_common.FLAT_CONFIGS``: flat, 2 to 4 streams); every BLOCK
+# is a multiple of PART.
+GPU_CONFIGS = FLAT_CONFIGS
+assert all(c[0] % PART == 0 for c in GPU_CONFIGS + [FLAT_INTERPRET_CONFIG])
 #: ``knobs.override(configs={KERNELS[kind]: cfg})`` pins one config (the gpu tests run each).
-KERNELS = {
-    "fwd": Tuned(_mse_fwd_kernel, ("BLOCK",), GPU_CONFIGS, ["n"], INTERPRET_CONFIG),
-    "bwd": Tuned(_mse_bwd_kernel, ("BLOCK",), GPU_CONFIGS, ["n"], INTERPRET_CONFIG),
-}
+KERNELS = {"fwd": flat_kernel(_mse_fwd_kernel), "bwd": flat_kernel(_mse_bwd_kernel)}
 
 
 # ----------------------------------------------------------------------------- launchers
@@ -174,12 +172,9 @@ def mse_loss_forward(input, target, reduction):
     """
     op = "mse_loss_forward"
     _check_reduction(op, reduction)
-    check_arrays(op, input=input, target=target)
-    check_same_shape(op, input=input, target=target)
-    xp = get_array_module(input, target)
-    (input, target), order = flat_operands(xp, input, target)
+    xp, (input, target), empty = flat_inputs(op, input=input, target=target)
     dtype, n = input.dtype, input.size
-    diff = empty_in_order(xp, input.shape, dtype, order)
+    diff = empty()
     reduce = reduction != "none"
     if reduce:
         if n == 0:  # NumPy: the mean of nothing is NaN, the sum 0
@@ -190,12 +185,10 @@ def mse_loss_forward(input, target, reduction):
         sq = diff  # unused by the kernel when REDUCE
     else:
         num_parts, parts = 0, diff
-        loss = sq = empty_in_order(xp, input.shape, dtype, order)
+        loss = sq = empty()
         if n == 0:
             return loss, diff
-    KERNELS["fwd"][flat_grid(n)](
-        arg(input), arg(target), arg(diff), arg(sq), kernel_arg(parts) if reduce else arg(parts),
-        n, num_parts, REDUCE=reduce, INT64=needs_int64(input) or n >= INT32_SAFE, PART=PART)
+    launch_flat(KERNELS["fwd"], (input, target, diff, sq, parts), n, num_parts, REDUCE=reduce, PART=PART)
     if reduce:
         _mse_sum_kernel[(1,)](kernel_arg(parts), arg(loss), num_parts, float(n) if reduction == "mean" else 1.0,
                               BLOCK=SUM_BLOCK, num_warps=SUM_WARPS)
@@ -236,49 +229,5 @@ def mse_loss_backward(grad, diff, reduction):
         grad = xp.ascontiguousarray(grad.reshape(()))
         (diff,), order = flat_operands(xp, diff)
     dx = empty_in_order(xp, diff.shape, diff.dtype, order)
-    if n:
-        KERNELS["bwd"][flat_grid(n)](arg(grad), arg(diff), arg(dx), n, scale,
-                                      G_SCALAR=reduction != "none", INT64=needs_int64(diff) or n >= INT32_SAFE)
+    launch_flat(KERNELS["bwd"], (grad, diff, dx), n, scale, G_SCALAR=reduction != "none")
     return dx
-
-
-# ----------------------------------------------------------------------------- ahead-of-time specs
-
-
-def aot_specs():
-    """Forward ('mean' and 'none') and backward (scalar and elementwise g) x every config
-    (fp32), and on the first config the fp16 / bf16 / INT64 variants; the reduction kernel."""
-    from .aot import KernelSpec, signature_for  # noqa: PLC0415
-
-    specs = []
-    for i, (block, warps, stages) in enumerate(GPU_CONFIGS):
-        extra = [("fp16", {}), ("bf16", {}), ("fp32 int64", {"INT64": True})] if i == 0 else []
-        for reduce in (True, False):
-            for label, over in [("fp32", {})] + extra:
-                const = {"REDUCE": reduce, "INT64": False, "BLOCK": block, "PART": PART, **over}
-                ptrs = {p: label.split()[0] for p in ("a_ptr", "t_ptr", "diff_ptr", "sq_ptr")}
-                ptrs["part_ptr"] = "fp32"
-                specs.append(KernelSpec(
-                    name=f"loss.mse_fwd[{'reduce' if reduce else 'none'} {block} w{warps} {label}]",
-                    module=__name__, kernel="_mse_fwd_kernel",
-                    signature=signature_for(_mse_fwd_kernel, const, ptrs, floats=(),
-                                            i64=("n",) if over.get("INT64") else ()),
-                    constexprs=const, num_warps=warps, num_stages=stages, tensor_cores=False))
-        for g_scalar in (True, False):
-            for label, over in [("fp32", {})] + extra:
-                const = {"G_SCALAR": g_scalar, "INT64": False, "BLOCK": block, **over}
-                specs.append(KernelSpec(
-                    name=f"loss.mse_bwd[{'scalar g' if g_scalar else 'none'} {block} w{warps} {label}]",
-                    module=__name__, kernel="_mse_bwd_kernel",
-                    signature=signature_for(_mse_bwd_kernel, const, ("g_ptr", "diff_ptr", "dx_ptr"),
-                                            label.split()[0], floats=("scale",),
-                                            i64=("n",) if over.get("INT64") else ()),
-                    constexprs=const, num_warps=warps, num_stages=stages, tensor_cores=False))
-    for dtype in ("fp32", "bf16"):
-        const = {"BLOCK": SUM_BLOCK}
-        specs.append(KernelSpec(
-            name=f"loss.mse_sum[{SUM_BLOCK} w{SUM_WARPS} {dtype}]", module=__name__, kernel="_mse_sum_kernel",
-            signature=signature_for(_mse_sum_kernel, const, {"part_ptr": "fp32", "out_ptr": dtype},
-                                    floats=("divisor",)),
-            constexprs=const, num_warps=SUM_WARPS, num_stages=1, tensor_cores=False))
-    return specs

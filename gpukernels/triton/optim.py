@@ -1,6 +1,7 @@
 """Optimizer updates in Triton: SGD (momentum, dampening, Nesterov, weight decay),
 Adagrad, RMSprop (momentum, centered), Adam / AdamW (AMSGrad, maximize), each ONE
-kernel over a flat buffer, plus the global gradient norm for clipping.
+kernel over a flat buffer, plus the global gradient norm for clipping. This file holds
+their configs and launchers; the jit kernels are in ``optim_kernels.py``.
 
 The reference (the oracle every kernel is tested against) is
 ``gpukernels.cpu.optim``: the same function names and arguments. The optimizers
@@ -63,8 +64,8 @@ Known traps avoided:
   rounding, not to 2 ulp;
 - the updates are in place, so they are never autotuned (the autotuner re-runs a
   kernel to time it: it would apply the update several times). ``DEFAULT_CONFIG`` is
-  fixed; ``GPU_CONFIGS`` are compiled by ``aot_specs``, forced in turn by the gpu tests
-  and timed by ``benchmarks/bench_optim.run_gpu``;
+  fixed; ``GPU_CONFIGS`` are compiled ahead of time (``aot_specs``), forced in turn by
+  the gpu tests and timed by ``benchmarks/bench_optim.run_gpu``;
 - parameters without a gradient are skipped inside the one launch: ``segments`` become a
   table of (start, stop) chunks of at most ``TABLE_BLOCK`` elements, one program per
   chunk (``FIXED_CONFIG``), cached on the device per distinct segment set (a
@@ -94,11 +95,14 @@ import triton.language as tl
 
 from .. import backend, cuda_graph
 from ..backend import kernel_arg
-from ..cpu.optim import _check_norm_args, _norm_dtype, check_step, is_step_array
+from ..host_rules import check_norm_args, check_step, is_step_array, norm_dtype
 from ._common import Tuned, arg, dtype_name, needs_int64
+from .optim_kernels import _adagrad_kernel, _adam_kernel, _rmsprop_kernel, _sgd_kernel, _step_kernel, _sumsq_kernel
 
 #: Kernel launches made by this module since import (tests read the difference).
 LAUNCHES = 0
+
+# ----------------------------------------------------------------------------- configs
 
 #: Elements per chunk of a segment table (and per program when one is used).
 TABLE_BLOCK = 1024
@@ -122,290 +126,6 @@ _STEP_ADAM, _STEP_ADAGRAD = 0, 1
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.uint16), np.dtype(np.float64))
 _SCALE_NONE, _SCALE_VALUE, _SCALE_POINTER = 0, 1, 2
-
-
-# ----------------------------------------------------------------------------- helpers
-# Few helpers on purpose: under the interpreter every call of a jit function re-patches
-# triton.language (about 2 ms), so loads, stores and casts are written inline.
-
-
-@triton.jit
-def _sqrt(x, CDT: tl.constexpr):
-    if CDT == tl.float64:
-        return tl.sqrt(x)  # sqrt.rn.f64: IEEE already
-    else:
-        return tl.sqrt_rn(x)
-
-
-@triton.jit
-def _div(a, b, CDT: tl.constexpr):
-    if CDT == tl.float64:
-        return a / b  # div.rn.f64: IEEE already
-    else:
-        return tl.div_rn(a, b)
-
-
-@triton.jit
-def _lerp(a, b, w):
-    """torch.lerp: ``a + w (b - a)`` for ``w < 0.5``, else ``b - (b - a)(1 - w)``."""
-    if w < 0.5:
-        out = a + w * (b - a)
-    else:
-        out = b - (b - a) * (1.0 - w)
-    return out
-
-
-@triton.jit
-def _prologue(table_ptr, n, g_ptr, scale_ptr, gscale, SCALE: tl.constexpr, MAXIMIZE: tl.constexpr,
-              HAS_TABLE: tl.constexpr, INT64: tl.constexpr, CDT: tl.constexpr, BLOCK: tl.constexpr):
-    """This program's offsets and mask (the BLOCK after ``pid * BLOCK`` of an
-    ``n``-element buffer, or chunk ``pid`` of the (start, stop) table: HAS_TABLE 1; 2
-    when every bound is a multiple of 16, as the flat buffers' are, so that the masked
-    accesses vectorise), and the gradient the update sees: times the clipping
-    coefficient (a host value, SCALE 1, or a device scalar, SCALE 2), negated when
-    maximizing, in the compute dtype CDT."""
-    pid = tl.program_id(0)
-    if INT64:
-        pid = pid.to(tl.int64)
-    if HAS_TABLE:
-        start = tl.load(table_ptr + 2 * pid)
-        stop = tl.load(table_ptr + 2 * pid + 1)
-        if HAS_TABLE == 2:
-            start = tl.multiple_of(start, 16)
-            stop = tl.multiple_of(stop, 16)
-    else:
-        start = pid * BLOCK
-        stop = n
-    offs = start + tl.arange(0, BLOCK)
-    mask = offs < stop
-    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(CDT)
-    if SCALE == 1:
-        # float64 argument (a Python float under the interpreter): one rounding to CDT
-        g = g * (gscale * tl.full((), 1.0, tl.float64)).to(CDT)
-    elif SCALE == 2:
-        g = g * tl.load(scale_ptr).to(CDT)
-    if MAXIMIZE:
-        g = -g
-    return offs, mask, g
-
-
-# ----------------------------------------------------------------------------- kernels
-# Hyper-parameters arrive as float64 arguments; ``x * one`` (one = float64 1.0) makes each
-# a float64 tensor in both modes (the interpreter hands Python floats through
-# unconverted), then ``.to(CDT)`` rounds it once, as torch rounds a Python scalar.
-
-
-@triton.jit
-def _sgd_kernel(
-    p_ptr, g_ptr, buf_ptr, table_ptr, scale_ptr, n,
-    lr: tl.float64, momentum: tl.float64, one_minus_dampening: tl.float64,
-    weight_decay: tl.float64, gscale: tl.float64,
-    MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr, FIRST: tl.constexpr,
-    WEIGHT_DECAY: tl.constexpr, MAXIMIZE: tl.constexpr, SCALE: tl.constexpr,
-    HAS_TABLE: tl.constexpr, INT64: tl.constexpr, CDT: tl.constexpr, BLOCK: tl.constexpr,
-):
-    """p -= lr * (g' [+ momentum b] | b), b = momentum b + (1 - dampening) g'."""
-    offs, mask, g = _prologue(table_ptr, n, g_ptr, scale_ptr, gscale, SCALE, MAXIMIZE, HAS_TABLE, INT64,
-                              CDT, BLOCK)
-    one = tl.full((), 1.0, tl.float64)
-    p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(CDT)
-    if WEIGHT_DECAY:
-        g = g + (weight_decay * one).to(CDT) * p
-    if MOMENTUM:
-        mom = (momentum * one).to(CDT)
-        if FIRST:
-            b = g
-        else:
-            b = (tl.load(buf_ptr + offs, mask=mask, other=0.0).to(CDT) * mom
-                 + (one_minus_dampening * one).to(CDT) * g)
-        tl.store(buf_ptr + offs, b.to(buf_ptr.dtype.element_ty), mask=mask)
-        if NESTEROV:
-            g = g + mom * b
-        else:
-            g = b
-    p = p - (lr * one).to(CDT) * g
-    tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _adagrad_kernel(
-    p_ptr, g_ptr, sum_ptr, table_ptr, scale_ptr, hyper_ptr, n,
-    clr: tl.float64, weight_decay: tl.float64, eps: tl.float64, gscale: tl.float64,
-    WEIGHT_DECAY: tl.constexpr, MAXIMIZE: tl.constexpr, SCALE: tl.constexpr, DEVICE_STEP: tl.constexpr,
-    HAS_TABLE: tl.constexpr, INT64: tl.constexpr, CDT: tl.constexpr, BLOCK: tl.constexpr,
-):
-    """s += g'^2; p -= clr g' / (sqrt(s) + eps); clr from hyper[0] with DEVICE_STEP."""
-    offs, mask, g = _prologue(table_ptr, n, g_ptr, scale_ptr, gscale, SCALE, MAXIMIZE, HAS_TABLE, INT64,
-                              CDT, BLOCK)
-    one = tl.full((), 1.0, tl.float64)
-    if DEVICE_STEP:
-        clr = tl.load(hyper_ptr)
-    p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(CDT)
-    if WEIGHT_DECAY:
-        g = g + (weight_decay * one).to(CDT) * p
-    s = tl.load(sum_ptr + offs, mask=mask, other=0.0).to(CDT) + g * g
-    tl.store(sum_ptr + offs, s.to(sum_ptr.dtype.element_ty), mask=mask)
-    std = _sqrt(s, CDT) + (eps * one).to(CDT)
-    p = p - _div((clr * one).to(CDT) * g, std, CDT)
-    tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _rmsprop_kernel(
-    p_ptr, g_ptr, sq_ptr, avg_ptr, buf_ptr, table_ptr, scale_ptr, n,
-    lr: tl.float64, alpha: tl.float64, one_minus_alpha: tl.float64, eps: tl.float64,
-    weight_decay: tl.float64, momentum: tl.float64, gscale: tl.float64,
-    CENTERED: tl.constexpr, MOMENTUM: tl.constexpr, WEIGHT_DECAY: tl.constexpr,
-    MAXIMIZE: tl.constexpr, SCALE: tl.constexpr,
-    HAS_TABLE: tl.constexpr, INT64: tl.constexpr, CDT: tl.constexpr, BLOCK: tl.constexpr,
-):
-    """v = alpha v + (1 - alpha) g'^2; a = sqrt(v [- m^2]) + eps; p -= lr (b | g'/a)."""
-    offs, mask, g = _prologue(table_ptr, n, g_ptr, scale_ptr, gscale, SCALE, MAXIMIZE, HAS_TABLE, INT64,
-                              CDT, BLOCK)
-    one = tl.full((), 1.0, tl.float64)
-    w = (one_minus_alpha * one).to(CDT)
-    p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(CDT)
-    if WEIGHT_DECAY:
-        g = g + (weight_decay * one).to(CDT) * p
-    v = tl.load(sq_ptr + offs, mask=mask, other=0.0).to(CDT) * (alpha * one).to(CDT) + w * g * g
-    tl.store(sq_ptr + offs, v.to(sq_ptr.dtype.element_ty), mask=mask)
-    if CENTERED:
-        m = _lerp(tl.load(avg_ptr + offs, mask=mask, other=0.0).to(CDT), g, w)
-        tl.store(avg_ptr + offs, m.to(avg_ptr.dtype.element_ty), mask=mask)
-        a = _sqrt(v - m * m, CDT)
-    else:
-        a = _sqrt(v, CDT)
-    a = a + (eps * one).to(CDT)
-    if MOMENTUM:
-        b = tl.load(buf_ptr + offs, mask=mask, other=0.0).to(CDT) * (momentum * one).to(CDT) + _div(g, a, CDT)
-        tl.store(buf_ptr + offs, b.to(buf_ptr.dtype.element_ty), mask=mask)
-        p = p - (lr * one).to(CDT) * b
-    else:
-        p = p - _div((lr * one).to(CDT) * g, a, CDT)
-    tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _adam_kernel(
-    p_ptr, g_ptr, m_ptr, v_ptr, vmax_ptr, table_ptr, scale_ptr, hyper_ptr, n,
-    step_size: tl.float64, one_minus_beta1: tl.float64, beta2: tl.float64,
-    one_minus_beta2: tl.float64, eps: tl.float64, weight_decay: tl.float64,
-    decay: tl.float64, bias_correction2_sqrt: tl.float64, gscale: tl.float64,
-    AMSGRAD: tl.constexpr, DECOUPLED: tl.constexpr, WEIGHT_DECAY: tl.constexpr,
-    MAXIMIZE: tl.constexpr, SCALE: tl.constexpr, DEVICE_STEP: tl.constexpr,
-    HAS_TABLE: tl.constexpr, INT64: tl.constexpr, CDT: tl.constexpr, BLOCK: tl.constexpr,
-):
-    """m = lerp(m, g', 1 - beta1); v = beta2 v + (1 - beta2) g'^2;
-    p -= step_size m / (sqrt(v | max(v_max, v)) / sqrt(bc2) + eps); step_size and
-    sqrt(bc2) from hyper[0], hyper[1] with DEVICE_STEP (written by _step_kernel)."""
-    offs, mask, g = _prologue(table_ptr, n, g_ptr, scale_ptr, gscale, SCALE, MAXIMIZE, HAS_TABLE, INT64,
-                              CDT, BLOCK)
-    one = tl.full((), 1.0, tl.float64)
-    if DEVICE_STEP:
-        step_size = tl.load(hyper_ptr)
-        bias_correction2_sqrt = tl.load(hyper_ptr + 1)
-    p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(CDT)
-    if WEIGHT_DECAY:
-        if DECOUPLED:
-            p = p * (decay * one).to(CDT)
-        else:
-            g = g + (weight_decay * one).to(CDT) * p
-    m = _lerp(tl.load(m_ptr + offs, mask=mask, other=0.0).to(CDT), g, (one_minus_beta1 * one).to(CDT))
-    tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=mask)
-    v = (tl.load(v_ptr + offs, mask=mask, other=0.0).to(CDT) * (beta2 * one).to(CDT)
-         + (one_minus_beta2 * one).to(CDT) * g * g)
-    tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=mask)
-    if AMSGRAD:
-        v = tl.maximum(tl.load(vmax_ptr + offs, mask=mask, other=0.0).to(CDT), v,
-                       propagate_nan=tl.PropagateNan.ALL)
-        tl.store(vmax_ptr + offs, v.to(vmax_ptr.dtype.element_ty), mask=mask)
-    denom = _div(_sqrt(v, CDT), (bias_correction2_sqrt * one).to(CDT), CDT) + (eps * one).to(CDT)
-    p = p - _div((step_size * one).to(CDT) * m, denom, CDT)
-    tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _step_kernel(
-    step_ptr, index_ptr, count, hyper_ptr, lr: tl.float64, a: tl.float64, b: tl.float64,
-    MODE: tl.constexpr, HAS_INDEX: tl.constexpr, BLOCK: tl.constexpr,
-):
-    """One program: ``step[i] += 1`` for the ``count`` indices ``i`` of the index table
-    (HAS_INDEX) or ``0 .. count - 1``, then from ``s``, the new count of the first
-    (those advanced together are equal), the update's step-dependent scalars in float64:
-    MODE 0 (Adam, a = log2 beta1, b = log2 beta2): hyper = [lr / (1 - beta1^s),
-    sqrt(1 - beta2^s)]; MODE 1 (Adagrad, a = lr_decay): hyper = [lr / (1 + (s - 1) a)]."""
-    one = tl.full((), 1.0, tl.float64)
-    if HAS_INDEX:
-        first = tl.load(index_ptr)
-    else:
-        first = 0
-    s = tl.load(step_ptr + first).to(tl.float64) + 1.0
-    tl.debug_barrier()  # every thread has read the old count before any writes it
-    for start in range(0, count, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        mask = offs < count
-        if HAS_INDEX:
-            idx = tl.load(index_ptr + offs, mask=mask, other=0)
-        else:
-            idx = offs
-        x = tl.load(step_ptr + idx, mask=mask, other=0)
-        tl.store(step_ptr + idx, x + 1, mask=mask)
-    if MODE == 0:
-        bias_correction1 = 1.0 - tl.exp2(s * (a * one))
-        bias_correction2 = 1.0 - tl.exp2(s * (b * one))
-        tl.store(hyper_ptr, (lr * one) / bias_correction1)  # div.rn.f64, sqrt.rn.f64: IEEE
-        tl.store(hyper_ptr + 1, tl.sqrt(bias_correction2))
-    else:
-        tl.store(hyper_ptr, (lr * one) / (1.0 + (s - 1.0) * (a * one)))
-
-
-@triton.jit
-def _sumsq_kernel(
-    g_ptr, table_ptr, n, partial_ptr, counter_ptr, out_ptr, first, total, max_norm: tl.float64,
-    HAS_TABLE: tl.constexpr, INT64: tl.constexpr, CDT: tl.constexpr,
-    BLOCK: tl.constexpr, FINAL_BLOCK: tl.constexpr,
-):
-    """partial[first + pid] = sum of g^2 over this program's blocks (a grid-stride loop
-    over ``n`` elements, or over ``n`` table chunks); the last program of all launches
-    (``total`` programs) writes out = [norm, min(1, max_norm / (norm + 1e-6))]."""
-    pid = tl.program_id(0)
-    programs = tl.num_programs(0)
-    if INT64:
-        pid = pid.to(tl.int64)
-    acc = tl.zeros((BLOCK,), CDT)
-    if HAS_TABLE:
-        for c in range(pid, n, programs):
-            start = tl.load(table_ptr + 2 * c)
-            stop = tl.load(table_ptr + 2 * c + 1)
-            if HAS_TABLE == 2:
-                start = tl.multiple_of(start, 16)
-                stop = tl.multiple_of(stop, 16)
-            offs = start + tl.arange(0, BLOCK)
-            x = tl.load(g_ptr + offs, mask=offs < stop, other=0.0).to(CDT)
-            acc += x * x
-    else:
-        for start in range(pid * BLOCK, n, programs * BLOCK):
-            offs = start + tl.arange(0, BLOCK)
-            x = tl.load(g_ptr + offs, mask=offs < n, other=0.0).to(CDT)
-            acc += x * x
-    tl.store(partial_ptr + first + pid, tl.sum(acc, axis=0))
-    # every thread's part of the store happens before the ticket (a CTA barrier), and the
-    # ticket's acq_rel atomic publishes it to the program that finishes last
-    tl.debug_barrier()
-    ticket = tl.atomic_add(counter_ptr, 1)
-    if ticket == total - 1:
-        s = tl.zeros((FINAL_BLOCK,), CDT)
-        for i in range(0, total, FINAL_BLOCK):
-            idx = i + tl.arange(0, FINAL_BLOCK)
-            # .cg: read at L2, where the other programs' partials are, never a stale L1 line
-            s += tl.load(partial_ptr + idx, mask=idx < total, other=0.0, cache_modifier=".cg")
-        norm = _sqrt(tl.sum(s, axis=0), CDT)
-        coef = _div((max_norm * tl.full((), 1.0, tl.float64)).to(CDT), norm + 1e-6, CDT)
-        coef = tl.where(coef > 1.0, 1.0, coef)  # NaN fails the test and stays NaN
-        tl.store(out_ptr, norm)
-        tl.store(out_ptr + 1, coef)
-        tl.store(counter_ptr, 0)  # ready for the next reduction (launches are stream-ordered)
-
 
 _KERNELS = {
     name: Tuned(kernel, ("BLOCK",), [DEFAULT_CONFIG], key=["n"], interpret=INTERPRET_CONFIG)
@@ -714,7 +434,7 @@ def clip_coefficient(grads, max_norm, *, segments=None):
         ``[norm, coef]``, a two-element array on the gradients' device.
     """
     global LAUNCHES
-    grads, segments = _check_norm_args(grads, max_norm, segments)
+    grads, segments = check_norm_args(grads, max_norm, segments)
     for i, g in enumerate(grads):
         if g.dtype not in _FLOATS:
             raise TypeError(f"clip_coefficient (Triton): grads[{i}] must be float32, float16, bfloat16 "
@@ -726,7 +446,7 @@ def clip_coefficient(grads, max_norm, *, segments=None):
     if len(devices) > 1:
         raise RuntimeError(f"clip_coefficient: expected gradients on one device, got {sorted(devices)}")
     device = devices.pop()
-    dtype = _norm_dtype(grads)
+    dtype = norm_dtype(grads)
     cap = _INTERPRET_REDUCE_PROGRAMS if backend.interpreting() else MAX_REDUCE_PROGRAMS
     plan = []
     for g, seg in zip(grads, segments):
@@ -757,129 +477,3 @@ def clip_coefficient(grads, max_norm, *, segments=None):
         LAUNCHES += 1
         first += programs
     return out
-
-
-# ----------------------------------------------------------------------------- ahead of time
-
-
-_POINTERS = {
-    "_sgd_kernel": ("p_ptr", "g_ptr", "buf_ptr"),
-    "_adagrad_kernel": ("p_ptr", "g_ptr", "sum_ptr"),
-    "_rmsprop_kernel": ("p_ptr", "g_ptr", "sq_ptr", "avg_ptr", "buf_ptr"),
-    "_adam_kernel": ("p_ptr", "g_ptr", "m_ptr", "v_ptr", "vmax_ptr"),
-}
-_STEP_OFF = {  # host scalars (the default; "device step" variants switch it on)
-    "_sgd_kernel": {}, "_rmsprop_kernel": {},
-    "_adagrad_kernel": dict(DEVICE_STEP=False), "_adam_kernel": dict(DEVICE_STEP=False),
-}
-_ALL_ON = {  # every option of each kernel switched on (the most code)
-    "_sgd_kernel": dict(MOMENTUM=True, NESTEROV=True, FIRST=False, WEIGHT_DECAY=True, MAXIMIZE=True),
-    "_adagrad_kernel": dict(WEIGHT_DECAY=True, MAXIMIZE=True),
-    "_rmsprop_kernel": dict(CENTERED=True, MOMENTUM=True, WEIGHT_DECAY=True, MAXIMIZE=True),
-    "_adam_kernel": dict(AMSGRAD=True, DECOUPLED=True, WEIGHT_DECAY=True, MAXIMIZE=True),
-}
-
-
-def _signature(fn, const, pointers, table="i32", int64=False):
-    """Pointers typed by ``pointers`` (name -> Triton type), annotated floats fp64, the
-    size / index arguments i32 (i64 with INT64)."""
-    sig = {}
-    for name in fn.arg_names:
-        if name in const:
-            sig[name] = "constexpr"
-        elif name in pointers:
-            sig[name] = "*" + pointers[name]
-        elif name == "table_ptr":
-            sig[name] = "*" + table
-        elif name in ("scale_ptr", "partial_ptr", "out_ptr"):
-            sig[name] = "*" + pointers.get("_accumulate", "fp32")
-        elif name == "hyper_ptr":  # unused without DEVICE_STEP: the launcher passes p there
-            sig[name] = "*fp64" if const.get("DEVICE_STEP") or "p_ptr" not in pointers else "*" + pointers["p_ptr"]
-        elif name == "step_ptr":
-            sig[name] = "*" + pointers.get("step_ptr", "fp32")
-        elif name == "index_ptr":
-            sig[name] = "*i32"
-        elif name == "counter_ptr":
-            sig[name] = "*i32"
-        elif fn.params[fn.arg_names.index(name)].annotation == "fp64":
-            sig[name] = "fp64"
-        else:
-            sig[name] = "i64" if int64 and name == "n" else "i32"
-    return sig
-
-
-def aot_specs():
-    """Every update kernel x GPU config (float32, every option on, whole buffer), plus,
-    on the default config, the variants that change the generated code: bf16 / fp16
-    gradients with float32 master weights, bf16 parameters, float64, a segment table,
-    a device clipping coefficient, plain options, INT64 offsets, and (Adam, Adagrad) the
-    step-dependent scalars loaded from the device (capturable: whole buffer, table,
-    float64); the step advance of capturable updates (each mode, with and without an
-    index table, float32 and int32 counts); and the norm reduction (float32, bf16
-    gradients with a table, float64, INT64)."""
-    from .aot import KernelSpec  # noqa: PLC0415
-
-    specs = []
-    for name, pointers in _POINTERS.items():
-        fn = globals()[name]
-        for cfg in GPU_CONFIGS:
-            block, warps, stages = cfg
-            runs = [("fp32", "fp32", "fp32", {})]
-            if cfg == DEFAULT_CONFIG:
-                runs += [
-                    ("fp32 p bf16 g", "fp32", "bf16", {}),
-                    ("fp32 p fp16 g", "fp32", "fp16", {}),
-                    ("bf16", "bf16", "bf16", {}),
-                    ("fp64", "fp64", "fp64", {"CDT": tl.float64}),
-                    ("table", "fp32", "fp32", {"HAS_TABLE": 2, "BLOCK": TABLE_BLOCK}),
-                    ("table unaligned", "fp32", "fp32", {"HAS_TABLE": 1, "BLOCK": TABLE_BLOCK}),
-                    ("scale ptr", "fp32", "fp32", {"SCALE": _SCALE_POINTER}),
-                    ("plain", "fp32", "fp32", {**{k: False for k in _ALL_ON[name]}, "SCALE": _SCALE_NONE}),
-                    ("int64", "fp32", "fp32", {"INT64": True, "BLOCK": TABLE_BLOCK}),
-                ]
-                if _STEP_OFF[name]:
-                    runs += [
-                        ("device step", "fp32", "fp32", {"DEVICE_STEP": True}),
-                        ("device step table", "fp32", "fp32",
-                         {"DEVICE_STEP": True, "HAS_TABLE": 2, "BLOCK": TABLE_BLOCK}),
-                        ("device step fp64", "fp64", "fp64", {"DEVICE_STEP": True, "CDT": tl.float64}),
-                    ]
-            for label, pdt, gdt, over in runs:
-                const = dict(_ALL_ON[name], **_STEP_OFF[name], SCALE=_SCALE_VALUE, HAS_TABLE=0, INT64=False,
-                             CDT=tl.float32, BLOCK=block)
-                const.update(over)
-                if const["BLOCK"] == TABLE_BLOCK and (const["HAS_TABLE"] or const["INT64"]):
-                    warps, stages = FIXED_CONFIG[1:]
-                ptrs = {k: pdt for k in pointers}
-                ptrs["g_ptr"] = gdt
-                specs.append(KernelSpec(
-                    name=f"optim.{name[1:-7]}[{const['BLOCK']} w{warps} {label}]", module=__name__, kernel=name,
-                    signature=_signature(fn, const, ptrs, "i64" if const["INT64"] else "i32", const["INT64"]),
-                    constexprs=const, num_warps=warps, num_stages=stages, tensor_cores=False,
-                ))
-                warps, stages = cfg[1], cfg[2]
-    fn = _step_kernel
-    for mode, mode_name in ((_STEP_ADAM, "adam"), (_STEP_ADAGRAD, "adagrad")):
-        for has_index in (False, True):
-            for sdt in ("fp32", "i32"):
-                const = dict(MODE=mode, HAS_INDEX=has_index, BLOCK=STEP_BLOCK)
-                specs.append(KernelSpec(
-                    name=f"optim.step[{STEP_BLOCK} w4 {mode_name}{' index' if has_index else ''} {sdt}]",
-                    module=__name__, kernel="_step_kernel",
-                    signature=_signature(fn, const, {"step_ptr": sdt}),
-                    constexprs=const, num_warps=4, num_stages=1, tensor_cores=False,
-                ))
-    fn = _sumsq_kernel
-    for label, gdt, acc, over in [("fp32", "fp32", "fp32", {}),
-                                  ("bf16 table", "bf16", "fp32", {"HAS_TABLE": 2}),
-                                  ("fp64", "fp64", "fp64", {"CDT": tl.float64}),
-                                  ("int64", "fp32", "fp32", {"INT64": True})]:
-        const = dict(HAS_TABLE=0, INT64=False, CDT=tl.float32, BLOCK=REDUCE_BLOCK, FINAL_BLOCK=1024)
-        const.update(over)
-        specs.append(KernelSpec(
-            name=f"optim.sumsq[{REDUCE_BLOCK} w4 {label}]", module=__name__, kernel="_sumsq_kernel",
-            signature=_signature(fn, const, {"g_ptr": gdt, "_accumulate": acc},
-                                 "i64" if const["INT64"] else "i32", const["INT64"]),
-            constexprs=const, num_warps=4, num_stages=1, tensor_cores=False,
-        ))
-    return specs

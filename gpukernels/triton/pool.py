@@ -71,7 +71,7 @@ import triton
 import triton.language as tl
 
 from ..backend import get_array_module, kernel_arg
-from ..shapes import conv2d_output_size
+from ..shapes import conv2d_output_size, pair
 from ._common import Tuned, arg, check_float, kernel_view, needs_int64, strides, widen4
 
 # ----------------------------------------------------------------------------- kernels
@@ -321,19 +321,13 @@ KERNELS = {
 # ----------------------------------------------------------------------------- launchers
 
 
-def _pair(v, op, name, minimum):
-    p = (v, v) if isinstance(v, (int, np.integer)) else tuple(v)
-    if len(p) != 2 or not all(isinstance(i, (int, np.integer)) for i in p) or min(p) < minimum:
-        raise ValueError(f"{op}: {name} must be an int >= {minimum} or a pair of them, got {v!r}")
-    return int(p[0]), int(p[1])
-
-
 def _geometry(op, shape, kernel, stride, padding, dilation=(1, 1)):
-    """Validated (kh, kw), (sh, sw), (ph, pw), (dh, dw) and the output (oh, ow)."""
+    """(kh, kw), (sh, sw), (ph, pw), (dh, dw) and the output (oh, ow). The window
+    arguments were checked at the public surface (``ops.pool``); here only what keeps the
+    launch inside its arrays: a 4-d input and an output of at least one pixel."""
     if len(shape) != 4:
         raise ValueError(f"{op}: expected a 4-d (N, C, H, W) input, got shape {tuple(shape)}")
-    k, s = _pair(kernel, op, "kernel", 1), _pair(stride, op, "stride", 1)
-    p, d = _pair(padding, op, "padding", 0), _pair(dilation, op, "dilation", 1)
+    k, s, p, d = pair(kernel), pair(stride), pair(padding), pair(dilation)
     oh, ow = conv2d_output_size(shape[2], shape[3], k, s, p, d)
     if oh < 1 or ow < 1:
         raise ValueError(f"{op}: window {k} (dilation {d}) does not fit the input {tuple(shape)} "
@@ -490,63 +484,3 @@ def avg_pool2d_backward(grad_y, x_shape, kernel, stride, padding, count_include_
             KH=kh, KW=kw, STRIDE_H=sh, STRIDE_W=sw, NWIN_H=_windows(kh, sh, 1), NWIN_W=_windows(kw, sw, 1),
             COUNT_PAD=bool(count_include_pad) or (ph, pw) == (0, 0), INT64=needs_int64(grad_y, dx))
     return dx
-
-
-# ----------------------------------------------------------------------------- ahead-of-time specs
-
-
-def aot_specs():
-    """Every kernel x config in float32 on the 3x3/s2/p1 window (overlapping: the
-    backward's 2x2 window search), plus, on the first config of each kernel, the
-    variants that change the generated code: fp16, bf16, 2x2/s2 (non-overlapping, one
-    window per pixel), dilation 2, count_include_pad=False, int32 argmax, any input stride
-    with unaligned pointers, INT64 offsets. Pointers are 16-byte aligned otherwise, as
-    Triton specialises a launch on fresh allocations."""
-    from .aot import KernelSpec, signature_for  # noqa: PLC0415
-
-    kernels = {  # kind: (kernel, pointers (dtype None: the data dtype), own constexprs)
-        "max_fwd": ("_max_pool_fwd_kernel", {"x_ptr": None, "y_ptr": None, "idx_ptr": "i8"},
-                    dict(DIL_H=1, DIL_W=1)),
-        "max_bwd": ("_max_pool_bwd_kernel", {"g_ptr": None, "idx_ptr": "i8", "dx_ptr": None},
-                    dict(DIL_H=1, DIL_W=1, NWIN_H=2, NWIN_W=2)),
-        "avg_fwd": ("_avg_pool_fwd_kernel", {"x_ptr": None, "y_ptr": None}, dict(COUNT_PAD=True)),
-        "avg_bwd": ("_avg_pool_bwd_kernel", {"g_ptr": None, "dx_ptr": None},
-                    dict(COUNT_PAD=True, NWIN_H=2, NWIN_W=2)),
-    }
-    variants = [  # (label, dtype, constexpr overrides, pointer overrides, kinds it applies to)
-        ("fp16", "fp16", {}, {}, None),
-        ("bf16", "bf16", {}, {}, None),
-        ("2x2 s2", "fp32", {"KH": 2, "KW": 2, "NWIN_H": 1, "NWIN_W": 1}, {}, None),
-        ("3x3 s1 d2", "fp32", {"STRIDE_H": 1, "STRIDE_W": 1, "DIL_H": 2, "DIL_W": 2, "NWIN_H": 5, "NWIN_W": 5},
-         {}, ("max_fwd", "max_bwd")),
-        ("no pad count", "fp32", {"COUNT_PAD": False}, {}, ("avg_fwd", "avg_bwd")),
-        ("12x12 int32 idx", "fp32", {"KH": 12, "KW": 12, "STRIDE_H": 12, "STRIDE_W": 12, "NWIN_H": 1, "NWIN_W": 1},
-         {"idx_ptr": "i32"}, ("max_fwd", "max_bwd")),
-        ("strided", "fp32", {"sxw": None, "sgw": None}, {}, None),  # and unaligned
-        ("int64", "fp32", {"INT64": True}, {}, None),
-    ]
-    specs = []
-    for kind, (name, pointers, own) in kernels.items():
-        fn = globals()[name]
-        for i, (block, warps, stages) in enumerate(GPU_CONFIGS[kind]):
-            runs = [("fp32", "fp32", {}, {}, None)] + (variants if i == 0 else [])
-            for label, dtype, over, ptr_over, kinds in runs:
-                if kinds is not None and kind not in kinds:
-                    continue
-                # the innermost stride is 1 for contiguous inputs, which Triton specialises
-                # to a constexpr at launch: compile that (the "strided" variant: any stride)
-                const = dict(KH=3, KW=3, STRIDE_H=2, STRIDE_W=2, INT64=False, BLOCK=block, BLOCK_W=16,
-                             sxw=1, sgw=1, **own)
-                const.update(over)
-                const = {k: v for k, v in const.items() if k in fn.arg_names and v is not None}
-                ptrs = {p: (t or dtype) for p, t in pointers.items()}
-                ptrs.update({p: t for p, t in ptr_over.items() if p in ptrs})
-                specs.append(KernelSpec(
-                    name=f"pool.{kind}[{block} w{warps} {label}]", module=__name__, kernel=name,
-                    signature=signature_for(fn, const, ptrs), constexprs=const,
-                    num_warps=warps, num_stages=stages, tensor_cores=False,
-                    # our outputs are fresh (256-byte aligned) allocations, inputs usually
-                    # too; the "strided" variant assumes nothing
-                    aligned=() if label == "strided" else tuple(pointers),
-                ))
-    return specs
