@@ -25,19 +25,8 @@ __all__ = ["softmax_forward", "softmax_backward", "log_softmax_forward", "log_so
 
 
 def cross_entropy_forward(logits, target, reduction, ignore_index, label_smoothing):
-    """Loss and d(loss)/d(logits) for class-index targets.
-
-    Args:
-        logits: (N, C) float array.
-        target: (N,) integer class indices in [0, C), or ``ignore_index``.
-        reduction: "mean" (over non-ignored rows), "sum" or "none".
-        ignore_index: rows with this target contribute 0 loss and 0 gradient.
-        label_smoothing: eps in [0, 1].
-
-    Returns:
-        (loss, grad): loss is a 0-d array, or (N,) for "none"; grad is (N, C) and
-        already holds the 1/count of "mean".
-    """
+    """Loss and d(loss)/d(logits) for class-index targets: the arguments, results and
+    errors of ``gpukernels.reference.cross_entropy.cross_entropy_forward``."""
     xp = get_array_module(logits)
     n, c = logits.shape
     dt = logits.dtype.type

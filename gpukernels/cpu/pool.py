@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_array_module
-from .conv import conv2d_output_size
+from ..shapes import conv2d_output_size
 
 
 def _to_hwnc(x, padding, fill):

@@ -14,7 +14,7 @@ import threading
 import numpy as np
 import pytest
 
-from gpukernels.cpu import _parallel, conv
+from gpukernels.cpu import _conv_common, _parallel, conv
 from tests.helpers import assert_close
 
 torch = pytest.importorskip("torch")
@@ -211,8 +211,8 @@ def test_threaded_tiles_match_torch(path, stride, activation, bias, threaded, mo
     needs = (True, True, bias)
     ref = torch_conv(x, wt, b, stride, (1, 1), (1, 1), 1, activation, 0.1, gy, needs)
     # tiles of two images on every path: chunks of 5 and 4 give tiles 2, 2, 1 and 2, 2
-    tiles = conv._tiles
-    monkeypatch.setattr(conv, "_tiles", lambda n0, n1, per_image, budget: tiles(n0, n1, 1, 2))
+    tiles = _conv_common.tiles
+    monkeypatch.setattr(_conv_common, "tiles", lambda n0, n1, per_image, budget: tiles(n0, n1, 1, 2))
     knob(conv_cpu_path=path)
     y = conv.conv2d_forward(x, wt, b, stride, (1, 1), (1, 1), 1, activation, 0.1)
     grads = conv.conv2d_backward(gy, x, wt, y, stride, (1, 1), (1, 1), 1, activation, 0.1, needs)
@@ -242,12 +242,12 @@ def test_threaded_tiles_match_torch(path, stride, activation, bias, threaded, mo
 def test_path_choice(shape, stride, groups, expected):
     """The dispatcher's picks for the benchmarked layers (the thresholds were measured)."""
     n, c, h, o, k = shape
-    g = conv._Geom((n, c, h, h), (o, c // groups, k, k), stride, k // 2, 1, groups)
+    g = _conv_common.Geom((n, c, h, h), (o, c // groups, k, k), stride, k // 2, 1, groups)
     assert conv._path(g) == expected
 
 
 def test_tiles_cover_batch_with_tails():
-    b, tiles = conv._tiles(0, 5, 100, 250)
+    b, tiles = _conv_common.tiles(0, 5, 100, 250)
     assert b == 2 and tiles == [(0, 2), (2, 4), (4, 5)]
     assert _parallel.split(9, 2) == [(0, 4), (4, 9)] or _parallel.split(9, 2) == [(0, 5), (5, 9)]
     assert _parallel.split(1, 2) == [(0, 1)]

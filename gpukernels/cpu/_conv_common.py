@@ -1,0 +1,115 @@
+"""What every layout path of the NumPy conv2d (``gpukernels.cpu.conv``) shares: the
+call's geometry, the batch's tiles, the bias + activation epilogue, the activation's
+derivative, and the transposed convolution that computes grad_x for stride 1.
+
+Shapes: ``x`` (N, C, H, W), ``weight`` (O, C/G, KH, KW), ``y`` (N, O, OH, OW); ``G`` is
+``groups``, ``Cg = C/G``, ``Og = O/G``, ``Kg = Cg*KH*KW`` (one group's GEMM depth).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..host_rules import activate_
+from ..shapes import conv2d_output_size
+from ..shapes import pair as _pair
+
+
+class Geom:
+    """Every size one conv call needs, computed once."""
+
+    def __init__(self, xshape, wshape, stride, padding, dilation, groups):
+        self.N, self.C, self.H, self.W = (int(s) for s in xshape)
+        self.O, _, self.KH, self.KW = (int(s) for s in wshape)
+        self.sh, self.sw = _pair(stride)
+        self.ph, self.pw = _pair(padding)
+        self.dh, self.dw = _pair(dilation)
+        self.G = int(groups)
+        self.Cg, self.Og = self.C // self.G, self.O // self.G
+        self.Kg = self.Cg * self.KH * self.KW
+        self.OH, self.OW = conv2d_output_size(
+            self.H, self.W, (self.KH, self.KW), (self.sh, self.sw), (self.ph, self.pw), (self.dh, self.dw)
+        )
+        self.L = self.OH * self.OW
+        self.Hp, self.Wp = self.H + 2 * self.ph, self.W + 2 * self.pw
+        self.flops = 2.0 * self.N * self.O * self.Kg * self.L
+        self.rows_h = taps(self.OH, self.H, self.KH, self.sh, self.dh, self.ph)
+        self.rows_w = taps(self.OW, self.W, self.KW, self.sw, self.dw, self.pw)
+
+
+def taps(out_len, in_len, k, s, d, p):
+    """Per kernel tap t: ``(o0, o1, i0)``, the outputs ``o0 <= o < o1`` whose input
+    ``o*s + t*d - p`` lies inside ``[0, in_len)``, and the input of ``o0``."""
+    res = []
+    for t in range(k):
+        off = t * d - p
+        o0 = 0 if off >= 0 else (-off + s - 1) // s
+        o1 = max(o0, min(out_len, (in_len - 1 - off) // s + 1))
+        res.append((o0, o1, o0 * s + off))
+    return res
+
+
+# ----------------------------------------------------------------------------- activation
+
+
+def epilogue(acc, bias4, yt, activation, slope):
+    """``yt = act(acc + bias)``: the tile's GEMM result lands in the output while cache-hot."""
+    if bias4 is not None:
+        np.add(acc, bias4, out=yt)
+    else:
+        np.copyto(yt, acc)
+    activate_(np, yt, activation, slope)
+
+
+def masked_grad(xp, gy, y, activation, slope, work=None):
+    """``gy`` times the activation's derivative read from the saved output ``y``:
+    ``gy`` itself without activation, else a new array (or ``work``, contiguous and of
+    ``gy``'s shape). Kept contiguous on purpose: a bool*float multiply runs buffered,
+    and into a strided destination it is ~3x slower than multiply-then-copy."""
+    if activation is None:
+        return gy
+    if activation == "relu":
+        return xp.multiply(gy, y > 0, out=work)
+    factor = xp.where(y > 0, gy.dtype.type(1), gy.dtype.type(slope))
+    return xp.multiply(gy, factor, out=work)
+
+
+# ----------------------------------------------------------------------------- tiles
+
+
+def tiles(n0, n1, per_image_bytes, budget):
+    """Near-equal tiles of ``[n0, n1)`` whose column buffers fit ``budget`` bytes."""
+    n = n1 - n0
+    b = max(1, min(n, budget // max(1, per_image_bytes)))
+    count = -(-n // b)
+    b = -(-n // count)
+    return b, [(s, min(n1, s + b)) for s in range(n0, n1, b)]
+
+
+# ----------------------------------------------------------------------------- transposed conv
+
+
+def flat_ok(g):
+    """Stride 1: grad_x is then a (stride-1) convolution of grad_y (``transposed_geom``)."""
+    return g.sh == 1 and g.sw == 1
+
+
+def transposed_geom(g):
+    """The geometry of grad_x as a stride-1 conv of grad_y: kernel flipped and
+    transposed, padding ``d*(K-1) - p`` (negative means cropping)."""
+    return Geom(
+        (g.N, g.O, g.OH, g.OW),
+        (g.C, g.Og, g.KH, g.KW),
+        (1, 1),
+        (g.dh * (g.KH - 1) - g.ph, g.dw * (g.KW - 1) - g.pw),
+        (g.dh, g.dw),
+        g.G,
+    )
+
+
+def flipped_weight(weight, g):
+    """The transposed conv's weight ``(C, Og, KH, KW)``:
+    ``wq[g*Cg + cg, og, kh, kw] = w[g*Og + og, cg, KH-1-kh, KW-1-kw]``."""
+    return np.ascontiguousarray(
+        weight.reshape(g.G, g.Og, g.Cg, g.KH, g.KW)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+    ).reshape(g.C, g.Og, g.KH, g.KW)
