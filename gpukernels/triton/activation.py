@@ -333,11 +333,8 @@ def leaky_relu_backward(grad_y, y, negative_slope):
 
 
 def sigmoid_forward(x):
-    """y = 1 / (1 + exp(-x)), as 1 / (1 + e) or e / (1 + e) with e = exp(-|x|) (no overflow).
-
-    Args:
-        x: float array, any strides.
-    """
+    """y = 1 / (1 + exp(-x)), as 1 / (1 + e) or e / (1 + e) with e = exp(-|x|) (no
+    overflow); x as in ``relu_forward``."""
     return _forward_launch("sigmoid_forward", x)
 
 
@@ -347,11 +344,8 @@ def sigmoid_backward(grad_y, y):
 
 
 def tanh_forward(x):
-    """y = tanh(x) (series near 0, 1 - 2 / (exp(2|x|) + 1) elsewhere; within 2 ulp).
-
-    Args:
-        x: float array, any strides.
-    """
+    """y = tanh(x) (series near 0, 1 - 2 / (exp(2|x|) + 1) elsewhere; within 2 ulp); x as
+    in ``relu_forward``."""
     return _forward_launch("tanh_forward", x)
 
 

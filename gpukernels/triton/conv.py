@@ -29,9 +29,10 @@ Known traps avoided (see the convolution issue):
 - grad-input with stride > 1 is split into stride_h * stride_w sub-convolutions (one
   per phase of the input pixel modulo the stride), each a dense implicit GEMM over the
   taps that reach that phase, instead of zero-inserting dy;
-- grad-weight reduces over N*OH*OW as its GEMM K dimension, split across SPLIT_K
+- grad-weight reduces over N*OH*OW as its GEMM K dimension, split across several
   programs (each writes its own float32 partial; the launcher adds them: deterministic)
-  when the output tile grid alone would not fill the GPU;
+  when the output tile grid alone would not fill the GPU (``_common.split_k``, the
+  policy linear's grad-W shares);
 - a first layer with few input channels (C*KH*KW small) packs (kh, kw, c) into one K
   index (PACKED) instead of padding C up to BLOCK_K per tap; a 1x1 convolution is the
   KH = KW = 1 specialisation: a plain GEMM with no tap loop.

@@ -130,7 +130,7 @@ def _linear_gemm_kernel(
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) per GEMM and element width (float32
 # tiles take twice the shared memory of 16-bit ones; each fits the 163 KiB of an A100).
 #
-# Two regimes, both compiled by aot_specs() for sm_80 and sm_90 (python -m
+# Two regimes, both compiled by aot_specs.py for sm_80 and sm_90 (python -m
 # gpukernels.triton.aot --family linear), every config spill-free in the regime it runs in:
 # - aligned operands (16-byte pointers; M, N, K and the non-unit strides multiples of 16:
 #   what Triton specialises a launch on, e.g. any 4096 x 4096 layer): vectorised,
