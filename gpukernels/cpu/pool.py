@@ -125,7 +125,9 @@ def avg_pool2d_backward(grad_y, x_shape, kernel, stride, padding, count_include_
     """dx = sum over the windows covering each input of dy / divisor."""
     xp = get_array_module(grad_y)
     n, c, h, w = x_shape
-    share = xp.ascontiguousarray(grad_y.transpose(2, 3, 0, 1))
+    # a copy, always: ascontiguousarray would return grad_y itself when the transpose is
+    # already contiguous (1x1 outputs, or N*C == 1), and the division would write into it
+    share = xp.array(grad_y.transpose(2, 3, 0, 1), order="C")
     share /= _avg_divisor(x_shape, kernel, stride, padding, count_include_pad, xp, grad_y.dtype)
     gx = xp.zeros((h + 2 * padding[0], w + 2 * padding[1], n, c), dtype=grad_y.dtype)
     for i, j in _offsets(kernel):
