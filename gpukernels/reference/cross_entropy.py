@@ -10,6 +10,7 @@ Cross-entropy of logits z (N, C) against class indices t (N,), label smoothing e
 
   q[n]     = (1 - eps) onehot(t[n]) + eps / C           (the target distribution)
   loss[n]  = -sum_c q[n, c] log_softmax(z[n])_c           (0 where t[n] == ignore_index)
+           = -(1 - eps) log_softmax(z[n])_t - eps mean_c log_softmax(z[n])_c
   "mean"   sum(loss) / count,  count = rows not ignored (0/0 = nan when all are)
   "sum"    sum(loss);  "none": loss (N,)
   dz[n]    = (softmax(z[n]) - q[n]) * scale[n],  scale = [t != ignore_index] (/ count for
@@ -77,10 +78,14 @@ def cross_entropy_forward(logits, target, reduction, ignore_index, label_smoothi
         first = int(to_numpy(bad).nonzero()[0][0])
         raise ValueError(f"cross_entropy: target[{first}] = {int(target[first])} is not a class "
                          f"index in [0, {c}) nor ignore_index={ignore_index}")
-    onehot = xp.arange(c) == xp.where(valid, target, 0)[:, None]
-    q = (1 - label_smoothing) * onehot + label_smoothing / c
+    safe = xp.where(valid, target, 0)
+    q = (1 - label_smoothing) * (xp.arange(c) == safe[:, None]) + label_smoothing / c
     logp = log_softmax_forward(logits, 1)
-    loss = xp.where(valid, -(q * logp).sum(axis=1), 0).astype(dt)
+    # -sum_c q log p, written so that a masked class (logit -inf, q = 0) adds no 0 * -inf
+    loss = -logp[xp.arange(n), safe]
+    if label_smoothing:
+        loss = (1 - label_smoothing) * loss - label_smoothing * logp.mean(axis=1)
+    loss = xp.where(valid, loss, 0).astype(dt)
     count = int(valid.sum())
     scale = valid / max(count, 1) if reduction == "mean" else valid * 1.0
     grad = ((xp.exp(logp) - q) * scale[:, None]).astype(dt)

@@ -73,3 +73,17 @@ def test_float32_in_float32_out():
     for reduction in ("mean", "sum", "none"):
         loss, grad = ce.cross_entropy_forward(z, np.array([0, 1, 2, 0]), reduction, -100, 0.1)
         assert np.asarray(loss).dtype == np.float32 and grad.dtype == np.float32
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_masked_classes_of_minus_infinity(reduction):
+    z = np.random.default_rng(4).standard_normal((4, 9))
+    z[:, :5] = -np.inf  # a masked vocabulary: q = 0 there, and no 0 * -inf
+    t = np.array([5, 8, 6, 7])
+    tt = torch.tensor(t)
+    loss_ref, g, (gz_ref,) = torch_run(lambda tz: F.cross_entropy(tz, tt, reduction=reduction), z)
+    loss, grad = ce.cross_entropy_forward(z, t, reduction, -100, 0.0)
+    assert np.isfinite(loss).all() and not grad[:, :5].any()
+    assert_close(loss, loss_ref, atol=ATOL, rtol=RTOL, name="loss")
+    assert_close(ce.cross_entropy_backward(np.asarray(g), grad, reduction), gz_ref, atol=ATOL, rtol=RTOL,
+                 name="grad_logits")
