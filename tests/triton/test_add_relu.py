@@ -12,7 +12,7 @@ import pytest
 import gpukernels as gk
 from gpukernels import backend, nn
 from gpukernels import functional as F
-from gpukernels.cpu import activation as ref
+from gpukernels.reference import activation as ref
 from tests.helpers import assert_close
 
 pytestmark = pytest.mark.skipif(not backend.interpreting(), reason="needs TRITON_INTERPRET=1")

@@ -15,7 +15,7 @@ import pytest
 import gpukernels as gk
 from gpukernels import backend
 from gpukernels import functional as F
-from gpukernels.cpu import batchnorm as ref
+from gpukernels.reference import batchnorm as ref
 from tests.helpers import assert_close
 
 pytestmark = pytest.mark.skipif(not backend.interpreting(), reason="needs TRITON_INTERPRET=1")
@@ -301,7 +301,7 @@ def test_functional_batch_norm_dispatches_to_triton_under_interpret():
 
 def test_a_read_only_contiguous_input_is_accepted(tri):
     # np.broadcast_to(x, x.shape) is C-contiguous but read-only: kernel_view must copy it
-    from gpukernels.cpu import batchnorm as ref
+    from gpukernels.reference import batchnorm as ref
 
     x = np.random.default_rng(5).standard_normal((4, 3, 5, 5)).astype(np.float32)
     y, _, _ = tri.batch_norm_forward(np.broadcast_to(x, x.shape), None, None, None, None, True, 0.1, 1e-5)

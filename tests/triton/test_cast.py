@@ -9,7 +9,7 @@ import torch
 
 import gpukernels as gk
 from gpukernels import backend
-from gpukernels.cpu import cast as ref
+from gpukernels.reference import cast as ref
 from gpukernels.dtypes import to_float32
 from gpukernels.kernels import cast_array
 from tests.helpers import assert_close

@@ -10,7 +10,7 @@ import pytest
 import gpukernels as gk
 from gpukernels import backend
 from gpukernels import functional as F
-from gpukernels.cpu import conv as ref
+from gpukernels.reference import conv as ref
 from tests.helpers import assert_close
 
 pytestmark = pytest.mark.skipif(not backend.interpreting(), reason="needs TRITON_INTERPRET=1")

@@ -14,7 +14,7 @@ import pytest
 import gpukernels as gk
 from gpukernels import backend
 from gpukernels import functional as F
-from gpukernels.cpu import cross_entropy as ref
+from gpukernels.reference import cross_entropy as ref
 from gpukernels.triton._common import from_float32, to_float32
 from tests.helpers import assert_close
 

@@ -13,7 +13,7 @@ import pytest
 import gpukernels as gk
 from gpukernels import backend
 from gpukernels import functional as F
-from gpukernels.cpu import dropout as ref
+from gpukernels.reference import dropout as ref
 from gpukernels.triton._common import to_float32
 
 pytestmark = pytest.mark.skipif(not backend.interpreting(), reason="needs TRITON_INTERPRET=1")

@@ -11,7 +11,7 @@ import pytest
 import gpukernels as gk
 from gpukernels import backend
 from gpukernels import functional as F
-from gpukernels.cpu import linear as ref
+from gpukernels.reference import linear as ref
 from tests.helpers import assert_close
 
 pytestmark = pytest.mark.skipif(not backend.interpreting(), reason="needs TRITON_INTERPRET=1")

@@ -14,7 +14,7 @@ import gpukernels as gk
 import gpukernels.optim as gko
 from gpukernels import backend, nn
 from gpukernels.nn.parameter import Parameter
-from gpukernels.cpu import optim as ref
+from gpukernels.reference import optim as ref
 from gpukernels.tensor import Tensor
 
 torch = pytest.importorskip("torch")

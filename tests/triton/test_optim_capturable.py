@@ -17,7 +17,7 @@ import gpukernels as gk
 import gpukernels.optim as gko
 from gpukernels import backend, cuda_graph, nn
 from gpukernels.nn.parameter import Parameter
-from gpukernels.cpu import optim as ref
+from gpukernels.reference import optim as ref
 from gpukernels.tensor import Tensor
 
 SHAPES = [(7,), (3, 5), (1,), (2, 3, 4), (), (1025,)]
