@@ -14,6 +14,11 @@ knob                      default    what it does
 ``conv_cpu_path``         ``None``   the CPU conv's layout path: ``"nhwc"``, ``"flat"``
                                      (stride-1 only), ``"batch_inner"`` or
                                      ``"generic"``; None lets ``cpu.conv`` choose
+``cpu_threads``           ``None``   the CPU kernels' threads (``cpu/_parallel``):
+                                     ``"serial"`` keeps every call on the calling
+                                     thread, ``"forced"`` hands every call to two
+                                     threads in pieces as small as the array allows
+                                     (conv at any size); None: the size thresholds
 ``split_k``               ``None``   grad-W split-K count of the Triton conv and linear
                                      under the interpreter (on a GPU the policy picks);
                                      None: one split
@@ -33,7 +38,7 @@ from __future__ import annotations
 
 import contextlib
 
-_DEFAULTS = {"conv_cpu_path": None, "split_k": None, "check_targets": True, "configs": {}}
+_DEFAULTS = {"conv_cpu_path": None, "cpu_threads": None, "split_k": None, "check_targets": True, "configs": {}}
 _values = dict(_DEFAULTS)
 _values["configs"] = {}
 
@@ -50,6 +55,8 @@ def _check(name, value):
         raise KeyError(f"knobs.override(): no knob {name!r}; the knobs are {sorted(_DEFAULTS)}")
     if name == "conv_cpu_path" and value not in _CONV_PATHS:
         raise ValueError(f"knobs.override(): conv_cpu_path must be one of {_CONV_PATHS}, got {value!r}")
+    if name == "cpu_threads" and value not in (None, "serial", "forced"):
+        raise ValueError(f"knobs.override(): cpu_threads must be None, 'serial' or 'forced', got {value!r}")
     if name == "split_k" and value is not None and (not isinstance(value, int) or value < 1):
         raise ValueError(f"knobs.override(): split_k must be None or an int >= 1, got {value!r}")
     if name == "check_targets" and not isinstance(value, bool):

@@ -46,6 +46,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .. import knobs
+
 #: Worker threads for large calls (the calling thread counts as one).
 NUM_THREADS = max(
     1,
@@ -62,6 +64,21 @@ MIN_PARALLEL_BYTES = 8 << 20
 #: allows.
 PIECES_PER_THREAD = 2
 PIECE_BYTES = 1 << 20
+
+
+
+def policy() -> tuple:
+    """``(threads, min_parallel_bytes, piece_bytes, pieces_per_thread)`` for this call:
+    the constants above, unless the ``cpu_threads`` knob (``gpukernels.knobs``) asks
+    tests to stay on the calling thread (``"serial"``) or to hand every call to two
+    threads in pieces as small as the array allows (``"forced"``)."""
+    mode = knobs.get("cpu_threads")
+    if mode == "serial":
+        return NUM_THREADS, float("inf"), PIECE_BYTES, PIECES_PER_THREAD
+    if mode == "forced":
+        return 2, 0, 1, 3
+    return NUM_THREADS, MIN_PARALLEL_BYTES, PIECE_BYTES, PIECES_PER_THREAD
+
 
 _pool = {"executor": None, "pid": None, "controller": None, "checked": False}
 #: Held by the one call running threaded; others run on their calling thread.
@@ -114,11 +131,12 @@ def run_pieces(x3, work, sweeps):
     in pieces of ~PIECE_BYTES when ``work`` runs several operations (the later ones then
     find their piece in L2: 5-15% faster for 2-4 MiB arrays)."""
     n = x3.shape[0]
-    size = max(1, min(n, x3.nbytes // PIECE_BYTES))  # pieces of at least PIECE_BYTES
-    threads = max(1, NUM_THREADS)
+    threads, min_bytes, piece_bytes, per_thread = policy()
+    size = max(1, min(n, x3.nbytes // piece_bytes))  # pieces of at least PIECE_BYTES
+    threads = max(1, threads)
     if (isinstance(x3, np.ndarray) and threads > 1 and size > 1
-            and x3.nbytes * sweeps >= MIN_PARALLEL_BYTES and lock.acquire(blocking=False)):
-        pieces = split(n, min(size, threads * PIECES_PER_THREAD))
+            and x3.nbytes * sweeps >= min_bytes and lock.acquire(blocking=False)):
+        pieces = split(n, min(size, threads * per_thread))
     else:  # pieces only help where a later operation finds its piece in L2
         pieces = split(n, size) if isinstance(x3, np.ndarray) and sweeps > 1 else [(0, n)]
         return [work(a, b) for a, b in pieces]

@@ -38,7 +38,7 @@ def _large_flat(sweeps, *arrays):
     least ``_parallel.MIN_PARALLEL_BYTES`` of operations), else None: then the plain
     expression is the cheapest."""
     a = arrays[0]
-    if (isinstance(a, np.ndarray) and a.nbytes * sweeps >= _parallel.MIN_PARALLEL_BYTES
+    if (isinstance(a, np.ndarray) and a.nbytes * sweeps >= _parallel.policy()[1]
             and all(isinstance(b, np.ndarray) and b.shape == a.shape and b.dtype == a.dtype
                     and b.flags.c_contiguous for b in arrays)):
         return [b.reshape(-1) for b in arrays]

@@ -134,9 +134,11 @@ def _path(g):
 def _run_chunks(g, work):
     """Run ``work(n0, n1)`` over the batch: threaded chunks for big calls, else one call.
     Returns the list of the chunks' results."""
-    nthreads = min(_parallel.NUM_THREADS, g.N)
+    mode = knobs.get("cpu_threads")  # tests: "serial" / "forced" (gpukernels.knobs)
+    nthreads = min(_parallel.policy()[0], g.N)
+    min_flops = {"serial": float("inf"), "forced": 0}.get(mode, MIN_PARALLEL_FLOPS)
     lock = _parallel.lock
-    if nthreads > 1 and g.flops >= MIN_PARALLEL_FLOPS and lock.acquire(blocking=False):
+    if nthreads > 1 and g.flops >= min_flops and lock.acquire(blocking=False):
         try:
             limiter = _parallel.blas_limiter()
             if limiter is not None:

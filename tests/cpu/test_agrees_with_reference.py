@@ -12,7 +12,6 @@ import pytest
 
 import gpukernels as gk
 from gpukernels import cpu, reference  # noqa: F401 - the packages, for the identity checks
-from gpukernels.cpu import _parallel
 from gpukernels.cpu import activation as cpu_activation
 from gpukernels.cpu import batchnorm as cpu_batchnorm
 from gpukernels.cpu import conv as cpu_conv
@@ -48,12 +47,10 @@ def _rand(rng, shape, dtype, scale=1.0):
 
 
 @pytest.fixture(params=["serial", "threads"])
-def driver(request, monkeypatch):
+def driver(request, knob):
     """The calling thread only, or the threaded piece driver forced on at every size."""
     if request.param == "threads":
-        monkeypatch.setattr(_parallel, "MIN_PARALLEL_BYTES", 0)
-        monkeypatch.setattr(_parallel, "PIECE_BYTES", 1)
-        monkeypatch.setattr(_parallel, "NUM_THREADS", 2)
+        knob(cpu_threads="forced")
     return request.param
 
 

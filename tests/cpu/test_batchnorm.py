@@ -32,16 +32,10 @@ SHAPES = [
 
 
 @pytest.fixture(params=["serial", "threads"])
-def driver(request, monkeypatch):
+def driver(request, knob):
     """Run on the calling thread only, or force the piece driver on for every size
     (pieces of uneven length, more pieces than some batches have images)."""
-    if request.param == "serial":
-        monkeypatch.setattr(_parallel, "MIN_PARALLEL_BYTES", 1 << 62)
-    else:
-        monkeypatch.setattr(_parallel, "MIN_PARALLEL_BYTES", 0)
-        monkeypatch.setattr(_parallel, "PIECE_BYTES", 1)
-        monkeypatch.setattr(_parallel, "PIECES_PER_THREAD", 3)
-        monkeypatch.setattr(_parallel, "NUM_THREADS", 2)
+    knob(cpu_threads="serial" if request.param == "serial" else "forced")
     return request.param
 
 
@@ -224,10 +218,9 @@ def test_lock_held_runs_serially():
 
 @pytest.mark.parametrize("forced", [False, True], ids=["auto", "threads"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_relu_matches_plain_expressions(monkeypatch, forced, dtype):
+def test_relu_matches_plain_expressions(knob, forced, dtype):
     if forced:
-        monkeypatch.setattr(_parallel, "MIN_PARALLEL_BYTES", 0)
-        monkeypatch.setattr(_parallel, "PIECE_BYTES", 1)
+        knob(cpu_threads="forced")
     rng = np.random.default_rng(8)
     x = rng.standard_normal((33, 7, 17, 19)).astype(dtype)
     x[0, 0, 0, :4] = [0.0, -0.0, np.nan, -np.inf]

@@ -188,10 +188,9 @@ def test_conv_matches_torch_float64(case, knob):
 
 
 @pytest.fixture
-def threaded(monkeypatch):
+def threaded(knob):
     """Force the multi-threaded driver with small tiles (so chunks have tile tails)."""
-    monkeypatch.setattr(conv, "MIN_PARALLEL_FLOPS", 0)
-    monkeypatch.setattr(_parallel, "NUM_THREADS", 2)
+    knob(cpu_threads="forced")
 
 
 @pytest.mark.parametrize("path", PATHS)
