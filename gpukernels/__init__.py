@@ -16,7 +16,7 @@ from .tensor import Tensor
 from .creation import tensor
 from .random import manual_seed
 from .amp import autocast, get_autocast_dtype
-from . import cuda_graph, functional, nn, optim  # noqa: E402 - they import the names above
+from . import cuda_graph, data, distributed, functional, nn, optim  # noqa: E402 - they import the names above
 from .creation import arange, ones, randn, zeros, ones_like, zeros_like  # noqa: E402,F811
 from .serialization import load, save  # noqa: E402 - safetensors files, never pickles
 
@@ -25,7 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Function", "Tensor", "tensor", "no_grad", "enable_grad", "is_grad_enabled",
     "set_backend", "get_backend", "cuda_available", "backend", "manual_seed",
-    "functional", "nn", "optim", "cuda_graph", "zeros", "ones", "randn", "arange", "zeros_like",
+    "functional", "nn", "optim", "cuda_graph", "data", "distributed", "zeros", "ones", "randn", "arange", "zeros_like",
     "ones_like", "float16", "float32", "float64", "int32", "int64", "bool_", "bfloat16",
     "autocast", "get_autocast_dtype", "save", "load",
 ]

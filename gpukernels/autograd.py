@@ -80,6 +80,47 @@ class Node:
 
     _vc = None
     _rebases: tuple = ()
+    #: ``hook(tensor)`` callables run when backward has accumulated this leaf's gradient
+    #: (``register_post_accumulate_grad_hook``); a tensor gets its own list on first use.
+    _post_accumulate_hooks: tuple = ()
+
+
+class RemovableHandle:
+    """What ``register_post_accumulate_grad_hook`` returns: ``remove()`` unregisters."""
+
+    def __init__(self, hooks: list, hook):
+        self._hooks, self._hook = hooks, hook
+
+    def remove(self) -> None:
+        if self._hook in self._hooks:
+            self._hooks.remove(self._hook)
+
+
+def register_post_accumulate_grad_hook(node: Node, hook) -> RemovableHandle:
+    """Run ``hook(node)`` each time a backward pass has accumulated ``node.grad`` (a leaf),
+    after all of that pass's contributions to it are summed: the gradient is final for
+    the pass (PyTorch's ``Tensor.register_post_accumulate_grad_hook``). Data-parallel
+    training starts a bucket's all-reduce from here, while backward goes on."""
+    if node._ctx is not None:
+        raise RuntimeError("post accumulate grad hooks cannot be registered on non-leaf tensors")
+    if not node.__dict__.get("_post_accumulate_hooks"):
+        node._post_accumulate_hooks = []
+    node._post_accumulate_hooks.append(hook)
+    return RemovableHandle(node._post_accumulate_hooks, hook)
+
+
+_callbacks = threading.local()
+
+
+def queue_callback(callback) -> None:
+    """Run ``callback()`` once the backward pass now running has finished (after its last
+    gradient is accumulated, before ``backward()`` returns): PyTorch's
+    ``Variable._execution_engine.queue_callback``. Called outside a backward pass it is
+    a RuntimeError."""
+    queue = getattr(_callbacks, "queue", None)
+    if queue is None:
+        raise RuntimeError("queue_callback() can only be called while a backward pass is running")
+    queue.append(callback)
 
 
 class VersionCounter:
@@ -283,7 +324,19 @@ def _topological_order(root: Node) -> list[Node]:
 
 
 def run_backward(root: Node, grad, retain_graph: bool) -> None:
-    """Run the tape under ``root`` backwards from ``grad`` (``Tensor.backward``)."""
+    """Run the tape under ``root`` backwards from ``grad`` (``Tensor.backward``), then the
+    callbacks queued during it (``queue_callback``), in the order queued."""
+    outer = getattr(_callbacks, "queue", None)
+    _callbacks.queue = queue = []
+    try:
+        _run_tape(root, grad, retain_graph)
+        while queue:  # a callback may queue another
+            queue.pop(0)()
+    finally:
+        _callbacks.queue = outer
+
+
+def _run_tape(root: Node, grad, retain_graph: bool) -> None:
     grads = {id(root): grad}
     handed_out = {id(grad)}  # arrays some .grad (or the caller) already holds
     for node in reversed(_topological_order(root)):
@@ -292,6 +345,8 @@ def run_backward(root: Node, grad, retain_graph: bool) -> None:
             continue
         if node._ctx is None or node._retain_grad:
             _accumulate(node, g, handed_out)
+            for hook in tuple(node._post_accumulate_hooks):
+                hook(node)
         fn = node._ctx
         if fn is None:
             continue

@@ -21,7 +21,7 @@ import numpy as np
 from . import backend
 from .autograd import (
     Function, Node, VersionCounter, _check_same_device, _refuse_bf16, check_same_dtype, is_grad_enabled, rebase_epoch,
-    run_backward,
+    register_post_accumulate_grad_hook, run_backward,
 )
 from .dtypes import FLOATS as _FLOATS
 from .dtypes import as_dtype as _as_dtype
@@ -177,6 +177,11 @@ class Tensor(Node):
     def retain_grad(self) -> None:
         """Keep ``.grad`` on this non-leaf tensor after backward."""
         self._retain_grad = True
+
+    def register_post_accumulate_grad_hook(self, hook):
+        """Run ``hook(self)`` whenever a backward pass has accumulated this leaf's
+        ``.grad`` (final for that pass); returns a handle whose ``remove()`` undoes it."""
+        return register_post_accumulate_grad_hook(self, hook)
 
     # -- in-place ops ----------------------------------------------------------------------
     # Each bumps the version counter. Outside no_grad, on a tensor that requires grad (or

@@ -13,7 +13,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "gpukernels"
 KERNEL_PACKAGES = ("reference", "cpu", "triton")
 #: What a kernel package may not import: the autograd, op and module layers.
 UPPER_LAYERS = ("tensor", "tensor_ops", "autograd", "functional", "ops", "nn", "optim", "amp", "creation",
-                "kernels", "filters", "serialization", "data", "doctor")
+                "kernels", "filters", "serialization", "data", "datasets", "samplers", "distributed", "doctor")
 MAX_LINES = 700
 
 

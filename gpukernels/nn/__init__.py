@@ -1,6 +1,6 @@
 """``gk.nn``: Module, Parameter and layers with PyTorch's names and defaults."""
 
-from . import init
+from . import init, parallel
 from .layers import (
     AdaptiveAvgPool2d,
     AvgPool2d,
@@ -19,6 +19,7 @@ from .layers import (
     Residual,
     Sigmoid,
     Softmax,
+    SyncBatchNorm,
     Tanh,
 )
 from .module import Module, Sequential
@@ -29,5 +30,5 @@ __all__ = [
     "Module", "Parameter", "Sequential", "Conv2d", "Linear", "ReLU", "LeakyReLU", "Sigmoid",
     "Tanh", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Flatten", "Dropout", "BatchNorm1d",
     "BatchNorm2d", "Residual", "CrossEntropyLoss", "MSELoss", "Softmax", "LogSoftmax", "init",
-    "functional",
+    "functional", "parallel", "SyncBatchNorm",
 ]

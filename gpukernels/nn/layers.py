@@ -10,6 +10,7 @@ from .. import backend
 from ..shapes import check_pair, is_int
 from ..dtypes import as_dtype as _as_dtype
 from ..dtypes import bfloat16, float32
+from ..ops.sync_batchnorm import sync_batch_norm
 from ..tensor import Tensor
 from . import init
 from .module import Module
@@ -369,6 +370,57 @@ class BatchNorm2d(_BatchNorm):
     """Batch norm over (N, C, H, W) inputs, per channel."""
 
     _ndims = (4,)
+
+
+class SyncBatchNorm(_BatchNorm):
+    """Batch norm whose training statistics are those of the whole global batch: every
+    rank's (N, C, ...) batch together, in one all-reduce of per-channel (sum, sum of
+    squares, count) forward and one of (sum g, sum g * xhat) backward
+    (``gpukernels.ops.sync_batchnorm``). Equal to ``BatchNorm2d`` on the concatenated
+    batch, running statistics included; in eval mode, or without a process group of
+    more than one rank, it is plain batch norm."""
+
+    _ndims = (2, 3, 4)
+
+    def forward(self, x):
+        if not isinstance(x, Tensor) or x.ndim not in self._ndims:
+            got = x.shape if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"SyncBatchNorm: expected input with 2, 3 or 4 dimensions, got {got}")
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"SyncBatchNorm({self.num_features}): input has {x.shape[1]} channels (shape {x.shape})")
+        use_batch = self.training or not self.track_running_stats
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.data += 1
+        return sync_batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                               use_batch, self.momentum, self.eps)
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module: Module, process_group=None) -> Module:
+        """``module`` with every ``BatchNorm1d`` / ``BatchNorm2d`` replaced by a
+        ``SyncBatchNorm`` holding the same Parameter objects and buffers (an optimizer
+        made before the conversion still owns them), as PyTorch's; returns the new
+        root when ``module`` itself is a batch norm."""
+        if process_group is not None:
+            raise ValueError("convert_sync_batchnorm: only the default process group is supported")
+        if isinstance(module, _BatchNorm) and not isinstance(module, SyncBatchNorm):
+            new = cls.__new__(cls)
+            Module.__init__(new)
+            for name in ("num_features", "eps", "momentum", "affine", "track_running_stats"):
+                object.__setattr__(new, name, getattr(module, name))
+            new.weight, new.bias = module.weight, module.bias
+            if module.track_running_stats:
+                for name in ("running_mean", "running_var", "num_batches_tracked"):
+                    new.register_buffer(name, getattr(module, name))
+            else:
+                new.running_mean = new.running_var = new.num_batches_tracked = None
+            new.training = module.training
+            return new
+        for name, child in list(module._modules.items()):
+            if child is not None:
+                converted = cls.convert_sync_batchnorm(child)
+                if converted is not child:
+                    module._modules[name] = converted
+        return module
 
 
 class Residual(Module):
