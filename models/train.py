@@ -40,6 +40,8 @@ from gpukernels.data import DATASETS, DataLoader, DatasetError, load_dataset, ra
 from gpukernels.random import get_rng_state, set_rng_state
 from gpukernels.serialization import CheckpointError, atomic_write, remove_stale_temps  # noqa: F401 - atomic_write: models.filters_demo
 
+from models import data_parallel
+
 # 1: a pickle (never loaded: unpickling can run code); 2: safetensors through gk.save
 CHECKPOINT_FORMAT = ("gpukernels.models.train", 2)
 
@@ -182,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=0, metavar="STEPS",
                    help="also print the loss every STEPS steps")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--sync-batchnorm", action="store_true",
+                   help="under torchrun: batch statistics over every rank's batch (SyncBatchNorm)")
+    p.add_argument("--dist-timeout", type=float, default=600, metavar="SECONDS",
+                   help="under torchrun: a collective that waits longer fails the run (default 600)")
     return p
 
 
@@ -203,6 +209,8 @@ def _check_args(p, args):
             p.error(f"{flag} must be >= 1, got {value}")
     if args.cuda_graph and args.device not in ("cuda", "auto"):
         p.error(f"--cuda-graph needs --device cuda (CUDA graphs), got --device {args.device}")
+    if not (np.isfinite(args.dist_timeout) and args.dist_timeout > 0):
+        p.error(f"--dist-timeout must be a positive number of seconds, got {args.dist_timeout}")
     if args.resume and not args.checkpoint:
         p.error("--resume needs --checkpoint PATH (the checkpoint to continue from)")
     for flag, path in (("--checkpoint", args.checkpoint), ("--plot", args.plot)):
@@ -232,7 +240,8 @@ def save_checkpoint(path, args, lr, epoch, model, optimizer, loader, history):
     a SHA-256."""
     state = {
         "format": CHECKPOINT_FORMAT,
-        "args": {**{k: getattr(args, k) for k in _RESUME_KEYS}, "lr": lr},
+        "args": {**{k: getattr(args, k) for k in _RESUME_KEYS}, "lr": lr,
+                 "world_size": getattr(args, "world_size", 1)},
         "epoch": epoch,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -299,6 +308,9 @@ def _check_checkpoint(path, args, state, model) -> None:
         if saved[key] != getattr(args, key):
             raise TrainError(f"--resume: {path} was written with --{key.replace('_', '-')} "
                              f"{saved[key]}, this run has {getattr(args, key)}")
+    if saved.get("world_size", 1) != getattr(args, "world_size", 1):  # the data shards differ otherwise
+        raise TrainError(f"--resume: {path} was written by a run of {saved.get('world_size', 1)} process(es), "
+                         f"this run has {getattr(args, 'world_size', 1)}; resume with the same world size")
     if not (_is_number(saved["lr"]) and saved["lr"] > 0):
         raise TrainError(f"--resume: {path} holds learning rate {saved['lr']!r:.40}, not a positive number")
     epoch = state["epoch"]
@@ -497,13 +509,19 @@ def save_plot(path: str, history: dict) -> None:
         plt.close(fig)
 
 
-def run(args) -> dict:
-    """The whole run for parsed ``args``; returns the summary printed as JSON."""
+def run(args, dp=None) -> dict:
+    """The whole run for parsed ``args``; returns the summary printed as JSON. ``dp``: the
+    ranks of a data-parallel run (``models.data_parallel``), None for one process."""
+    dp = dp or data_parallel.Single()
+    args.world_size = dp.world_size
     device = _select_device(args.device)
     if args.cuda_graph and device != "cuda":
         raise TrainError(f"--cuda-graph needs --device cuda (CUDA graphs); this run is on {device}")
+    if args.cuda_graph and dp.world_size > 1:
+        raise TrainError("--cuda-graph is not supported in a data-parallel run (the gradient all-reduce "
+                         "runs from backward hooks a graph replay would skip); drop --cuda-graph")
     precision, autocast_dtype = _select_precision(args.precision, device)
-    if args.checkpoint:  # what a run killed mid-write left (this process has written nothing yet)
+    if args.checkpoint and dp.is_main:  # what a run killed mid-write left (nothing written yet)
         for stale in remove_stale_temps(args.checkpoint, include_own=True):
             print(f"removed {stale}, the temp file of an interrupted checkpoint write", flush=True)
     make_opt, default_lr = OPTIMIZERS[args.optimizer]
@@ -529,12 +547,11 @@ def run(args) -> dict:
     num_classes = int(max(y_train.max(), y_test.max())) + 1
     augment = random_crop_flip(4) if args.dataset == "cifar10" and not args.no_augment else None
     # a CUDA graph is recorded for one batch shape: no partial last batch
-    train = DataLoader(x_train, y_train, args.batch_size, shuffle=True, seed=args.seed, augment=augment,
-                       drop_last=args.cuda_graph)
+    train = dp.train_loader(x_train, y_train, args.batch_size, args.seed, augment, args.cuda_graph)
     if args.cuda_graph and len(x_train) < args.batch_size:
         raise TrainError(f"--cuda-graph drops partial batches: {len(x_train)} training images make "
                          f"no full batch of {args.batch_size}")
-    test = DataLoader(x_test, y_test, 256)
+    test = DataLoader(*dp.test_part(x_test, y_test), 256)
 
     gk.manual_seed(args.seed)
     model = _make_model(args.model, tuple(x_train.shape[1:]), num_classes, args.dataset)
@@ -557,11 +574,13 @@ def run(args) -> dict:
             raise TrainError(f"--resume: {args.checkpoint} has already done {state['epoch']} "
                              f"epochs; ask for more with --epochs (got {args.epochs})")
 
+    parallel = (f", {dp.world_size} ranks x batch {args.batch_size} = global batch "
+                f"{dp.world_size * args.batch_size}" if dp.world_size > 1 else "")
     print(f"{args.model} on {args.dataset} ({len(x_train)} train / {len(x_test)} test images "
           f"{tuple(x_train.shape[1:])}), {model.num_parameters():,} parameters, "
           f"{args.optimizer} lr {lr:g}, device {device}, precision {precision}"
-          f"{', CUDA graph' if args.cuda_graph else ''}", flush=True)
-    train_step = make_train_step(model, optimizer, autocast_dtype)
+          f"{', CUDA graph' if args.cuda_graph else ''}{parallel}", flush=True)
+    train_step = make_train_step(dp.wrap(model), optimizer, autocast_dtype)
     if args.cuda_graph:
         from gpukernels.cuda_graph import GraphedStep  # noqa: PLC0415
 
@@ -570,24 +589,28 @@ def run(args) -> dict:
     images = busy = 0.0
     for epoch in range(first, args.epochs + 1):
         limit = DIVERGENCE_FACTOR * max(history["train_loss"][:1] + [np.log(num_classes)])
+        dp.start_epoch(train, epoch, args.seed)
         try:
             with np.errstate(all="ignore"):  # overflow is caught as a non-finite loss instead
-                loss, acc, seen, seconds = train_epoch(train_step, train, epoch, args.epochs,
-                                                       limit, not args.no_progress, args.log_every)
+                loss, acc, seen, seconds = train_epoch(train_step, train, epoch, args.epochs, limit,
+                                                       not args.no_progress and dp.is_main, args.log_every)
         except TrainError as exc:
             kept = (f"; the last good checkpoint ({args.checkpoint}, epoch {epoch - 1}) is kept"
                     if args.checkpoint and (epoch > 1) else "")
             raise TrainError(f"{exc}{kept}") from None
-        images, busy = images + seen, busy + seconds
         test_acc = evaluate(model, test, autocast_dtype)
+        loss, correct, seen, test_correct, test_total = dp.epoch_totals(
+            loss, round(acc * seen), seen, round(test_acc * len(test.inputs)), len(test.inputs))
+        acc, test_acc = correct / seen, test_correct / test_total
+        images, busy = images + seen, busy + seconds
         for key, value in zip(history, (loss, acc, test_acc)):
             history[key].append(value)
         print(f"epoch {epoch:3d}/{args.epochs}  loss {loss:.4f}  train acc {acc:.4f}  "
               f"test acc {test_acc:.4f}  {seen / seconds:,.0f} img/s", flush=True)
-        if args.checkpoint:
+        if args.checkpoint and dp.is_main:
             save_checkpoint(args.checkpoint, args, lr, epoch, model, optimizer, train, history)
     seconds = time.perf_counter() - start
-    if args.plot:
+    if args.plot and dp.is_main:
         save_plot(args.plot, history)
         print(f"wrote {args.plot}")
     print(f"test accuracy {history['test_acc'][-1]:.4f}")
@@ -598,7 +621,8 @@ def run(args) -> dict:
         "images_per_second": round(images / busy, 1) if busy else None,
         "optimizer": args.optimizer, "lr": lr, "batch_size": args.batch_size, "seed": args.seed,
         "precision": precision, "cuda_graph": args.cuda_graph,
-        "parameters": model.num_parameters(),
+        "parameters": model.num_parameters(), "world_size": dp.world_size,
+        "global_batch_size": dp.world_size * args.batch_size,
     }
 
 
@@ -606,15 +630,39 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_args(parser, args)
+    parallel = data_parallel.world_size_from_env() > 1
+    where = f"rank {os.environ.get('RANK', '?')}: " if parallel else ""
+    dp = None
     try:
-        summary = run(args)
+        dp = data_parallel.setup(args.dist_timeout, args.sync_batchnorm)
+        if not dp.is_main:  # one voice: rank 0 prints; every rank still reports its own error
+            sys.stdout = open(os.devnull, "w")
+        summary = run(args, dp)
     except (TrainError, DatasetError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        data_parallel.reporting()
+        print(f"error: {where}{exc}", file=sys.stderr)
         return 1
+    except data_parallel.Stopped as exc:
+        data_parallel.reporting()
+        print(f"error: {where}{exc}", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
+        data_parallel.reporting()
         kept = f"; the last checkpoint is {args.checkpoint}" if args.checkpoint else ""
-        print(f"error: interrupted{kept}", file=sys.stderr)
+        print(f"error: {where}interrupted{kept}", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if not parallel:
+            raise
+        data_parallel.reporting()
+        # a peer that died closes its connections; a silent one trips the collective timeout
+        text = " ".join(str(exc).split())
+        print(f"error: {where}{type(exc).__name__}: {text[:300]} (another rank failed, or a collective "
+              f"timed out after --dist-timeout {args.dist_timeout:g} s)", file=sys.stderr)
+        return 1
+    finally:
+        if dp is not None:
+            dp.close()
     print(json.dumps(summary))
     return 0
 
