@@ -19,10 +19,11 @@ a few passes over ``x`` and ``g`` more than the fused single-process kernel.
 
 from __future__ import annotations
 
+import numpy as np
+
 from .. import backend, distributed, kernels
-from ._common import tensor_arg
+from ._common import KernelFunction, tensor_arg
 from .batchnorm import BatchNormFunction, batch_norm
-from ..autograd import Function
 
 
 def _c(v, ndim):
@@ -33,12 +34,17 @@ def _axes(x):
     return (0,) + tuple(range(2, x.ndim))
 
 
-class SyncBatchNormFunction(Function):
+class SyncBatchNormFunction(KernelFunction):
+    """bf16 / fp16 inputs: the sums, and the backward, run on a float32 copy; the
+    normalisation runs on the input's dtype in the kernel (float32 statistics)."""
+
     def forward(self, x, weight, bias, running_mean, running_var, momentum, eps):
         xp = backend.get_array_module(x)
         c, axes = x.shape[1], _axes(x)
-        shift = running_mean if running_mean is not None else xp.zeros(c, x.dtype)
-        d = x - _c(shift, x.ndim)
+        wide = x if x.dtype.itemsize >= 4 else kernels.cast_array(x, np.float32)
+        stat_dtype = np.float64 if x.dtype == np.float64 else np.float32
+        shift = running_mean.astype(wide.dtype) if running_mean is not None else xp.zeros(c, wide.dtype)
+        d = wide - _c(shift, x.ndim)
         stats = xp.concatenate([d.sum(axis=axes, dtype=xp.float64), (d * d).sum(axis=axes, dtype=xp.float64),
                                 xp.full(1, x.size // c, dtype=xp.float64)])
         distributed.all_reduce(stats)  # one collective: (sum, sum of squares, count)
@@ -49,8 +55,9 @@ class SyncBatchNormFunction(Function):
         if running_mean is not None:
             running_mean[...] = (1 - momentum) * running_mean + momentum * mean
             running_var[...] = (1 - momentum) * running_var + momentum * var * (n / max(n - 1, 1))
-        y, mean, inv_std = kernels.batchnorm.on(x).batch_norm_forward(
-            x, mean.astype(x.dtype), var.astype(x.dtype), weight, bias, False, momentum, eps)
+        mean, var = mean.astype(stat_dtype), var.astype(stat_dtype)
+        y, _, _ = kernels.batchnorm.on(x).batch_norm_forward(x, mean, var, weight, bias, False, momentum, eps)
+        inv_std = (1.0 / xp.sqrt(var.astype(xp.float64) + eps)).astype(stat_dtype)
         self.n = n
         self.save_for_backward(x, mean, inv_std, weight)
         return y
@@ -59,18 +66,22 @@ class SyncBatchNormFunction(Function):
         x, mean, inv_std, weight = self.saved
         xp = backend.get_array_module(g)
         c, axes = x.shape[1], _axes(x)
+        if x.dtype.itemsize < 4:
+            x, g = kernels.cast_array(x, np.float32), kernels.cast_array(g, np.float32)
         xhat = (x - _c(mean, x.ndim)) * _c(inv_std, x.ndim)
         sums = xp.concatenate([g.sum(axis=axes, dtype=xp.float64), (g * xhat).sum(axis=axes, dtype=xp.float64)])
         local = sums.copy() if any(self.needs_input_grad[1:3]) else None
         distributed.all_reduce(sums)  # one collective: (sum g, sum g * xhat)
-        scale = inv_std if weight is None else inv_std * weight
+        scale = inv_std if weight is None else inv_std * weight.astype(inv_std.dtype)
         dx = None
         if self.needs_input_grad[0]:
             mg = (sums[:c] / self.n).astype(x.dtype)
             mgx = (sums[c:] / self.n).astype(x.dtype)
-            dx = _c(scale, x.ndim) * (g - _c(mg, x.ndim) - xhat * _c(mgx, x.ndim))
-        dw = local[c:].astype(x.dtype) if self.needs_input_grad[1] else None
-        db = local[:c].astype(x.dtype) if self.needs_input_grad[2] else None
+            dx = _c(scale.astype(x.dtype), x.ndim) * (g - _c(mg, x.ndim) - xhat * _c(mgx, x.ndim))
+            dx = kernels.cast_array(dx, self.saved[0].dtype)
+        wdtype = weight.dtype if weight is not None else x.dtype
+        dw = local[c:].astype(wdtype) if self.needs_input_grad[1] else None
+        db = local[:c].astype(wdtype) if self.needs_input_grad[2] else None
         return dx, dw, db, None, None, None, None
 
 
@@ -88,9 +99,6 @@ def sync_batch_norm(x, running_mean, running_var, weight=None, bias=None, traini
     if not sync:
         return batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
     tensor_arg(x, "sync_batch_norm: input", (2, 3, 4))
-    if x.dtype.itemsize < 4:
-        raise TypeError(f"sync_batch_norm: expected a float32 or float64 input, got {x.dtype} "
-                        "(run batch norm layers in float32 under autocast)")
     c = x.shape[1]
     for name, t in (("running_mean", running_mean), ("running_var", running_var),
                     ("weight", weight), ("bias", bias)):

@@ -201,3 +201,26 @@ def test_collectives_on_arrays_and_tensors(group):
         dist.all_reduce(np.ones((3, 4))[:, ::2])
     with pytest.raises(ValueError, match="op must be one of"):
         dist.all_reduce(np.ones(2), op="mean")
+
+
+def test_sync_batch_norm_function_takes_bf16_on_the_triton_backend(group):
+    gk.set_backend("interpret")
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 4, 5, 5)).astype(np.float32) * 2 + 0.5
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    w = rng.standard_normal(4).astype(np.float32)
+    results = []
+    for sync in (True, False):
+        xt = gk.tensor(x).to(dtype=gk.bfloat16).detach().requires_grad_()
+        wt = gk.tensor(w, requires_grad=True)
+        bt = gk.tensor(np.zeros(4, np.float32), requires_grad=True)
+        rm, rv = gk.tensor(np.zeros(4, np.float32)), gk.tensor(np.ones(4, np.float32))
+        if sync:
+            y = SyncBatchNormFunction.apply(xt, wt, bt, rm.data, rv.data, 0.1, 1e-5)
+        else:
+            y = gk.functional.batch_norm(xt, rm, rv, wt, bt, True, 0.1, 1e-5)
+        y.backward(gk.tensor(g).to(dtype=gk.bfloat16))
+        assert y.dtype == gk.bfloat16 and xt.grad.dtype == gk.bfloat16
+        results.append([y.float(), xt.grad.float(), wt.grad, bt.grad, rm, rv])
+    for name, a, e in zip(["y", "x.grad", "weight.grad", "bias.grad", "running_mean", "running_var"], *results):
+        assert_close(a, e, atol=3e-2, rtol=3e-2, name=name)
