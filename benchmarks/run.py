@@ -23,13 +23,14 @@ import torch
 
 import gpukernels as gk
 
-from . import (bench_activation, bench_batchnorm, bench_conv, bench_cross_entropy, bench_linear,
-               bench_optim, bench_pool, bench_train)
+from . import (bench_activation, bench_batchnorm, bench_conv, bench_cross_entropy, bench_data_parallel,
+               bench_linear, bench_optim, bench_pool, bench_train)
 from .common import OPTIONS, measure_ceilings, print_table, write_results
 
 ENTRIES = {"conv": bench_conv, "linear": bench_linear, "activation": bench_activation,
            "pool": bench_pool, "batchnorm": bench_batchnorm, "cross_entropy": bench_cross_entropy,
-           "optim": bench_optim, "train": bench_train}
+           "optim": bench_optim, "train": bench_train,
+           "data_parallel": bench_data_parallel}
 RESULTS_ROOT = Path(__file__).resolve().parent / "results"
 
 

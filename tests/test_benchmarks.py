@@ -20,7 +20,7 @@ def test_quick_benchmark_run_checks_and_prints_every_entry(capsys, tmp_path):
 
     assert run.main(["--quick", "--repeat", "1", "--device", "cpu", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    for entry in ("conv2d fwd+bwd", "cross_entropy", "train step"):
+    for entry in ("conv2d fwd+bwd", "cross_entropy", "train step", "data parallel"):
         assert entry in out
     assert "ceilings: copy" in out
 
