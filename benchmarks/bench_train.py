@@ -62,6 +62,7 @@ from models.fast_cifar import fast_cifar
 from models.resnet import resnet8, resnet20
 from models.train import make_train_step
 
+from . import profile
 from .common import OPTIONS, Result, check_close, mark_compile_unavailable, pick_cases, timeit, torch_compile
 from .torch_twin import torch_twin
 
@@ -135,11 +136,31 @@ def run(quick: bool = False, repeat: int = 20) -> list[Result]:
         for step in range(3):  # the same losses, step after step
             rtol = LATER_STEP_RTOL.get(name, 1e-4) if step else 1e-4
             check_close(f"{name} step {step} loss", ours().numpy(), theirs().detach().numpy(), 1e-5, rtol)
+        extra = {"batch": batch}
+        if name.startswith("ResNet-8"):  # where the time goes, so the next gap is visible
+            prof = profile.profile(ours, (), steps=1 if quick or OPTIONS["tiny"] else 3)
+            print(profile.format_profile(prof, f"{name} batch {batch} (NumPy backend)"), flush=True)
+            extra["profile_ms"] = {f"{f} {ph}": round(s * 1e3, 2) for f, ph, s, _ in prof["rows"]}
+            extra["profile_ms"]["autograd + Python"] = round(prof["autograd_python_s"] * 1e3, 2)
         results.append(Result("train step", f"{name} batch {batch} {kind}",
                               timeit(ours, repeat=repeat, warmup=1 if OPTIONS["tiny"] else 3),
                               timeit(theirs, repeat=repeat, warmup=1 if OPTIONS["tiny"] else 3),
-                              unit="img/s", extra={"batch": batch}))
+                              unit="img/s", extra=extra))
     return results
+
+
+def profile_case(model_name: str, steps: int = 3):
+    """``benchmarks.profile``'s CLI: profile one CPU training step of ``model_name``."""
+    name, make, shape, classes, batch, _, kind = {"resnet8": CASES[1], "fastcifar": CASES[2],
+                                                   "cnn": CASES[0]}[model_name]
+    rng = np.random.default_rng(0)
+    gk.manual_seed(0)
+    model = make()
+    opt = _optimizer(gk, model.parameters(), kind)
+    gx = gk.tensor(rng.standard_normal((batch,) + shape, dtype=np.float32))
+    gy = gk.tensor(rng.integers(0, classes, batch))
+    step = _ours_step_fn(model, opt, amp=False)
+    return profile.profile(step, (gx, gy), steps=steps), f"{name} batch {batch} (NumPy backend)"
 
 
 # ----------------------------------------------------------------------------- GPU
