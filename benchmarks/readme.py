@@ -1,13 +1,18 @@
-"""Regenerate the README's GPU results section: ``python -m benchmarks.readme [--check]``.
+"""Regenerate the README's results section: ``python -m benchmarks.readme [--check]``.
 
-Every folder under ``benchmarks/results/`` whose ``results.json`` stamp names a GPU
-device is rendered (a heading with the device, date and short commit, the driver and
-library versions, the ceilings, then the table of every entry); CPU runs (the NumPy
-backend, e.g. ``cpu-x2-numpy``) are left out whatever their folder is called. Without
-GPU results the section says the GPU figures are not measured on a GPU yet and how to
-produce them. The section replaces the text between the ``<!-- results:begin -->`` and
-``<!-- results:end -->`` lines of README.md. ``--check`` writes nothing and exits 1,
-with one line on stderr, when README.md is out of date (for CI).
+Every folder under ``benchmarks/results/`` with a ``results.json`` is rendered, the GPU
+ones first, then the CPU ones; a folder is a GPU or a CPU run by its stamp
+(``stamp_is_gpu``), whatever it is called. A GPU folder gets a heading with the device,
+date and short commit, the driver and library versions, the ceilings, then the table of
+every entry; without GPU results the section says the GPU figures are not measured on a
+GPU yet and how to produce them. A CPU folder (the NumPy backend vs PyTorch CPU, e.g.
+``cpu-x2-numpy``: the development machine's runs of ``python -m benchmarks.run --device
+cpu``) gets a ``### CPU: ...`` heading with the backend and the thread count, a sentence
+saying its figures depend on the machine, then the same stamp lines and table; without
+one the section says no CPU results are committed. The section replaces the text
+between the ``<!-- results:begin -->`` and ``<!-- results:end -->`` lines of README.md.
+``--check`` writes nothing and exits 1, with one line on stderr, when README.md is out
+of date (for CI).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import sys
 import textwrap
 from pathlib import Path
@@ -34,11 +40,19 @@ REPRODUCE = ("To reproduce: `make bench` on a machine with a CUDA GPU (or the im
              "`docker/README.md`: `python -m benchmarks.run` inside it, `benchmarks/results` "
              "mounted), then `make readme-results` (`python -m benchmarks.readme`) to regenerate "
              "this section, and commit `benchmarks/results/<device>/` with README.md.")
+NO_CPU = ("CPU results: none committed (`python -m benchmarks.run --device cpu`, then "
+          "`make readme-results`).")
+CPU_REPRODUCE = ("To reproduce the CPU part: `python -m benchmarks.run --device cpu` (writes "
+                 "`benchmarks/results/<cpu device>/`), then `make readme-results`, and commit "
+                 "the folder with README.md.")
 
 
 def _para(text: str) -> str:
-    """A prose paragraph wrapped at the README's width (90 columns)."""
-    return textwrap.fill(text, width=90, break_long_words=False, break_on_hyphens=False)
+    """A prose paragraph wrapped at the README's width (90 columns), never inside a
+    `code span` (its spaces are held as NUL while wrapping)."""
+    held = re.sub(r"`[^`]*`", lambda m: m.group(0).replace(" ", "\0"), text)
+    return textwrap.fill(held, width=90, break_long_words=False,
+                         break_on_hyphens=False).replace("\0", " ")
 
 
 class ResultsError(Exception):
@@ -82,9 +96,45 @@ def _nice_date(date_utc: str) -> str:
     return f"{m.group(1)} {m.group(2)} UTC" if m else str(date_utc)
 
 
-def load_gpu_results(results_root: Path) -> list[tuple[Path, dict]]:
-    """``(folder, results.json document)`` of every GPU result folder under
-    ``results_root``, the latest date first (then by device name)."""
+def cpu_backend(device: str) -> str:
+    """The backend a CPU device's stamp names: ``CPU x2 (NumPy backend)`` -> ``NumPy``
+    (``NumPy`` when the device has no ``(... backend)`` note)."""
+    m = re.search(r"\((\S+) backend\)\s*$", str(device))
+    name = m.group(1) if m else "numpy"
+    return "NumPy" if name.lower() == "numpy" else name
+
+
+def cpu_device_name(device: str) -> str:
+    """``CPU x2 (NumPy backend)`` -> ``CPU x2`` (the backend goes in the heading's note)."""
+    return re.sub(r"\s*\(\S+ backend\)\s*$", "", str(device)) or str(device)
+
+
+def cpu_cores(device: str) -> int | None:
+    """The core count of a ``CPU xN ...`` device (``measure_ceilings`` names it after
+    ``os.cpu_count()``), else ``None``."""
+    m = re.match(r"\s*CPU x(\d+)\b", str(device), re.IGNORECASE)
+    return int(m.group(1)) if m else None
+
+
+def cpu_threads(doc: dict) -> int | None:
+    """PyTorch's CPU threads in a run: ``--threads N`` of the stamped command when given,
+    else every core (``benchmarks.run``'s default, as our NumPy BLAS uses), else ``None``."""
+    try:
+        args = shlex.split(str(doc.get("command", "")))
+    except ValueError:
+        args = []
+    for i, arg in enumerate(args):
+        value = arg.split("=", 1)[1] if arg.startswith("--threads=") else (
+            args[i + 1] if arg == "--threads" and i + 1 < len(args) else None)
+        if value is not None and value.isdigit() and int(value) > 0:
+            return int(value)
+    return cpu_cores(doc.get("device", ""))
+
+
+def load_results(results_root: Path, gpu: bool = True) -> list[tuple[Path, dict]]:
+    """``(folder, results.json document)`` of every GPU (``gpu``) or CPU (not ``gpu``)
+    result folder under ``results_root``, by its stamp, the latest date first (then by
+    device name)."""
     found = []
     root = Path(results_root)
     if not root.is_dir():
@@ -99,7 +149,7 @@ def load_gpu_results(results_root: Path) -> list[tuple[Path, dict]]:
             raise ResultsError(f"{path}: not readable JSON ({exc})") from exc
         if not isinstance(doc, dict):
             raise ResultsError(f"{path}: not a results.json object")
-        if not stamp_is_gpu(doc):
+        if stamp_is_gpu(doc) != gpu:
             continue
         missing = [k for k in ("device", "date_utc", "commit", "ceilings", "rows") if k not in doc]
         if missing:
@@ -109,6 +159,16 @@ def load_gpu_results(results_root: Path) -> list[tuple[Path, dict]]:
     return found
 
 
+def load_gpu_results(results_root: Path) -> list[tuple[Path, dict]]:
+    """``load_results`` of the GPU folders (CPU runs are left out by their stamp)."""
+    return load_results(results_root, gpu=True)
+
+
+def load_cpu_results(results_root: Path) -> list[tuple[Path, dict]]:
+    """``load_results`` of the CPU folders (the NumPy backend vs PyTorch CPU)."""
+    return load_results(results_root, gpu=False)
+
+
 def _rel(path: Path, start: Path) -> str:
     try:
         return Path(os.path.relpath(path, start)).as_posix()
@@ -116,11 +176,16 @@ def _rel(path: Path, start: Path) -> str:
         return path.as_posix()
 
 
-def render_device(folder: Path, doc: dict, readme_dir: Path) -> list[str]:
-    """One device's part of the section: heading, stamp list, table (``_md_text``'s)."""
+def render_device(folder: Path, doc: dict, readme_dir: Path, heading: str | None = None,
+                  intro: str | None = None) -> list[str]:
+    """One device's part of the section: heading (``heading``, default the device's name),
+    ``intro`` (a paragraph, if any), stamp list, table (``_md_text``'s)."""
     stamp = {k: doc.get(k, "unknown") for k in STAMP_FIELDS}
-    lines = [f"### {device_name(doc['device'])}: {_nice_date(doc['date_utc'])}, commit "
+    heading = device_name(doc["device"]) if heading is None else heading
+    lines = [f"### {heading}: {_nice_date(doc['date_utc'])}, commit "
              f"`{short_commit(doc['commit'])}`", ""]
+    if intro:
+        lines += [_para(intro), ""]
     shown = {"commit", "ceilings", "gpu_driver", "python", "numpy", "torch", "triton", "cupy", "command"}
     lines += [f"- {line}" for key, line in zip(STAMP_FIELDS, _stamp_lines(stamp)) if key in shown]
     rel = _rel(folder, readme_dir)
@@ -141,9 +206,26 @@ def render_device(folder: Path, doc: dict, readme_dir: Path) -> list[str]:
     return lines
 
 
+def render_cpu_device(folder: Path, doc: dict, readme_dir: Path) -> list[str]:
+    """One CPU folder's part: ``### CPU: <device> (<backend> backend vs PyTorch CPU, N
+    threads)``, the sentence on the machine, then ``render_device``'s stamp list and table."""
+    threads = cpu_threads(doc)
+    note = f"{cpu_backend(doc['device'])} backend vs PyTorch CPU"
+    if threads:
+        note += f", {threads} thread{'s' if threads != 1 else ''}"
+    cores = cpu_cores(doc["device"])
+    machine = f" ({cores} core{'s' if cores != 1 else ''})" if cores else ""
+    intro = (f"CPU figures depend on the machine: these are the development machine's{machine}, "
+             "ours and PyTorch's timed in the same run on the same cores.")
+    return render_device(folder, doc, readme_dir,
+                         heading=f"CPU: {cpu_device_name(doc['device'])} ({note})", intro=intro)
+
+
 def render_section(results_root: Path = RESULTS_ROOT, readme_dir: Path = ROOT) -> str:
-    """The text between the marker lines (without them), ending with a newline."""
+    """The text between the marker lines (without them), ending with a newline: the GPU
+    part, then the CPU part."""
     found = load_gpu_results(results_root)
+    cpus = load_cpu_results(results_root)
     lines = [GENERATED_NOTE, ""]
     if not found:
         lines += [
@@ -161,6 +243,17 @@ def render_section(results_root: Path = RESULTS_ROOT, readme_dir: Path = ROOT) -
         for folder, doc in found:
             lines += render_device(folder, doc, readme_dir)
         lines.append(_para(REPRODUCE))
+    lines.append("")
+    if not cpus:
+        lines.append(_para(NO_CPU))
+    else:
+        names = ", ".join(cpu_device_name(doc["device"]) for _, doc in cpus)
+        lines += [_para(f"CPU results ({names}): the NumPy backend vs PyTorch CPU in the same "
+                        "run, from the committed `benchmarks/results/<cpu device>/` folders, "
+                        "the latest first."), ""]
+        for folder, doc in cpus:
+            lines += render_cpu_device(folder, doc, readme_dir)
+        lines.append(_para(CPU_REPRODUCE))
     return "\n".join(lines) + "\n\n"  # a blank line before the end marker
 
 
