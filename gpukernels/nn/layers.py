@@ -352,8 +352,11 @@ class _BatchNorm(Module):
         use_batch = self.training or not self.track_running_stats
         if self.training and self.track_running_stats:
             self.num_batches_tracked.data += 1
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                            use_batch, self.momentum, self.eps)
+        return self._norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                          use_batch, self.momentum, self.eps)
+
+    #: the function normalising the batch (SyncBatchNorm: over every rank's batch)
+    _norm = staticmethod(F.batch_norm)
 
     def extra_repr(self):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
@@ -381,18 +384,7 @@ class SyncBatchNorm(_BatchNorm):
     more than one rank, it is plain batch norm."""
 
     _ndims = (2, 3, 4)
-
-    def forward(self, x):
-        if not isinstance(x, Tensor) or x.ndim not in self._ndims:
-            got = x.shape if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"SyncBatchNorm: expected input with 2, 3 or 4 dimensions, got {got}")
-        if x.shape[1] != self.num_features:
-            raise ValueError(f"SyncBatchNorm({self.num_features}): input has {x.shape[1]} channels (shape {x.shape})")
-        use_batch = self.training or not self.track_running_stats
-        if self.training and self.track_running_stats:
-            self.num_batches_tracked.data += 1
-        return sync_batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                               use_batch, self.momentum, self.eps)
+    _norm = staticmethod(sync_batch_norm)
 
     @classmethod
     def convert_sync_batchnorm(cls, module: Module, process_group=None) -> Module:

@@ -27,6 +27,26 @@ class BatchNormFunction(KernelFunction):
         )
 
 
+def check_batch_norm_args(op, x, running_mean, running_var, weight, bias, training, eps) -> bool:
+    """The checks of ``batch_norm`` and ``sync_batch_norm``; returns whether the batch's
+    statistics are used (also without running statistics, as PyTorch)."""
+    tensor_arg(x, f"{op}: input", (2, 3, 4))
+    c = x.shape[1]
+    for name, t in (("running_mean", running_mean), ("running_var", running_var),
+                    ("weight", weight), ("bias", bias)):
+        if t is not None and tensor_arg(t, f"{op}: {name}", 1).shape != (c,):
+            raise ValueError(f"{op}: {name} must have shape ({c},), got {t.shape}")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{op}: give both running_mean and running_var, or neither")
+    if not training and running_mean is None:
+        training = True  # no running statistics: normalise with the batch's, as PyTorch
+    if training and x.shape[0] * int(np.prod(x.shape[2:])) < 2:
+        raise ValueError(f"{op}: expected more than 1 value per channel when training, got input of shape {x.shape}")
+    if eps <= 0:
+        raise ValueError(f"eps must be > 0, got {eps!r}")
+    return bool(training)
+
+
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
                momentum=0.1, eps=1e-5):
     """y = (x - mean) / sqrt(var + eps) * weight + bias, per channel (axis 1).
@@ -39,20 +59,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         running_mean, running_var: (C,) tensors or None (then batch statistics always).
         weight, bias: (C,) affine parameters or None.
     """
-    tensor_arg(x, "batch_norm: input", (2, 3, 4))
-    c = x.shape[1]
-    for name, t in (("running_mean", running_mean), ("running_var", running_var),
-                    ("weight", weight), ("bias", bias)):
-        if t is not None and tensor_arg(t, f"batch_norm: {name}", 1).shape != (c,):
-            raise ValueError(f"batch_norm: {name} must have shape ({c},), got {t.shape}")
-    if (running_mean is None) != (running_var is None):
-        raise ValueError("batch_norm: give both running_mean and running_var, or neither")
-    if not training and running_mean is None:
-        training = True  # no running statistics: normalise with the batch's, as PyTorch
-    if training and x.shape[0] * int(np.prod(x.shape[2:])) < 2:
-        raise ValueError(f"batch_norm: expected more than 1 value per channel when training, got input of shape {x.shape}")
-    if eps <= 0:
-        raise ValueError(f"eps must be > 0, got {eps!r}")
+    training = check_batch_norm_args("batch_norm", x, running_mean, running_var, weight, bias, training, eps)
     rm = running_mean.data if running_mean is not None else None
     rv = running_var.data if running_var is not None else None
     return BatchNormFunction.apply(x, weight, bias, rm, rv, bool(training), float(momentum), float(eps))

@@ -22,8 +22,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend, distributed, kernels
-from ._common import KernelFunction, tensor_arg
-from .batchnorm import BatchNormFunction, batch_norm
+from ._common import KernelFunction
+from .batchnorm import BatchNormFunction, batch_norm, check_batch_norm_args
 
 
 def _c(v, ndim):
@@ -98,14 +98,7 @@ def sync_batch_norm(x, running_mean, running_var, weight=None, bias=None, traini
     sync = (training and distributed.is_initialized() and distributed.get_world_size() > 1)
     if not sync:
         return batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
-    tensor_arg(x, "sync_batch_norm: input", (2, 3, 4))
-    c = x.shape[1]
-    for name, t in (("running_mean", running_mean), ("running_var", running_var),
-                    ("weight", weight), ("bias", bias)):
-        if t is not None and tensor_arg(t, f"sync_batch_norm: {name}", 1).shape != (c,):
-            raise ValueError(f"sync_batch_norm: {name} must have shape ({c},), got {t.shape}")
-    if eps <= 0:
-        raise ValueError(f"eps must be > 0, got {eps!r}")
+    check_batch_norm_args("sync_batch_norm", x, running_mean, running_var, weight, bias, True, eps)
     rm = running_mean.data if running_mean is not None else None
     rv = running_var.data if running_var is not None else None
     return SyncBatchNormFunction.apply(x, weight, bias, rm, rv, float(momentum), float(eps))
