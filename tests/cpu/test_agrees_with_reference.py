@@ -216,7 +216,7 @@ SHARED = {
     "dropout": ["dropout_mask", "dropout_forward", "dropout_backward"],
     "linear": ["linear_forward", "linear_backward"],
     "loss": ["mse_loss_forward", "mse_loss_backward"],
-    "optim": ["sgd_update", "adagrad_update", "rmsprop_update", "adam_update", "clip_coefficient"],
+    "optim": ["clip_coefficient"],  # the updates: cpu.optim's blocked ones (tests/cpu/test_optim_fast.py)
 }
 
 
