@@ -1,135 +1,220 @@
-"""NumPy reference: 2-d max and average pooling, forward and backward.
+"""The ``numpy`` backend's 2-d max and average pooling, forward and backward (formulas:
+``gpukernels.reference.pool``).
 
-Both work on a padded copy of the input in (H, W, N, C) order: window offset (i, j) of
-every output pixel is then one strided slice whose inner N*C elements are contiguous,
-so each of the KH*KW steps is one long whole-array op. (In NCHW the inner run would be
-OW elements with a stride: for the 4x4 and 8x8 maps of small CNNs numpy's per-run
-overhead dominates, 5-10x slower.) The transposed copy costs one pass over x.
+Layout: NCHW, block by block of planes
+--------------------------------------
+x (N, C, H, W) is worked as P = N*C image planes, BLOCK_BYTES of them at a time (the
+block's x, y and scratch stay in L2, 2 MiB a core), the blocks split between the two
+cores by ``_parallel.run_pieces`` (NumPy drops the GIL inside each ufunc loop). Tap (i, j)
+of every window of a block is ONE strided view of the block (rows p*sh + i*dh, columns
+q*sw + j*dw of the padded plane), so a pool is KH*KW whole-block operations. With
+padding, each block is first copied into a per-thread padded scratch whose border holds
+-inf (max) or 0 (average), filled once: every tap view is then full, never clipped
+(clipped views are 2-3x slower: NumPy cannot merge their rows into one loop). (The former
+code transposed x to (H, W, N, C), so each tap was one long contiguous run: the
+transpose alone cost ~15 ms for 32x64x32x32, three times PyTorch's whole pool.)
 
-Max pooling keeps the flat window offset i*KW + j of the FIRST maximum (PyTorch's tie
-rule), computed with arithmetic rather than masked stores (masked stores on a random
-mask cost ~3 ns an element in branch misses). The backward adds the upstream gradient
-back at that offset: correct whether or not windows overlap. The offsets are saved in
-the (OH, OW, N, C) order, an opaque state between this module's forward and backward.
+Traffic a call must move (X input and Q output elements of e bytes):
+    max forward   reads x, writes y and the 1-byte argmax:  X e + Q (e + 1)
+    max backward  reads dy and argmax, writes dx:           Q (e + 1) + X e
+    avg forward   X e + Q e;  avg backward  Q e + X e
+32x64x32x32 float32, 2x2 s2: 8 MiB + 2.5 MiB = 11 MB forward, 0.44 ms at the ~24.8 GB/s
+copy ceiling (3x3 s2 p1: the same); the KH*KW tap operations then work in L2, at
+~0.5 ns an element each for strided views: they, not memory, set the time.
+
+Max pooling: the FIRST maximum (PyTorch's tie rule) without a select
+--------------------------------------------------------------------
+y starts as tap 0, a as 0; then taps in row-major order k = i*KW + j: ``gt = v_k > y``
+(strictly: a tie keeps the earlier tap), ``y = max(y, v_k)``, ``a = max(a, k * gt)`` (a <
+k before tap k, so that max is the select ``where(gt, k, a)``, in int8). NaN: ``maximum``
+carries it into y and no later tap compares greater, so a holds the tap of the maximum
+before the NaN: blocks with a NaN in y set a = 0 there, the reference's value (it finds no
+tap equal to NaN). A window of -inf only (padding included) keeps a = 0, as the reference.
+
+The argmax is an opaque state between this module's forward and backward. Its values are
+the reference's, in the reference's (OH, OW, N, C) shape and dtype (int8; int32 for 128
+taps or more), so the two agree element for element; but it is a transposed VIEW of an
+(N, C, OH, OW) buffer, the order in which both of our passes read and write it (a
+transposed copy costs ~60 us a block in 1-byte gathers). The backward takes either: a
+C-contiguous (OH, OW, N, C) argmax (the reference's) is transposed block by block.
+
+Backward: a scatter into parity classes
+---------------------------------------
+Tap (i, j) of output (p, q) reads padded pixel (p*sh + i*dh, q*sw + j*dw): its row lies in
+class r = i*dh mod sh, at row p + i*dh // sh of that class's (sub-sampled) plane, and
+likewise for columns. So per class (r, c) the taps that land there are unit-stride,
+shifted (OH, OW) windows of one small contiguous plane: the first tap writes its window
+(``out=``), later ones add into theirs, in tap order (the reference's order of sums; for
+a 3x3 s2 p1 pool the 9 taps fall 4 + 2 + 2 + 1 into 4 classes), and each class plane is
+then copied once into its strided view of dx, the padding cropped. (Adds straight into
+strided views of dx cost ~60 us a tap a block, the class plane's ~20 us.) A class that one
+full tap covers, without padding, is written straight into dx: when windows tile the
+image (kernel == stride) every class is, and dx is written once, by the taps. The max
+pool's contribution is ``dy * [a == k]``; that would make NaN of an inf or NaN dy at the
+taps that are not the argmax (inf * 0), so blocks with a non-finite dy select with
+``np.where`` instead, as the reference.
+
+Other arrays (not NumPy float32/float64) take the reference's functions, which read and
+write the same argmax values.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..backend import get_array_module
-from ..shapes import conv2d_output_size
+from ..reference import pool as _ref
+from ..shapes import conv2d_output_size, pair
+from ._pool_plan import Plan, padded_scratch, planes, run_blocks
+
+__all__ = ["max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward"]
+
+def _fast(*arrays):
+    """True for NumPy float32/float64 arrays: the arrays the block kernels take."""
+    return all(isinstance(a, np.ndarray) and a.dtype in (np.float32, np.float64) for a in arrays)
 
 
-def _to_hwnc(x, padding, fill):
-    """x (N, C, H, W) -> padded (H + 2ph, W + 2pw, N, C), padding filled with ``fill``."""
-    xp = get_array_module(x)
-    n, c, h, w = x.shape
-    ph, pw = padding
-    out = xp.empty((h + 2 * ph, w + 2 * pw, n, c), dtype=x.dtype)
-    if ph or pw:
-        out[...] = fill
-    out[ph : ph + h, pw : pw + w] = x.transpose(2, 3, 0, 1)
-    return out
-
-
-def _to_nchw(t, padding=(0, 0)):
-    """(H', W', N, C) -> contiguous (N, C, H, W), cropping ``padding`` on each side."""
-    h, w = t.shape[0] - 2 * padding[0], t.shape[1] - 2 * padding[1]
-    crop = t[padding[0] : padding[0] + h, padding[1] : padding[1] + w]
-    return get_array_module(t).ascontiguousarray(crop.transpose(2, 3, 0, 1))
-
-
-def _window(t, i, j, out_hw, stride, dilation):
-    """Offset (i, j) of every window of the (H, W, N, C) array ``t``: (OH, OW, N, C) view."""
-    hi, wj = i * dilation[0], j * dilation[1]
-    return t[hi : hi + stride[0] * (out_hw[0] - 1) + 1 : stride[0],
-             wj : wj + stride[1] * (out_hw[1] - 1) + 1 : stride[1]]
-
-
-def _offsets(kernel):
-    return [(i, j) for i in range(kernel[0]) for j in range(kernel[1])]
+# ----------------------------------------------------------------------------- max
 
 
 def max_pool2d_forward(x, kernel, stride, padding, dilation):
     """y[n,c,p,q] = max over the window at (p*s - pad, q*s - pad); padding counts as -inf.
 
-    Returns (y, argmax) with argmax the flat window offset of the first maximum.
-    Traffic: x read twice (transpose, then KH*KW cache-hot window reads), y written twice.
-    """
-    xp = get_array_module(x)
-    out_hw = conv2d_output_size(x.shape[2], x.shape[3], kernel, stride, padding, dilation)
-    t = _to_hwnc(x, padding, -np.inf)
-    windows = [_window(t, i, j, out_hw, stride, dilation) for i, j in _offsets(kernel)]
-    y = windows[0].copy()
-    for v in windows[1:]:
-        xp.maximum(y, v, out=y)
-    idx_dtype = np.int8 if len(windows) < 128 else np.int32
-    argmax = xp.zeros(y.shape, dtype=idx_dtype)
-    for k in range(len(windows) - 1, -1, -1):  # last to first: the first maximum wins
-        hit = (windows[k] == y).view(np.int8).astype(idx_dtype, copy=False)
-        argmax += (idx_dtype(k) - argmax) * hit  # argmax = k where hit, without a branch
-    return _to_nchw(y), argmax
+    Returns (y, argmax), argmax the flat window offset i*KW + j of the first maximum, in
+    (OH, OW, N, C) order (a view of an (N, C, OH, OW) buffer). Traffic: reads x, writes
+    y and argmax, once each."""
+    if not _fast(x):
+        return _ref.max_pool2d_forward(x, kernel, stride, padding, dilation)
+    plan = Plan(x.shape, kernel, stride, padding, dilation)
+    n, c, oh, ow = x.shape[0], x.shape[1], plan.oh, plan.ow
+    idx_dtype = np.int8 if plan.kk < 128 else np.int32
+    x3 = planes(x)
+    y = np.empty((n, c, oh, ow), dtype=x.dtype)
+    argmax = np.empty((n, c, oh, ow), dtype=idx_dtype)
+    y3, a3 = y.reshape(n * c, oh, ow), argmax.reshape(n * c, oh, ow)
+
+    def work(b0, b1, tmp):
+        src, yb, ab = x3[b0:b1], y3[b0:b1], a3[b0:b1]
+        if tmp:  # padded: the border's -inf is already there
+            np.copyto(plan.interior(tmp[0]), src)
+            src = tmp[0]
+        np.copyto(yb, src[plan.taps[0][1]])
+        ab.fill(0)
+        for k, view in plan.taps[1:]:
+            v = src[view]
+            gt = np.greater(v, yb)  # strictly: a tie keeps the earlier tap
+            np.maximum(yb, v, out=yb)
+            if idx_dtype == np.int8:
+                step = np.multiply(gt.view(np.int8), np.int8(k))
+            else:
+                step = gt.astype(np.int32) * np.int32(k)
+            np.maximum(ab, step, out=ab)  # = where(gt, k, a): a < k here
+        nan = np.isnan(yb)
+        if nan.any():  # a NaN's window: the reference finds no tap equal to y, keeps 0
+            ab[nan] = 0
+
+    run_blocks(plan, x3, work, 2 * plan.kk, padded_scratch(plan, x.dtype, -np.inf))
+    return y, argmax.transpose(2, 3, 0, 1)
 
 
 def max_pool2d_backward(grad_y, argmax, x_shape, kernel, stride, padding, dilation):
-    """dx at each window's argmax += dy (sums where overlapping windows share a max)."""
-    xp = get_array_module(grad_y)
+    """dx at each window's argmax += dy (sums where overlapping windows share an input).
+
+    Traffic: reads dy and argmax, writes dx, once each."""
+    if not _fast(grad_y):
+        return _ref.max_pool2d_backward(grad_y, argmax, x_shape, kernel, stride, padding, dilation)
+    plan = Plan(x_shape, kernel, stride, padding, dilation)
     n, c, h, w = x_shape
-    g = xp.ascontiguousarray(grad_y.transpose(2, 3, 0, 1))
-    gx = xp.zeros((h + 2 * padding[0], w + 2 * padding[1], n, c), dtype=grad_y.dtype)
-    # g * mask is the fast form, but inf * 0 is NaN: with a non-finite g select instead
-    finite = bool(xp.isfinite(g).all())
-    for k, (i, j) in enumerate(_offsets(kernel)):
-        hit = argmax == k
-        _window(gx, i, j, g.shape[:2], stride, dilation)[...] += g * hit if finite else xp.where(hit, g, 0)
-    return _to_nchw(gx, padding)
+    g3 = planes(grad_y)
+    # our forward's argmax: a contiguous (P, OH, OW) view; the reference's: strided
+    a3 = argmax.transpose(2, 3, 0, 1).reshape(n * c, plan.oh, plan.ow)
+    dx = np.empty((n, c, h, w), dtype=grad_y.dtype)  # every element written once, by scatter
+    d3 = dx.reshape(n * c, h, w)
+    zero = grad_y.dtype.type(0)
+
+    def work(b0, b1, tmp):
+        gb, ab = g3[b0:b1], np.ascontiguousarray(a3[b0:b1])
+        finite = bool(np.isfinite(gb).all())  # else select: inf * 0 would be NaN
+
+        def contribution(k, out):
+            hit = np.equal(ab, k)
+            if finite:
+                np.multiply(gb, hit, out=out)
+            else:
+                np.copyto(out, np.where(hit, gb, zero))
+
+        plan.scatter(d3[b0:b1], tmp, contribution)
+
+    run_blocks(plan, d3, work, 2 * plan.kk, lambda count: plan.scatter_scratch(count, grad_y.dtype))
+    return dx
 
 
-def _avg_divisor(x_shape, kernel, stride, padding, count_include_pad, xp, dtype):
-    """KH*KW, or per output pixel the number of real (non-padding) inputs it averages."""
-    if count_include_pad or padding == (0, 0):
-        return dtype.type(kernel[0] * kernel[1])
-    ones = xp.ones(tuple(x_shape[2:]) + (1, 1), dtype=dtype)
-    count = _window_sum(_pad_hw(ones, padding), kernel, stride, x_shape, padding)
-    return count
+# ----------------------------------------------------------------------------- average
 
 
-def _pad_hw(t, padding):
-    xp = get_array_module(t)
-    h, w = t.shape[:2]
-    out = xp.zeros((h + 2 * padding[0], w + 2 * padding[1]) + t.shape[2:], dtype=t.dtype)
-    out[padding[0] : padding[0] + h, padding[1] : padding[1] + w] = t
-    return out
+def _axis_counts(size, out, k, s, p):
+    """Per output index along one axis: how many of its k taps lie inside [0, size)."""
+    start = np.arange(out) * s - p
+    return np.minimum(start + k, size) - np.maximum(start, 0)
 
 
-def _window_sum(t, kernel, stride, x_shape, padding):
-    out_hw = conv2d_output_size(x_shape[2], x_shape[3], kernel, stride, padding, 1)
-    windows = [_window(t, i, j, out_hw, stride, (1, 1)) for i, j in _offsets(kernel)]
-    total = windows[0].copy()
-    for v in windows[1:]:
-        total += v
-    return total
+def _divisor(x_shape, kernel, stride, padding, count_include_pad, dtype):
+    """KH*KW (a scalar), or the (OH, OW) number of real pixels in each window: the
+    product of the row and column counts (the reference's window sum of ones)."""
+    (kh, kw), (sh, sw), (ph, pw) = pair(kernel), pair(stride), pair(padding)
+    if count_include_pad or (ph, pw) == (0, 0):
+        return dtype.type(kh * kw)
+    oh, ow = conv2d_output_size(x_shape[2], x_shape[3], kernel, stride, padding, 1)
+    rows = _axis_counts(x_shape[2], oh, kh, sh, ph).astype(dtype)
+    cols = _axis_counts(x_shape[3], ow, kw, sw, pw).astype(dtype)
+    return rows[:, None] * cols[None, :]
 
 
 def avg_pool2d_forward(x, kernel, stride, padding, count_include_pad=True):
-    """y = sum over the window / divisor (KH*KW, or the real pixels when
-    ``count_include_pad`` is False)."""
-    xp = get_array_module(x)
-    total = _window_sum(_to_hwnc(x, padding, 0), kernel, stride, x.shape, padding)
-    total /= _avg_divisor(x.shape, kernel, stride, padding, count_include_pad, xp, x.dtype)
-    return _to_nchw(total)
+    """y = the window sum / D (KH*KW, or the real pixels when ``count_include_pad`` is
+    False). Taps are added in row-major order from tap 0, padding's zeros included, as
+    the reference's sum. Traffic: reads x, writes y."""
+    if not _fast(x):
+        return _ref.avg_pool2d_forward(x, kernel, stride, padding, count_include_pad)
+    plan = Plan(x.shape, kernel, stride, padding, 1)
+    n, c = x.shape[:2]
+    x3 = planes(x)
+    y = np.empty((n, c, plan.oh, plan.ow), dtype=x.dtype)
+    y3 = y.reshape(n * c, plan.oh, plan.ow)
+    div = _divisor(x.shape, kernel, stride, padding, count_include_pad, x.dtype)
+
+    def work(b0, b1, tmp):
+        src, yb = x3[b0:b1], y3[b0:b1]
+        if tmp:  # padded: the border's zeros are already there
+            np.copyto(plan.interior(tmp[0]), src)
+            src = tmp[0]
+        np.copyto(yb, src[plan.taps[0][1]])
+        for _, view in plan.taps[1:]:
+            np.add(yb, src[view], out=yb)
+        np.divide(yb, div, out=yb)
+
+    run_blocks(plan, x3, work, plan.kk + 1, padded_scratch(plan, x.dtype, 0))
+    return y
 
 
 def avg_pool2d_backward(grad_y, x_shape, kernel, stride, padding, count_include_pad=True):
-    """dx = sum over the windows covering each input of dy / divisor."""
-    xp = get_array_module(grad_y)
+    """dx = the sum, over the windows covering each input, of dy / D (the upstream
+    gradient is never written). Traffic: reads dy, writes dx."""
+    if not _fast(grad_y):
+        return _ref.avg_pool2d_backward(grad_y, x_shape, kernel, stride, padding, count_include_pad)
+    plan = Plan(x_shape, kernel, stride, padding, 1)
     n, c, h, w = x_shape
-    # a copy, always: ascontiguousarray would return grad_y itself when the transpose is
-    # already contiguous (1x1 outputs, or N*C == 1), and the division would write into it
-    share = xp.array(grad_y.transpose(2, 3, 0, 1), order="C")
-    share /= _avg_divisor(x_shape, kernel, stride, padding, count_include_pad, xp, grad_y.dtype)
-    gx = xp.zeros((h + 2 * padding[0], w + 2 * padding[1], n, c), dtype=grad_y.dtype)
-    for i, j in _offsets(kernel):
-        _window(gx, i, j, share.shape[:2], stride, (1, 1))[...] += share
-    return _to_nchw(gx, padding)
+    g3 = planes(grad_y)
+    div = _divisor(x_shape, kernel, stride, padding, count_include_pad, grad_y.dtype)
+    dx = np.empty((n, c, h, w), dtype=grad_y.dtype)  # every element written once, by scatter
+    d3 = dx.reshape(n * c, h, w)
+
+    def work(b0, b1, tmp):
+        share = tmp[-1]
+        np.divide(g3[b0:b1], div, out=share)  # scratch: dy itself is never written
+        plan.scatter(d3[b0:b1], tmp[:-1], lambda _, out: np.copyto(out, share))
+
+    def scratch(count):
+        return plan.scatter_scratch(count, grad_y.dtype) + [np.empty((count, plan.oh, plan.ow), grad_y.dtype)]
+
+    run_blocks(plan, d3, work, plan.kk + 1, scratch)
+    return dx
