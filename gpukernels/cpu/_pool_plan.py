@@ -12,11 +12,16 @@ import numpy as np
 from ..shapes import conv2d_output_size, pair
 from . import _parallel
 
-#: Bytes of x (or dx) per block of planes: x, y, the argmax and the scatter's scratch
-#: (~1.5 MiB) then stay in L2 (2 MiB a core), and each NumPy call's loop (~20-60 us)
-#: dwarfs its ~1-2 us of Python and the GIL hand-over between the two threads (512 KiB
-#: blocks ran no faster on two threads than on one).
+#: Bytes of x per block of planes in the forwards: x, y, the argmax and a tap's
+#: temporaries (~1.5 MiB) then stay in L2 (2 MiB a core), and each NumPy call's loop
+#: (~20-60 us) dwarfs its ~1-2 us of Python and the GIL hand-over between the two
+#: threads (512 KiB blocks ran no faster on two threads than on one).
 BLOCK_BYTES = 1 << 20
+#: Bytes of dx per block in the backwards. A scatter runs ~40 NumPy calls a block, each
+#: a GIL hand-over on two threads: measured on 32x64x32x32 (3x3 s2 p1), one block per
+#: thread's piece (4 MiB) beat 1 MiB blocks by 20-25% though it spills L2 (the strided
+#: operations are bound by the core, not by L3).
+SCATTER_BLOCK_BYTES = 4 << 20
 
 
 def planes(a):
@@ -46,8 +51,8 @@ class Plan:
         self.oh, self.ow = oh, ow = conv2d_output_size(h, w, kernel, stride, padding, dilation)
         self.kk = kh * kw
         offsets = [(i * kw + j, i * dh, j * dw) for i in range(kh) for j in range(kw)]
-        self.taps = [(k, (slice(None), slice(r0, r0 + (oh - 1) * sh + 1, sh), slice(c0, c0 + (ow - 1) * sw + 1, sw)))
-                     for k, r0, c0 in offsets]
+        self.taps = [(k, (slice(None), slice(r0, r0 + (oh - 1) * sh + 1, sh),
+                          slice(c0, c0 + (ow - 1) * sw + 1, sw))) for k, r0, c0 in offsets]
         # Scatter classes: dx pixels (R, C) with R = r mod sh, C = c mod sw form class
         # (r, c), an (nr, nc) grid; tap k lands on it at (p + di, q + dj) for every output.
         self.classes = []
@@ -73,24 +78,27 @@ class Plan:
             return [np.empty((count, self.oh, self.ow), dtype), np.empty((count, self.oh, self.ow), dtype)]
         return [np.empty((count, self.hp, self.wp), dtype), np.empty((count, self.oh, self.ow), dtype)]
 
-    def scatter(self, db, scratch, contribution):
+    def scatter(self, db, scratch, contribution, clean=lambda k: False):
         """db (planes, H, W) = the sum over taps k of tap k's contribution placed at the
         pixels tap k read, the padding's share dropped. ``contribution(k, out)`` writes
         tap k's (planes, OH, OW) contribution into ``out`` (scratch, or a strided view of
-        dx); ``scratch``: from ``scatter_scratch``, sliced to the block. Sums run in tap
-        order, as the reference's."""
+        dx) and returns it, or returns an array holding it that the scatter only reads;
+        ``clean(k)``: True when it is already 0 wherever tap k reads padding (the max
+        pool's taps k > 0: only the first tap can be the argmax of an all -inf window).
+        ``scratch``: from ``scatter_scratch``, sliced to the block. Sums run in tap order,
+        as the reference's."""
         if self.shift:
-            self._scatter_shift(db, scratch, contribution)
+            self._scatter_shift(db, scratch, contribution, clean)
         else:
             self._scatter_padded(db, scratch, contribution)
 
-    def _scatter_shift(self, db, scratch, contribution):
+    def _scatter_shift(self, db, scratch, contribution, clean):
         """Per class: each tap's contribution (zeroed where it lands outside the class
         grid) moved by di*OW + dj in the flattened (planes, OH, OW) scratch (contiguous:
         one long NumPy loop; the valid elements stay in their plane), summed, then
         copied once into the class's strided view of dx."""
         part, acc = scratch
-        flat_part, flat_acc, n = part.reshape(-1), acc.reshape(-1), part.size
+        flat_acc, n = acc.reshape(-1), part.size
         oh, ow = self.oh, self.ow
         for (nr, nc), taps, dx_index in self.classes:
             dv = db[dx_index]
@@ -98,14 +106,21 @@ class Plan:
                 dv[...] = 0
                 continue
             if len(taps) == 1 and taps[0][1:] == (0, 0) and (nr, nc) == (oh, ow):
-                contribution(taps[0][0], dv)  # this tap alone, in place: written straight into dx
+                got = contribution(taps[0][0], dv)  # this tap alone, in place: straight into dx
+                if got is not dv:
+                    np.copyto(dv, got)
                 continue
             for m, (k, di, dj) in enumerate(taps):
-                contribution(k, part)
-                for rows in _dropped(di, oh, nr):
-                    part[:, rows, :] = 0
-                for cols in _dropped(dj, ow, nc):
-                    part[:, :, cols] = 0
+                got = contribution(k, part)
+                drops = [] if clean(k) else (
+                    [(slice(None), rows) for rows in _dropped(di, oh, nr)]
+                    + [(slice(None), slice(None), cols) for cols in _dropped(dj, ow, nc)])
+                if drops and got is not part:  # a read-only contribution: zero a copy
+                    np.copyto(part, got)
+                    got = part
+                for index in drops:  # the share of a tap that reads padding must not wrap
+                    got[index] = 0
+                flat_part = got.reshape(-1)
                 d = di * ow + dj  # acc.flat[f + d] += part.flat[f] for f + d in [0, n)
                 lo = min(n, max(0, d))
                 hi = max(lo, min(n, n + d))
@@ -114,8 +129,10 @@ class Plan:
                     np.add(dst, src, out=dst)
                     continue
                 np.copyto(dst, src)  # the first tap: the rest of the sum is 0
-                flat_acc[:lo] = 0
-                flat_acc[hi:] = 0
+                if lo:
+                    flat_acc[:lo] = 0
+                if hi < n:
+                    flat_acc[hi:] = 0
             np.copyto(dv, acc[:, :nr, :nc])
 
     def _scatter_padded(self, db, scratch, contribution):
@@ -124,18 +141,19 @@ class Plan:
         plane, part = scratch
         plane.fill(0)
         for k, view in self.taps:
-            contribution(k, part)
             pv = plane[view]
-            np.add(pv, part, out=pv)
+            np.add(pv, contribution(k, part), out=pv)
         np.copyto(db, self.interior(plane))
 
 
-def run_blocks(plan, planes3, work, sweeps, scratch=None):
-    """``work(b0, b1, tmp)`` over blocks of ~BLOCK_BYTES of image planes of ``planes3``
-    (P, H, W), on two threads from ``_parallel.MIN_PARALLEL_BYTES`` of operations.
-    ``scratch(count)``: this thread's list of scratch arrays, ``count`` planes deep,
-    made once per thread's piece; ``tmp`` is that list sliced to the block (or [])."""
-    per = max(1, BLOCK_BYTES // max(1, plan.hp * plan.wp * planes3.itemsize))
+def run_blocks(plan, planes3, work, sweeps, scratch=None, scatter=False):
+    """``work(b0, b1, tmp)`` over blocks of ~BLOCK_BYTES (``scatter``:
+    SCATTER_BLOCK_BYTES) of image planes of ``planes3`` (P, H, W), on two threads from
+    ``_parallel.MIN_PARALLEL_BYTES`` of operations. ``scratch(count)``: this thread's
+    list of scratch arrays, ``count`` planes deep, made once per thread's piece; ``tmp``
+    is that list sliced to the block (or [])."""
+    block = SCATTER_BLOCK_BYTES if scatter else BLOCK_BYTES
+    per = max(1, block // max(1, plan.h * plan.w * planes3.itemsize))
 
     def piece(a, b):
         bufs = [] if scratch is None else scratch(min(per, b - a))

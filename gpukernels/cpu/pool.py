@@ -3,11 +3,12 @@
 
 Layout: NCHW, block by block of planes
 --------------------------------------
-x (N, C, H, W) is worked as P = N*C image planes, BLOCK_BYTES of them at a time (the
-block's x, y and scratch stay in L2, 2 MiB a core), the blocks split between the two
-cores by ``_parallel.run_pieces`` (NumPy drops the GIL inside each ufunc loop). Tap (i, j)
-of every window of a block is ONE strided view of the block (rows p*sh + i*dh, columns
-q*sw + j*dw of the padded plane), so a pool is KH*KW whole-block operations. With
+x (N, C, H, W) is worked as P = N*C image planes, ``_pool_plan.BLOCK_BYTES`` of them at a
+time (the block's x, y and scratch stay in L2, 2 MiB a core), the blocks split between
+the two cores by ``_parallel.run_pieces`` (NumPy drops the GIL inside each ufunc loop;
+the two vCPUs of the dev VM gain ~1.3-1.8x on these strided, core-bound operations).
+Tap (i, j) of every window of a block is ONE strided view of the block (rows p*sh + i*dh,
+columns q*sw + j*dw of the padded plane), so a pool is KH*KW whole-block operations. With
 padding, each block is first copied into a per-thread padded scratch whose border holds
 -inf (max) or 0 (average), filled once: every tap view is then full, never clipped
 (clipped views are 2-3x slower: NumPy cannot merge their rows into one loop). (The former
@@ -38,20 +39,25 @@ taps or more), so the two agree element for element; but it is a transposed VIEW
 transposed copy costs ~60 us a block in 1-byte gathers). The backward takes either: a
 C-contiguous (OH, OW, N, C) argmax (the reference's) is transposed block by block.
 
-Backward: a scatter into parity classes
----------------------------------------
-Tap (i, j) of output (p, q) reads padded pixel (p*sh + i*dh, q*sw + j*dw): its row lies in
-class r = i*dh mod sh, at row p + i*dh // sh of that class's (sub-sampled) plane, and
-likewise for columns. So per class (r, c) the taps that land there are unit-stride,
-shifted (OH, OW) windows of one small contiguous plane: the first tap writes its window
-(``out=``), later ones add into theirs, in tap order (the reference's order of sums; for
-a 3x3 s2 p1 pool the 9 taps fall 4 + 2 + 2 + 1 into 4 classes), and each class plane is
-then copied once into its strided view of dx, the padding cropped. (Adds straight into
-strided views of dx cost ~60 us a tap a block, the class plane's ~20 us.) A class that one
-full tap covers, without padding, is written straight into dx: when windows tile the
-image (kernel == stride) every class is, and dx is written once, by the taps. The max
-pool's contribution is ``dy * [a == k]``; that would make NaN of an inf or NaN dy at the
-taps that are not the argmax (inf * 0), so blocks with a non-finite dy select with
+Backward: a scatter by stride classes (``_pool_plan.Plan.scatter``)
+------------------------------------------------------------------
+Tap (i, j) of output (p, q) reads image pixel (p*sh + i*dh - ph, q*sw + j*dw - pw): its
+row lies in class r = (i*dh - ph) mod sh, at row p + di (di = (i*dh - ph) // sh) of that
+class's sub-sampled grid, and likewise for columns. So each tap's contribution, an
+(OH, OW) array per plane (``dy * [a == k]``, or dy / D), lands on ONE class grid, moved
+by (di, dj). Where every class grid fits in (OH, OW) (3x3 s2 p1, 3x3 s1 p1, kernel ==
+stride over multiples of the kernel) the move is a shift of di*OW + dj in the flattened
+block, one contiguous NumPy loop (what would land outside the grid, the padding's share,
+is zeroed first: for the max pool only tap 0 can have any, as only it can be the argmax
+of a window of -inf), the class's taps are summed in tap order (the reference's order of
+sums: the result is bit-identical) and the sum copied once into the class's strided view
+of dx. A class one unmoved tap fills (every class of a kernel == stride pool: the windows
+tile the image) is written straight into dx. Other geometries add every tap into its
+strided view of a zeroed padded plane, then copy the interior. (Adds straight into
+strided views cost ~60 us a tap for 256 planes of 16x16 outputs, a flat shifted add
+~8 us.) 3x3 s2 p1, 32x64x32x32: 9 contributions (~30 us each a block), 8 shifted sums,
+3 strided copies and 1 direct write. ``dy * [a == k]`` would make NaN of an inf or NaN dy
+at the taps that are not the argmax (inf * 0): blocks with a non-finite dy select with
 ``np.where`` instead, as the reference.
 
 Other arrays (not NumPy float32/float64) take the reference's functions, which read and
@@ -138,13 +144,16 @@ def max_pool2d_backward(grad_y, argmax, x_shape, kernel, stride, padding, dilati
         def contribution(k, out):
             hit = np.equal(ab, k)
             if finite:
-                np.multiply(gb, hit, out=out)
-            else:
-                np.copyto(out, np.where(hit, gb, zero))
+                return np.multiply(gb, hit, out=out)
+            np.copyto(out, np.where(hit, gb, zero))
+            return out
 
-        plan.scatter(d3[b0:b1], tmp, contribution)
+        plan.scatter(d3[b0:b1], tmp, contribution, clean=lambda k: k > 0)
 
-    run_blocks(plan, d3, work, 2 * plan.kk, lambda count: plan.scatter_scratch(count, grad_y.dtype))
+    def scratch(count):
+        return plan.scatter_scratch(count, grad_y.dtype)
+
+    run_blocks(plan, d3, work, 2 * plan.kk, scratch, scatter=True)
     return dx
 
 
@@ -211,10 +220,10 @@ def avg_pool2d_backward(grad_y, x_shape, kernel, stride, padding, count_include_
     def work(b0, b1, tmp):
         share = tmp[-1]
         np.divide(g3[b0:b1], div, out=share)  # scratch: dy itself is never written
-        plan.scatter(d3[b0:b1], tmp[:-1], lambda _, out: np.copyto(out, share))
+        plan.scatter(d3[b0:b1], tmp[:-1], lambda k, out: share)  # every tap's share: dy / D
 
     def scratch(count):
         return plan.scatter_scratch(count, grad_y.dtype) + [np.empty((count, plan.oh, plan.ow), grad_y.dtype)]
 
-    run_blocks(plan, d3, work, plan.kk + 1, scratch)
+    run_blocks(plan, d3, work, plan.kk + 1, scratch, scatter=True)
     return dx

@@ -115,6 +115,7 @@ def test_outputs_are_new_arrays():
     x = _data((1000,), np.float32, 6)
     kept = x.copy()
     for y in (cpu_act.leaky_relu_forward(x, 0.1), cpu_act.sigmoid_forward(x), cpu_act.tanh_forward(x),
-              cpu_act.tanh_backward(x, x), cpu_act.sigmoid_backward(x, x), cpu_act.leaky_relu_backward(x, x, 0.1)):
+              cpu_act.tanh_backward(x, x), cpu_act.sigmoid_backward(x, x),
+              cpu_act.leaky_relu_backward(x, x, 0.1)):
         assert not np.shares_memory(y, x)
     np.testing.assert_array_equal(x, kept)
