@@ -19,16 +19,17 @@ too) errs by a few ulps of ``a |x|``, the order of the mean's own rounding.
 
 Statistics: sums of x and x^2 in one read, shifted when that would cancel
 ----------------------------------------------------------------------------
-Row sums over L run in x's dtype (on NumPy a BLAS dot per row, with ones for the sum:
-SIMD accumulators over at most a few hundred values) and the row results are added in
-float64, so float32 sums keep ~1e-8 relative error. The variance
-``sum(x^2)/n - mean^2`` then loses a factor ``1 + mean^2/var`` to cancellation
-(measured in float32: 2e-7 relative at |mean| = 3 std, 2e-5 at 30 std). So when
-|mean| > SHIFT_RATIO * std for some channel, the sums are redone on ``t = x - shift``
-(the mean rounded to x's dtype, written into y: the "shifted sums", mean = shift +
-sum(t)/n, var = sum(t^2)/n - (sum(t)/n)^2, ~1e-8 again) and y is formed from t in
-place. The backward's ``sum(g x) - mean sum(g)`` (error ~eps |mean| / std relative)
-likewise goes through ``t = x - mean``, written into dx's buffer, past that ratio.
+Row sums over L run in x's dtype (on NumPy a GEMV of the rows with ones for the sum, a
+BLAS dot per row for the products: SIMD accumulators over at most a few thousand
+values) and the row results are added in float64, so float32 sums keep ~1e-8
+relative error. The variance ``sum(x^2)/n - mean^2`` then loses a factor
+``1 + mean^2/var`` to cancellation (measured in float32: 2e-7 relative at |mean| = 3
+std, 2e-5 at 30 std). So when |mean| > SHIFT_RATIO * std for some channel, the sums
+are redone on ``t = x - shift`` (the mean rounded to x's dtype, written into y: the
+"shifted sums", mean = shift + sum(t)/n, var = sum(t^2)/n - (sum(t)/n)^2, ~1e-8
+again) and y is formed from t in place. The backward's ``sum(g x) - mean sum(g)``
+(error ~eps |mean| / std relative) likewise goes through ``t = x - mean``, written
+into dx's buffer, past that ratio.
 
 Memory traffic (S = bytes of x)
 -------------------------------
@@ -37,24 +38,28 @@ NumPy has no fused multiply-add, so each affine map is two passes:
   eval forward      y = a x, y += c                                2 passes
   training backward sum(g), sum(g x) | d = k x, d += g, d += k0, d *= a   6 passes
   eval backward     [sum(g), sum(g x)] | dx = a g                  1-3 passes
-Large arrays are worked in pieces of ~1-2 MiB (below), so a piece's second and later
-passes find it in L2: memory sees 3 S / 2 S / 5 S / 2 S, what a fused kernel needs,
-and the extra passes cost L2 time (~80 GB/s per core). This machine moves ~30 GB/s
-(read + write counted) per core between L3 and a core and ~58 GB/s with both cores,
-so (128, 16, 32, 32) float32 (S = 8.4 MB) needs at least ~0.43 / 0.29 / 0.72 ms on two
-cores (0.85 / 0.57 / 1.42 on one).
+The elementwise passes work sub-blocks of BLOCK_BYTES (one thread) or
+THREADED_BLOCK_BYTES, so a sub-block's later passes find it in L2; the reductions
+run over whole arrays (the GEMV is fastest over many rows). Memory then sees ~3 S /
+2 S / 5 S / 2 S, plus the write-allocate read of each fresh output, and the rest is
+L2 time (NumPy: ~0.17 ns an element a pass). This VM moves ~30 GB/s (read + write
+counted) per core between L3 and a core, so (32, 128, 16, 16) float32 (S = 4.2 MB)
+needs ~0.4 / 0.3 / 0.7 ms on one core; measured 0.73-0.8 / - / 1.1-1.2 ms.
 
-Threads, pieces and CuPy
-------------------------
-Every whole-array pass goes through ``_parallel.run_pieces``, which cuts the batch into
-pieces and, for large calls, works them on two threads (why threads, the ~100 us
-hand-off and the shared lock: ``_parallel``'s module docstring). What is batch norm's
-own: einsum's reductions barely run in parallel with another thread, vecdot with a
-ones vector does; and a gufunc such as vecdot only releases the GIL past 500 outer
-iterations (``_split_rows``). Per-channel coefficients are broadcast as contiguous
-(C, L) rows: a ``(b, C, L) op (C, L)`` ufunc runs ~1.5x faster than one against a
-(C, 1) column. CuPy runs the same code as one piece on the calling thread (einsum for
-the row dots).
+Threads, sub-blocks and CuPy
+----------------------------
+Arrays of THREADS_FROM_BYTES and more go through ``_parallel.run_pieces`` (two
+threads; BLAS held to one thread in the reductions, whose GEMVs otherwise fight
+ours); smaller ones stay on the calling thread, where BLAS's own threads run the
+sums' GEMV: on this VM a hand-off between Python threads costs 50-70 us and two
+threads over L3-resident data each run at ~60% of one's speed, so below ~8 MiB the
+second thread never paid (measurements at THREADS_FROM_BYTES). A gufunc such as vecdot
+only releases the GIL past 500 outer iterations (``_split_rows``). Per-channel
+coefficients are broadcast as contiguous (C, L) rows, made in one copy per call: a
+``(b, C, L) op (C, L)`` ufunc runs ~1.5x faster than one against a (C, 1) column. The
+outputs are returned as allocated, never as reshaped views (autograd copies a view
+before it becomes a ``.grad``). CuPy runs the same code on the calling thread
+(einsum for the row dots).
 """
 
 from __future__ import annotations
@@ -73,10 +78,41 @@ def _view(x):
     return x.reshape(x.shape[0], x.shape[1], -1)
 
 
-def _rows(v, x3, xp):
-    """Per-channel values ``v`` (C,) as a contiguous (C, L) array of x's dtype."""
+def _rows(v, x3, xp, *more):
+    """Per-channel values ``v`` (C,) as a contiguous (C, L) array of x's dtype; with
+    ``more`` values, a tuple of such arrays, filled by one copy into one (k, C, L) block
+    (``broadcast_to`` + ``ascontiguousarray`` per row array costs ~10 us of Python)."""
     c, l = x3.shape[1:]
-    return xp.ascontiguousarray(xp.broadcast_to(v.astype(x3.dtype)[:, None], (c, l)))
+    if not more:
+        return xp.ascontiguousarray(xp.broadcast_to(v.astype(x3.dtype)[:, None], (c, l)))
+    values = (v,) + more
+    out = xp.empty((len(values), c, l), dtype=x3.dtype)
+    xp.copyto(out, xp.stack(values).astype(x3.dtype)[:, :, None])
+    return tuple(out)
+
+
+#: Bytes of x per sub-block of the elementwise passes on one thread: the passes work a
+#: sub-block at a time, so the later passes over it find their operands (two or three
+#: arrays and the coefficient rows) in L2.
+BLOCK_BYTES = 256 << 10
+#: The same on two threads: larger, since every NumPy call hands the GIL over, and a
+#: hand-off the other thread waits for costs tens of us here (dx at (32, 64, 32, 32)
+#: float32 on two threads: 1.40 ms in 256 KiB sub-blocks, 1.01-1.13 ms in 1 MiB ones).
+THREADED_BLOCK_BYTES = 1 << 20
+#: Arrays from which batch norm's passes run on two threads (``_parallel.run_pieces``).
+#: Below it one thread (with BLAS's own threads in the sums' GEMV) is as fast or faster
+#: on the 2-vCPU VM: a hand-off to the pool thread and back costs ~100 us (futex
+#: wake-ups of an idle vCPU, 50-70 us each), and two threads over L3-resident arrays
+#: each run at ~60% of one's speed. Measured, float32: (32, 256, 8, 8) (2 MiB) dx
+#: 0.42-0.44 ms threaded against 0.37-0.38 on one thread, (32, 128, 16, 16) (4 MiB)
+#: 0.76-0.78 against 0.76, (32, 64, 32, 32) (8 MiB) 1.32-1.38 against 1.50-1.57.
+THREADS_FROM_BYTES = 8 << 20
+
+
+def _blocks(n0, n1, x3, size=None):
+    """Sub-blocks of images ``[n0, n1)`` of about ``size`` (BLOCK_BYTES) bytes each."""
+    per = max(1, (size or BLOCK_BYTES) // max(1, x3[:1].nbytes))
+    return [(a, min(a + per, n1)) for a in range(n0, n1, per)]
 
 
 def _split_rows(a3):
@@ -92,10 +128,14 @@ def _split_rows(a3):
 
 
 def _sums(a3, xp):
-    """float64 (C,) sums of a3 (b, C, L): rows summed in a3's dtype (on NumPy a BLAS dot
-    with ones per row: ~2x faster than a pairwise ``sum`` over short rows, and unlike
-    einsum's reduction it runs in parallel with other threads), rows added in float64."""
-    if xp is np and a3.shape[2] >= 16:
+    """float64 (C,) sums of a3 (b, C, L): rows summed in a3's dtype, rows added in
+    float64. On NumPy a GEMV of the (b C, L) rows with ones: BLAS streams it at memory
+    speed on its own (spinning) threads, 3-4x faster than a BLAS dot per row
+    ((32, 128, 256) float32: 50 us against 150 us); einsum rows for short rows."""
+    b, c, l = a3.shape
+    if xp is np and l >= 16 and a3.flags.c_contiguous:
+        return (a3.reshape(b * c, l) @ np.ones(l, dtype=a3.dtype)).reshape(b, c).sum(0, dtype=np.float64)
+    if xp is np and l >= 16:
         a4 = _split_rows(a3)
         return np.vecdot(a4, np.ones(a4.shape[3], dtype=a4.dtype)).sum((0, 2), dtype=np.float64)
     return a3.sum(axis=2).sum(0, dtype=xp.float64)
@@ -126,20 +166,61 @@ def _reduce(a3, b3, shift, out, xp):
     return sum(p[0] for p in parts), sum(p[1] for p in parts)
 
 
-def _affine(src3, a, c, out3, xp):
-    """out = a * src + c per channel (``out3`` may be ``src3``)."""
-    a_rows, c_rows = _rows(a, src3, xp), _rows(c, src3, xp)
-
-    def work(n0, n1):
-        xp.multiply(src3[n0:n1], a_rows, out=out3[n0:n1])
-        xp.add(out3[n0:n1], c_rows, out=out3[n0:n1])
-
-    _parallel.run_pieces(src3, work, 2)
-    return out3
-
-
 def _f64(v, xp):
     return None if v is None else v.astype(xp.float64)
+
+
+def _stats(s1, s2, count, shift, xp):
+    """float64 (mean, biased var) from the sums of t = x - shift (shift None: of x)."""
+    d = s1 / count
+    if shift is None:
+        return d, s2 / count - d * d
+    return shift.astype(xp.float64) + d, s2 / count - d * d
+
+
+def _update_running(running_mean, running_var, mean, var, momentum, count):
+    """PyTorch's rule, in place: towards the batch mean and the UNBIASED variance."""
+    running_mean *= 1 - momentum
+    running_mean += (momentum * mean).astype(running_mean.dtype)
+    running_var *= 1 - momentum
+    running_var += (momentum * var * (count / max(count - 1, 1))).astype(running_var.dtype)
+
+
+def _threaded(x3):
+    """Whether batch norm's passes over ``x3`` go through ``_parallel``'s threaded piece
+    driver: from THREADS_FROM_BYTES on, or at any size under the knob ``cpu_threads``
+    = "forced" (never under "serial")."""
+    min_bytes = _parallel.policy()[1]
+    return min_bytes == 0 or (x3.nbytes >= THREADS_FROM_BYTES and min_bytes != float("inf"))
+
+
+def _pair(a3, b3, xp):
+    """float64 per-channel (sum(a), sum(a * b)): whole arrays on the calling thread (the
+    GEMV of ``_sums`` on BLAS's threads), or by pieces on two threads (``_reduce``) with
+    BLAS held to one thread: BLAS's spinning threads beside ours made the pieces' GEMVs
+    12x slower ((32, 64, 32, 32) float32: 7.9 ms against 0.65 ms on one thread)."""
+    if xp is np and _threaded(a3):
+        limiter = _parallel.blas_limiter()
+        if limiter is None:
+            return _reduce(a3, b3, None, None, xp)
+        with limiter:
+            return _reduce(a3, b3, None, None, xp)
+    return _sums(a3, xp), _dots(a3, b3, xp)
+
+
+def _passes(x3, block, sweeps):
+    """``block(b0, b1)`` over sub-blocks of ~BLOCK_BYTES of the images of ``x3``: on the
+    calling thread, or within the pieces of ``_parallel.run_pieces`` (``sweeps``: its
+    NumPy operations per sub-block) when ``_threaded``."""
+
+    def work(n0, n1, size=THREADED_BLOCK_BYTES):
+        for b0, b1 in _blocks(n0, n1, x3, size):
+            block(b0, b1)
+
+    if isinstance(x3, np.ndarray) and _threaded(x3):
+        _parallel.run_pieces(x3, work, sweeps)
+    else:
+        work(0, x3.shape[0], BLOCK_BYTES)
 
 
 def batch_norm_forward(x, running_mean, running_var, weight, bias, training, momentum, eps):
@@ -148,37 +229,37 @@ def batch_norm_forward(x, running_mean, running_var, weight, bias, training, mom
     xp = get_array_module(x)
     x3 = _view(x)
     dt = x.dtype
-    y3 = xp.empty(x3.shape, dtype=dt)
-    src, shift = x3, None
+    y = xp.empty(x.shape, dtype=dt)  # returned as allocated: a view would be copied by
+    y3 = _view(y)  # autograd wherever it became a .grad (its base is held elsewhere)
+    shift = None
     if training:
         count = x3.shape[0] * x3.shape[2]
-        s1, s2 = _reduce(None, x3, None, None, xp)
-        mean = s1 / count
-        var = s2 / count - mean * mean
+        mean, var = _stats(*_pair(x3, x3, xp), count, None, xp)
         if bool((mean * mean > SHIFT_RATIO**2 * var).any()):
-            # Cancellation (see the module docstring): shifted sums of t = x - mean into y.
+            # Cancellation (see the module docstring): shifted sums of t = x - mean into y
             shift = mean.astype(dt)
-            s1, s2 = _reduce(None, x3, shift, y3, xp)
-            d = s1 / count
-            mean = shift.astype(xp.float64) + d
-            var = s2 / count - d * d
-            src = y3
+            mean, var = _stats(*_reduce(None, x3, shift, y3, xp), count, shift, xp)
         var = xp.maximum(var, 0)
         if running_mean is not None:
-            running_mean *= 1 - momentum
-            running_mean += (momentum * mean).astype(running_mean.dtype)
-            running_var *= 1 - momentum
-            running_var += (momentum * var * (count / max(count - 1, 1))).astype(running_var.dtype)
+            _update_running(running_mean, running_var, mean, var, momentum, count)
     else:
         mean, var = _f64(running_mean, xp), _f64(running_var, xp)
     inv_std = 1.0 / xp.sqrt(var + eps)
     a = inv_std if weight is None else inv_std * _f64(weight, xp)
-    # y = a (x - mean) + beta; from the shifted t = x - shift (already in y) when present.
+    # y = a (x - mean) + beta; from the shifted t = x - shift (already in y) when present
     c = -a * (mean if shift is None else mean - shift.astype(xp.float64))
     if bias is not None:
         c = c + _f64(bias, xp)
-    _affine(src, a, c, y3, xp)
-    return y3.reshape(x.shape), mean.astype(dt), inv_std.astype(dt)
+    a_rows, c_rows = _rows(a, x3, xp, c)
+    src = x3 if shift is None else y3
+
+    def affine(b0, b1):  # y = a src + c: the add finds the sub-block in L2
+        yb = y3[b0:b1]
+        xp.multiply(src[b0:b1], a_rows, out=yb)
+        xp.add(yb, c_rows, out=yb)
+
+    _passes(x3, affine, 2)
+    return y, mean.astype(dt), inv_std.astype(dt)
 
 
 def batch_norm_backward(grad_y, x, mean, inv_std, weight, training, needs=(True, True, True)):
@@ -188,7 +269,11 @@ def batch_norm_backward(grad_y, x, mean, inv_std, weight, training, needs=(True,
     dt = grad_y.dtype
     mean64, inv64 = _f64(mean, xp), _f64(inv_std, xp)
     a = inv64 if weight is None else inv64 * _f64(weight, xp)
-    dx3 = xp.empty(g3.shape, dtype=dt) if needs[0] else None
+    # dx is returned as allocated, not as a reshaped view: autograd copies a gradient
+    # that is a view (its base could be shared) before making it a leaf's .grad, one
+    # more pass over dx (0.6 ms at (32, 64, 32, 32) float32)
+    dx = xp.empty(grad_y.shape, dtype=dt) if needs[0] else None
+    dx3 = None if dx is None else _view(dx)
     dgamma = dbeta = None
     src = x3
     if needs[1] or needs[2] or (training and needs[0]):
@@ -199,30 +284,29 @@ def batch_norm_backward(grad_y, x, mean, inv_std, weight, training, needs=(True,
             dbeta, sgx = _reduce(g3, x3, mean, buf, xp)
             src, shift = buf, mean64
         else:
-            dbeta, sgx = _reduce(g3, x3, None, None, xp)
+            dbeta, sgx = _pair(g3, x3, xp)
             sgx = sgx - mean64 * dbeta
             shift = 0.0
         dgamma = inv64 * sgx
     if needs[0]:
-        a_rows = _rows(a, g3, xp)
         if training:
             count = g3.shape[0] * g3.shape[2]
             k = -inv64 * dgamma / count
-            k_rows = _rows(k, g3, xp)
-            k0_rows = _rows(-dbeta / count - k * (mean64 - shift), g3, xp)
+            a_rows, k_rows, k0_rows = _rows(a, g3, xp, k, -dbeta / count - k * (mean64 - shift))
 
-            def work(n0, n1):  # dx = a (g + k src + k0), src = x or x - mean
-                d = dx3[n0:n1]
-                xp.multiply(src[n0:n1], k_rows, out=d)
-                xp.add(d, g3[n0:n1], out=d)
+            def block(b0, b1):  # dx = a (g + k src + k0), src = x or x - mean
+                d = dx3[b0:b1]
+                xp.multiply(src[b0:b1], k_rows, out=d)
+                xp.add(d, g3[b0:b1], out=d)
                 xp.add(d, k0_rows, out=d)
                 xp.multiply(d, a_rows, out=d)
         else:
+            a_rows = _rows(a, g3, xp)
 
-            def work(n0, n1):
-                xp.multiply(g3[n0:n1], a_rows, out=dx3[n0:n1])
+            def block(b0, b1):
+                xp.multiply(g3[b0:b1], a_rows, out=dx3[b0:b1])
 
-        _parallel.run_pieces(g3, work, 4 if training else 1)
-    return (None if dx3 is None else dx3.reshape(grad_y.shape),
+        _passes(g3, block, 4 if training else 1)
+    return (dx,
             dgamma.astype(dt) if needs[1] else None,
             dbeta.astype(dt) if needs[2] else None)
