@@ -161,6 +161,7 @@ def _run(spec: dict):
 
     # 4. torch's DDP of the torch twin, same shard, same optimizer
     if spec["torch_ddp"]:
+        from benchmarks.bench_train import _torch_step_fn  # noqa: PLC0415
         from benchmarks.torch_twin import torch_twin  # noqa: PLC0415
 
         model = resnet8()
@@ -173,12 +174,7 @@ def _run(spec: dict):
         tddp = torch.nn.parallel.DistributedDataParallel(twin, device_ids=local)
         topt = torch.optim.SGD(tddp.parameters(), lr=LR, momentum=MOMENTUM)
 
-        def tstep():
-            topt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(tddp(tx), ty)
-            loss.backward()
-            topt.step()
-            return loss
+        tstep = _torch_step_fn(lambda a, b: torch.nn.functional.cross_entropy(tddp(a), b), topt, tx, ty)
 
         result["torch_first_loss"] = float(tstep().item())
         for _ in range(spec["warmup"] - 1):

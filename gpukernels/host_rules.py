@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import device_of
+from .backend import device_of, get_array_module
 
 # ----------------------------------------------------------------------------- optimizer steps
 
@@ -82,3 +82,20 @@ def activate_(xp, y, activation, slope):
         scaled = y * slope
         (xp.maximum if slope < 1 else xp.minimum)(y, scaled, out=y)
     return y
+
+
+def advance_step(op, step, step_index, p):
+    """``step += 1`` in place on the device (only the elements at ``step_index`` when
+    given); returns the new count of the first of them as a float64 0-d array on that
+    device (the counts advanced together are equal: the optimizers launch together only
+    parameters with equal counts)."""
+    index = check_step(op, step, step_index, p)
+    xp = get_array_module(step)
+    flat = step.reshape(-1)
+    if index is None:
+        flat += 1
+        first = 0
+    else:
+        flat[xp.asarray(index)] += 1
+        first = index[0]
+    return flat[first:first + 1].astype(np.float64).reshape(())

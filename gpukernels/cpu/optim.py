@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..host_rules import check_step, is_step_array
+from ..host_rules import advance_step, is_step_array
 from ..reference import optim as reference_optim
 from ..reference.optim import clip_coefficient
 from ._blocks import flat_spans, run_blocks
@@ -88,20 +88,6 @@ def _effective(v, tmp, factor, weight_decay):
         np.multiply(v["p"], weight_decay, out=tmp[1])
         np.add(g, tmp[1], out=out)
     return out
-
-
-def _advance_step(op, step, step_index, p):
-    """The reference's capturable count: ``step += 1`` in place (only at ``step_index``
-    when given), returning the first advanced count as a float64 0-d array."""
-    index = check_step(op, step, step_index, p)
-    flat = step.reshape(-1)
-    if index is None:
-        flat += 1
-        first = 0
-    else:
-        flat[np.asarray(index)] += 1
-        first = index[0]
-    return flat[first:first + 1].astype(np.float64).reshape(())
 
 
 def _host(value, dtype):
@@ -168,7 +154,7 @@ def adagrad_update(p, g, state_sum, *, step, lr, lr_decay=0.0, weight_decay=0.0,
             p, g, state_sum, step=step, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps,
             maximize=maximize, grad_scale=grad_scale, segments=segments, step_index=step_index)
     if is_step_array(step):
-        s = _advance_step("adagrad_update", step, step_index, p)
+        s = advance_step("adagrad_update", step, step_index, p)
         clr = _host(lr / (1 + (s - 1) * lr_decay), p.dtype)
     else:
         clr = lr / (1 + (step - 1) * lr_decay)
@@ -270,7 +256,7 @@ def adam_update(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, *, step, lr, beta1=0.
             weight_decay=weight_decay, decoupled=decoupled, amsgrad=amsgrad, maximize=maximize,
             grad_scale=grad_scale, segments=segments, step_index=step_index)
     if is_step_array(step):
-        s = _advance_step("adam_update", step, step_index, p)
+        s = advance_step("adam_update", step, step_index, p)
         step_size = _host(lr / (1 - beta1**s), p.dtype)
         bias_correction2_sqrt = _host((1 - beta2**s) ** 0.5, p.dtype)
     else:

@@ -191,10 +191,9 @@ class DistributedDataParallel(Module):
         reset the countdowns."""
         self._finish_abandoned()
         params = self._params()
-        key = tuple((id(p), id(getattr(p, "_grad_view", None)), id(p.data)) for p in params)
-        if key != self._key:
+        if _storage_key(params) != self._key:
             self._build(params)
-            self._key = tuple((id(p), id(getattr(p, "_grad_view", None)), id(p.data)) for p in params)
+            self._key = _storage_key(params)  # after _build: it may hand out our own buffer's slices
         for b in self._buckets:
             b.pending, b.work = len(b.members), None
         self._next, self._ready_seen, self._end_queued = 0, set(), False
@@ -313,6 +312,11 @@ class DistributedDataParallel(Module):
 
     def extra_repr(self) -> str:
         return f"world_size={self.world_size}, buckets={len(self._buckets) or 'not built'}"
+
+
+def _storage_key(params) -> tuple:
+    """What the buckets depend on: each parameter, its gradient slice and its data."""
+    return tuple((id(p), id(getattr(p, "_grad_view", None)), id(p.data)) for p in params)
 
 
 def _on_grad(me, p) -> None:

@@ -28,10 +28,8 @@ where every parameter of a group is a slice of one array:
 
 from __future__ import annotations
 
-import numpy as np
-
 from ..backend import get_array_module
-from ..host_rules import check_norm_args, check_step, is_step_array, norm_dtype
+from ..host_rules import advance_step, check_norm_args, is_step_array, norm_dtype
 
 
 def _lerp_(a, b, weight):
@@ -85,23 +83,6 @@ def _pieces(segments, **arrays):
         if not 0 <= start <= stop <= size:
             raise ValueError(f"segments: ({start}, {stop}) is not a range inside the {size} elements")
         yield {name: None if a is None else a[start:stop] for name, a in flat.items()}
-
-
-def _advance_step(op, step, step_index, p):
-    """``step += 1`` in place on the device (only the elements at ``step_index`` when
-    given); returns the new count of the first of them as a float64 0-d array on that
-    device (the counts advanced together are equal: the optimizers launch together only
-    parameters with equal counts)."""
-    index = check_step(op, step, step_index, p)
-    xp = get_array_module(step)
-    flat = step.reshape(-1)
-    if index is None:
-        flat += 1
-        first = 0
-    else:
-        flat[xp.asarray(index)] += 1
-        first = index[0]
-    return flat[first:first + 1].astype(np.float64).reshape(())
 
 
 def _as_scalar(value, dtype):
@@ -172,7 +153,7 @@ def adagrad_update(p, g, state_sum, *, step, lr, lr_decay=0.0, weight_decay=0.0,
             every element); they must be equal, the first one's new value is used.
     """
     if is_step_array(step):
-        s = _advance_step("adagrad_update", step, step_index, p)
+        s = advance_step("adagrad_update", step, step_index, p)
         clr = _as_scalar(lr / (1 + (s - 1) * lr_decay), p.dtype)
     else:
         clr = lr / (1 + (step - 1) * lr_decay)
@@ -262,7 +243,7 @@ def adam_update(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, *, step, lr, beta1=0.
             every element); they must be equal, the first one's new value is used.
     """
     if is_step_array(step):
-        s = _advance_step("adam_update", step, step_index, p)
+        s = advance_step("adam_update", step, step_index, p)
         # float64 on the device, the host path's arithmetic (NumPy's pow: within about
         # an ulp of Python's ``**``), then rounded once to p's dtype as the host path's
         # Python floats are: float32 updates come out the same, float64 ones to ~1e-16
