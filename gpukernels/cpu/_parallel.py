@@ -10,19 +10,22 @@ working disjoint slices of one array really run on separate cores: this machine 
 cores, and OpenBLAS runs two single-threaded GEMMs side by side at twice the rate of
 one. Two users split the batch:
 
-* conv's ``_run_chunks``: one contiguous chunk of the batch per thread (``split``),
-  worked tile by tile with per-thread buffers and accumulators, with BLAS limited to
-  one thread for the call (``blas_limiter``: BLAS's own threads would compete with
-  ours);
-* ``run_pieces``: batch norm's and ReLU's piece driver (below).
+* ``run_split``: conv's and linear's driver, one contiguous chunk of the batch (or of a
+  GEMM's rows) per thread, conv's worked tile by tile with per-thread buffers and
+  accumulators;
+* ``run_pieces``: the piece driver of the memory-bound ops (batch norm, activations,
+  pools, cross-entropy; below).
+
+BLAS runs on one thread in every call of the numpy backend (``blas_single``): the
+parallelism is ours, never BLAS's (why: ``_BlasSingle``).
 
 What a hand-off costs
 ---------------------
 Handing work to the pool thread and waiting for it is two futex wake-ups, ~100 us in
 all on the 2-core dev VM (measured for batch norm, whose module docstring has the
 memory-traffic figures), about one operation over a 3 MiB array on one core. So small
-calls stay on the calling thread (conv below ``MIN_PARALLEL_FLOPS``, the piece driver
-below MIN_PARALLEL_BYTES), and every piece costs a few Python-level GIL transitions,
+calls stay on the calling thread (``run_split`` below MIN_PARALLEL_FLOPS, the piece
+driver below MIN_PARALLEL_BYTES), and every piece costs a few Python-level GIL transitions,
 so pieces are few (PIECES_PER_THREAD per thread).
 
 One lock, one pool
@@ -34,8 +37,8 @@ cores. The pool holds NUM_THREADS - 1 workers (the calling thread is the other o
 and is created on first use, and again in a forked child: the child inherits the pool
 object but not its threads, so work submitted there would never run.
 
-NUM_THREADS, MIN_PARALLEL_BYTES, PIECES_PER_THREAD, PIECE_BYTES, ``lock`` and ``_pool``
-are read as globals of this module at call time by every user: tests patch them here.
+NUM_THREADS, MIN_PARALLEL_BYTES, MIN_PARALLEL_FLOPS, PIECES_PER_THREAD, PIECE_BYTES,
+``lock`` and ``_pool`` are read as globals of this module at call time by every user: tests patch them here.
 """
 
 from __future__ import annotations
@@ -64,7 +67,9 @@ MIN_PARALLEL_BYTES = 8 << 20
 #: allows.
 PIECES_PER_THREAD = 2
 PIECE_BYTES = 1 << 20
-
+#: FLOPs from which ``run_split`` (conv, linear) splits a BLAS-bound call across
+#: NUM_THREADS threads; below it the hand-off (~100 us) costs more than it saves.
+MIN_PARALLEL_FLOPS = 1e8
 
 
 def policy() -> tuple:
@@ -80,24 +85,77 @@ def policy() -> tuple:
     return NUM_THREADS, MIN_PARALLEL_BYTES, PIECE_BYTES, PIECES_PER_THREAD
 
 
-_pool = {"executor": None, "pid": None, "controller": None, "checked": False}
+_pool = {"executor": None, "pid": None}
 #: Held by the one call running threaded; others run on their calling thread.
 lock = threading.Lock()
 
 
-def blas_limiter():
-    """A context manager limiting BLAS to one thread, or None without threadpoolctl
-    (``threadpoolctl`` is optional; ~6 us per use)."""
-    if not _pool["checked"]:
-        _pool["checked"] = True
+class _BlasSingle:
+    """``with blas_single:`` -- BLAS held to one thread while any such block runs.
+
+    Every BLAS call of the numpy backend runs inside one: its parallelism is our
+    threads' (``run_split``, ``run_pieces``), never BLAS's. Why: OpenBLAS's own
+    threads spin for ~0.1 s after each call they served, waiting for the next, so on a
+    2-core machine a BLAS call on two threads (a batch-norm GEMV, a small conv GEMM)
+    leaves a core busy while our two threads work the next op: measured, a ResNet-8
+    step's conv backward went from 130 to 80 ms once every BLAS call ran on one thread.
+
+    OpenBLAS's thread count is one process-wide setting, and OpenBLAS (0.3.31, NumPy's)
+    only takes a change made from the main thread: so the blocks share one depth count,
+    the outermost entry saves the count and sets 1, the last exit restores it (user code
+    around the library keeps its BLAS threads), and ``held`` says whether the setting
+    took (False on another thread, or without threadpoolctl, which is optional: then
+    ``run_split`` stays on the calling thread, since BLAS's threads would compete with
+    ours). A restore that did not take (the last block to leave ran on another thread)
+    is retried at the next block's end. ~2.5 us per outermost block (threadpoolctl's
+    library controllers called directly; ``limit()`` costs 7)."""
+
+    def __init__(self):
+        self.depth = 0
+        self.saved = None  # the counts to restore, once a block changed them
+        self.held = False
+        self.mutex = threading.Lock()
+        self.libs = None  # threadpoolctl's BLAS controllers, found on first use
+
+    def _controllers(self):
         try:
             import threadpoolctl  # noqa: PLC0415 - optional dependency
 
-            _pool["controller"] = threadpoolctl.ThreadpoolController()
-        except Exception:  # noqa: BLE001 - missing or broken: run serially
-            _pool["controller"] = None
-    ctl = _pool["controller"]
-    return None if ctl is None else ctl.limit(limits=1, user_api="blas")
+            ctl = threadpoolctl.ThreadpoolController()
+            return [lib for lib in ctl.lib_controllers if lib.user_api == "blas"]
+        except Exception:  # noqa: BLE001 - missing or broken: BLAS keeps its threads
+            return []
+
+    def __enter__(self):
+        with self.mutex:
+            if self.libs is None:
+                self.libs = self._controllers()
+            if self.depth == 0 and self.libs:
+                now = [lib.get_num_threads() for lib in self.libs]
+                if self.saved is None:
+                    self.saved = now
+                for lib, n in zip(self.libs, now):
+                    if n != 1:
+                        lib.set_num_threads(1)
+                self.held = all(lib.get_num_threads() == 1 for lib in self.libs)
+            self.depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        with self.mutex:
+            self.depth -= 1
+            if self.depth == 0 and self.saved is not None:
+                for lib, n in zip(self.libs, self.saved):
+                    if n != 1:
+                        lib.set_num_threads(n)
+                if all(lib.get_num_threads() == n for lib, n in zip(self.libs, self.saved)):
+                    self.saved = None  # else retried at the next outermost exit
+                self.held = False
+        return False
+
+
+#: The one instance: ``with _parallel.blas_single:`` (see ``_BlasSingle``).
+blas_single = _BlasSingle()
 
 
 def executor():
@@ -114,6 +172,30 @@ def split(n, parts):
     """``parts`` contiguous near-equal ranges covering ``range(n)``."""
     bounds = [round(i * n / parts) for i in range(parts + 1)]
     return [(bounds[i], bounds[i + 1]) for i in range(parts) if bounds[i + 1] > bounds[i]]
+
+
+def run_split(n, flops, work):
+    """``work(i0, i1)`` over ``range(n)`` (a batch, a GEMM's rows), with BLAS held to one
+    thread (``blas_single``): NUM_THREADS contiguous chunks on as many threads for calls
+    of at least MIN_PARALLEL_FLOPS, else one call on the calling thread (also where BLAS
+    could not be held to one thread, whose own threads would then compete with ours, and
+    while another op holds ``lock``). Returns the chunks' results in order."""
+    mode = knobs.get("cpu_threads")  # tests: "serial" / "forced" (gpukernels.knobs)
+    nthreads = min(policy()[0], n)
+    min_flops = {"serial": float("inf"), "forced": 0}.get(mode, MIN_PARALLEL_FLOPS)
+    with blas_single:
+        if nthreads > 1 and flops >= min_flops and blas_single.held and lock.acquire(blocking=False):
+            try:
+                chunks = split(n, nthreads)
+                futures = [executor().submit(work, a, b) for a, b in chunks[1:]]
+                try:
+                    first = work(*chunks[0])
+                finally:
+                    rest = [f.result() for f in futures]
+                return [first, *rest]
+            finally:
+                lock.release()
+        return [work(0, n)]
 
 
 def run_pieces(x3, work, sweeps):

@@ -49,9 +49,9 @@ needs ~0.4 / 0.3 / 0.7 ms on one core; measured 0.73-0.8 / - / 1.1-1.2 ms.
 Threads, sub-blocks and CuPy
 ----------------------------
 Arrays of THREADS_FROM_BYTES and more go through ``_parallel.run_pieces`` (two
-threads; BLAS held to one thread in the reductions, whose GEMVs otherwise fight
-ours); smaller ones stay on the calling thread, where BLAS's own threads run the
-sums' GEMV: on this VM a hand-off between Python threads costs 50-70 us and two
+threads); smaller ones stay on the calling thread. BLAS is held to one thread in the
+reductions either way (``_parallel.blas_single``): its threads beside ours made the
+GEMVs 12x slower, and after a call of their own they spin on a core for ~0.1 s. On this VM a hand-off between Python threads costs 50-70 us and two
 threads over L3-resident data each run at ~60% of one's speed, so below ~8 MiB the
 second thread never paid (measurements at THREADS_FROM_BYTES). A gufunc such as vecdot
 only releases the GIL past 500 outer iterations (``_split_rows``). Per-channel
@@ -130,8 +130,8 @@ def _split_rows(a3):
 def _sums(a3, xp):
     """float64 (C,) sums of a3 (b, C, L): rows summed in a3's dtype, rows added in
     float64. On NumPy a GEMV of the (b C, L) rows with ones: BLAS streams it at memory
-    speed on its own (spinning) threads, 3-4x faster than a BLAS dot per row
-    ((32, 128, 256) float32: 50 us against 150 us); einsum rows for short rows."""
+    speed, 3-4x faster than a BLAS dot per row ((32, 128, 256) float32: 50 us against
+    150 us); einsum rows for short rows. Callers hold BLAS to one thread (``_pair``)."""
     b, c, l = a3.shape
     if xp is np and l >= 16 and a3.flags.c_contiguous:
         return (a3.reshape(b * c, l) @ np.ones(l, dtype=a3.dtype)).reshape(b, c).sum(0, dtype=np.float64)
@@ -162,7 +162,8 @@ def _reduce(a3, b3, shift, out, xp):
         a = b if a3 is None else a3[n0:n1]
         return _sums(a, xp), _dots(a, b, xp)
 
-    parts = _parallel.run_pieces(b3, work, 2 if shift is None else 3)
+    with _parallel.blas_single:  # see _pair
+        parts = _parallel.run_pieces(b3, work, 2 if shift is None else 3)
     return sum(p[0] for p in parts), sum(p[1] for p in parts)
 
 
@@ -195,17 +196,15 @@ def _threaded(x3):
 
 
 def _pair(a3, b3, xp):
-    """float64 per-channel (sum(a), sum(a * b)): whole arrays on the calling thread (the
-    GEMV of ``_sums`` on BLAS's threads), or by pieces on two threads (``_reduce``) with
-    BLAS held to one thread: BLAS's spinning threads beside ours made the pieces' GEMVs
-    12x slower ((32, 64, 32, 32) float32: 7.9 ms against 0.65 ms on one thread)."""
-    if xp is np and _threaded(a3):
-        limiter = _parallel.blas_limiter()
-        if limiter is None:
+    """float64 per-channel (sum(a), sum(a * b)): whole arrays on the calling thread, or
+    by pieces on two threads (``_reduce``); BLAS (``_sums``' GEMV) held to one thread
+    either way (``_parallel.blas_single``): BLAS's spinning threads beside ours made the
+    pieces' GEMVs 12x slower ((32, 64, 32, 32) float32: 7.9 ms against 0.65 ms on one
+    thread), and after a call on its own threads they keep a core busy for ~0.1 s."""
+    with _parallel.blas_single:
+        if xp is np and _threaded(a3):
             return _reduce(a3, b3, None, None, xp)
-        with limiter:
-            return _reduce(a3, b3, None, None, xp)
-    return _sums(a3, xp), _dots(a3, b3, xp)
+        return _sums(a3, xp), _dots(a3, b3, xp)
 
 
 def _passes(x3, block, sweeps):

@@ -54,17 +54,15 @@ Each path module's docstring says how its layout pays. ``knobs.override(conv_cpu
 Threads
 -------
 The pool, the lock and the thread count are shared with batch norm and ReLU; why and
-what they cost: ``_parallel``'s module docstring. On NumPy, a call with at least
-``MIN_PARALLEL_FLOPS`` of work splits the batch into ``_parallel.NUM_THREADS``
-contiguous chunks, each worked tile by tile on its own Python thread (NumPy releases
-the GIL in copies and GEMMs), while OpenBLAS is limited to one thread for the duration
-of the call (``threadpoolctl``, ~6 us per call; BLAS's own threads would compete with
-ours: 2 Python threads alone give no gain). Each thread owns its buffers and its
-``grad_w``/``grad_b`` accumulator, summed at the end. ``threadpoolctl`` is optional:
-without it, or while another thread is inside a threaded NumPy op (``_parallel``'s
-lock), the tiles run serially on the calling thread with BLAS's own threading, which is
-also what small calls do (below ~1e8 flops the thread hand-off costs more than it
-saves).
+what they cost: ``_parallel``'s module docstring. On NumPy every call runs with BLAS held to one
+thread (``_parallel.blas_single``), and one with at least
+``_parallel.MIN_PARALLEL_FLOPS`` of work splits the batch into
+``_parallel.NUM_THREADS`` contiguous chunks (``_parallel.run_split``), each worked tile
+by tile on its own Python thread (NumPy releases the GIL in copies and GEMMs). Each
+thread owns its buffers and its ``grad_w``/``grad_b`` accumulator, summed at the end.
+Without threadpoolctl (optional), or while another thread is inside a threaded NumPy
+op (``_parallel``'s lock), the tiles run serially on the calling thread, which is also
+what small calls do (below ~1e8 flops the thread hand-off costs more than it saves).
 """
 
 from __future__ import annotations
@@ -84,8 +82,6 @@ __all__ = ["conv2d_output_size", "conv2d_forward", "conv2d_backward"]
 
 #: Target size in bytes of one tile's working set (about half of a core's 2 MB L2).
 TILE_BYTES = 1 << 20
-#: Calls with fewer multiply-adds*2 than this run on the calling thread only.
-MIN_PARALLEL_FLOPS = 1e8
 #: GEMM depths (Cg*KH*KW) below this (C = 1 first layers, depthwise) and ungrouped
 #: convs with at most GENERIC_MAX_CHANNELS inputs (RGB first layers) use the NCHW
 #: im2col: the columns dominate the traffic and are written in runs of OH*OW there,
@@ -131,30 +127,6 @@ def _path(g):
     return "flat" if flat_ok(g) else "generic"
 
 
-def _run_chunks(g, work):
-    """Run ``work(n0, n1)`` over the batch: threaded chunks for big calls, else one call.
-    Returns the list of the chunks' results."""
-    mode = knobs.get("cpu_threads")  # tests: "serial" / "forced" (gpukernels.knobs)
-    nthreads = min(_parallel.policy()[0], g.N)
-    min_flops = {"serial": float("inf"), "forced": 0}.get(mode, MIN_PARALLEL_FLOPS)
-    lock = _parallel.lock
-    if nthreads > 1 and g.flops >= min_flops and lock.acquire(blocking=False):
-        try:
-            limiter = _parallel.blas_limiter()
-            if limiter is not None:
-                chunks = _parallel.split(g.N, nthreads)
-                with limiter:
-                    futures = [_parallel.executor().submit(work, a, b) for a, b in chunks[1:]]
-                    try:
-                        first = work(*chunks[0])
-                    finally:
-                        rest = [f.result() for f in futures]
-                return [first, *rest]
-        finally:
-            lock.release()
-    return [work(0, g.N)]
-
-
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activation=None, negative_slope=0.01):
     """y = act(conv(x, w) + b).
 
@@ -182,7 +154,7 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activatio
         generic_forward(g, x, weight, bias, activation, negative_slope, y, 0, g.N, CUPY_TILE_BYTES, xp=xp)
         return y
     forward = _PATHS[_path(g)][0]
-    _run_chunks(g, lambda a, e: forward(g, x, weight, bias, activation, negative_slope, y, a, e, TILE_BYTES))
+    _parallel.run_split(g.N, g.flops, lambda a, e: forward(g, x, weight, bias, activation, negative_slope, y, a, e, TILE_BYTES))
     return y
 
 
@@ -219,7 +191,7 @@ def conv2d_backward(grad_y, x, weight, y, stride, padding, dilation, groups, act
                                     0, g.N, CUPY_TILE_BYTES, xp=xp)]
     else:
         backward = _PATHS[_path(g)][1]
-        results = _run_chunks(g, lambda a, e: backward(g, grad_y, x, weight, y, activation, negative_slope,
+        results = _parallel.run_split(g.N, g.flops, lambda a, e: backward(g, grad_y, x, weight, y, activation, negative_slope,
                                                        needs, grad_x, a, e, TILE_BYTES))
     gw = gb = None
     if needs[1]:

@@ -16,11 +16,13 @@ from gpukernels.cpu import activation as cpu_activation
 from gpukernels.cpu import batchnorm as cpu_batchnorm
 from gpukernels.cpu import conv as cpu_conv
 from gpukernels.cpu import cross_entropy as cpu_cross_entropy
+from gpukernels.cpu import linear as cpu_linear
 from gpukernels.cpu import pool as cpu_pool
 from gpukernels.reference import activation as ref_activation
 from gpukernels.reference import batchnorm as ref_batchnorm
 from gpukernels.reference import conv as ref_conv
 from gpukernels.reference import cross_entropy as ref_cross_entropy
+from gpukernels.reference import linear as ref_linear
 from gpukernels.reference import pool as ref_pool
 from tests.helpers import assert_close
 
@@ -205,6 +207,30 @@ def test_cross_entropy(n, c, eps, scale, dtype, reduction):
         cpu_cross_entropy.cross_entropy_forward(z, np.full(n, -1), reduction, -100, eps)
 
 
+# ----------------------------------------------------------------------------- linear
+
+# (leading shape of x, in_features, out_features, bias): odd sizes, rows split across
+# threads (forced), dW split by rows (O >= 64) and by columns (short O), 3-D x, empty
+LINEAR_CASES = [((7,), 5, 3, True), ((33,), 130, 65, False), ((2, 9), 200, 10, True),
+                ((64,), 17, 300, True), ((0,), 4, 6, True), ((5,), 3, 0, False)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("case", LINEAR_CASES, ids=str)
+def test_linear_matches_reference(case, dtype, driver):
+    lead, i, o, has_bias = case
+    rng = np.random.default_rng(11)
+    x = _rand(rng, lead + (i,), dtype)
+    w = _rand(rng, (o, i), dtype, 0.3)
+    b = _rand(rng, (o,), dtype) if has_bias else None
+    g = _rand(rng, lead + (o,), dtype)
+    _close(cpu_linear.linear_forward(x, w, b), ref_linear.linear_forward(x, w, b), dtype, "y")
+    for needs in ((True, True, True), (False, True, False)):
+        got = cpu_linear.linear_backward(g, x, w, needs)
+        for name, a, e in zip(("dx", "dW", "db"), got, ref_linear.linear_backward(g, x, w, needs)):
+            _close(a, e, dtype, name)
+
+
 # ----------------------------------------------------------------------------- taken as they are
 
 SHARED = {
@@ -212,7 +238,6 @@ SHARED = {
     "cast": ["cast"],
     "cross_entropy": ["softmax_forward", "softmax_backward", "log_softmax_forward", "log_softmax_backward"],
     "dropout": ["dropout_mask", "dropout_forward", "dropout_backward"],
-    "linear": ["linear_forward", "linear_backward"],
     "loss": ["mse_loss_forward", "mse_loss_backward"],
     "optim": ["clip_coefficient"],  # the updates: cpu.optim's blocked ones (tests/cpu/test_optim_fast.py)
 }

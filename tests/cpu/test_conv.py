@@ -254,8 +254,10 @@ def test_tiles_cover_batch_with_tails():
 
 def test_serial_fallback_without_threadpoolctl(threaded, monkeypatch):
     """No threadpoolctl: the tiles run serially and the result is the same."""
-    monkeypatch.setitem(_parallel._pool, "checked", True)
-    monkeypatch.setitem(_parallel._pool, "controller", None)
+    monkeypatch.setattr(_parallel.blas_single, "libs", [])
+    with _parallel.blas_single:
+        assert not _parallel.blas_single.held
+    monkeypatch.setattr(_parallel, "executor", lambda: pytest.fail("a thread was used without threadpoolctl"))
     rng = np.random.default_rng(3)
     x, wt, b = make_inputs(rng, 4, 8, 16, 16, 8, 3, 3, 1, True)
     y = conv.conv2d_forward(x, wt, b, (1, 1), (1, 1), (1, 1), 1)

@@ -1,0 +1,77 @@
+"""``gpukernels.cpu._parallel``: BLAS held to one thread inside the numpy backend's
+calls and given back after them, and the flop-split driver's chunks."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from gpukernels.cpu import _parallel
+from gpukernels.cpu import linear as cpu_linear
+
+threadpoolctl = pytest.importorskip("threadpoolctl")
+
+
+def _blas_threads():
+    info = [lib for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+    if not info:
+        pytest.skip("threadpoolctl sees no BLAS")
+    return info[0]["num_threads"]
+
+
+def test_blas_single_nests_and_restores():
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        before = _blas_threads()
+        with _parallel.blas_single:
+            assert _blas_threads() == 1 and _parallel.blas_single.held
+            with _parallel.blas_single:
+                assert _blas_threads() == 1
+            assert _blas_threads() == 1, "an inner exit gave BLAS its threads back"
+        assert _blas_threads() == before and not _parallel.blas_single.held
+
+
+def test_blas_single_shared_by_threads_restores_after_the_last():
+    """Overlapping blocks on two threads: BLAS stays at one thread until both left; the
+    other thread's restore does not take (OpenBLAS takes changes from the main thread
+    only), so the next block's end restores the count."""
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        before = _blas_threads()
+        inside, leave, seen = threading.Event(), threading.Event(), []
+
+        def other():
+            with _parallel.blas_single:
+                inside.set()
+                leave.wait(5)
+                seen.append(_blas_threads())
+
+        t = threading.Thread(target=other)
+        with _parallel.blas_single:
+            t.start()
+            inside.wait(5)
+        leave.set()  # this thread left first: the other still runs with one
+        t.join()
+        assert seen == [1]
+        with _parallel.blas_single:
+            pass
+        assert _blas_threads() == before
+        assert _parallel.blas_single.saved is None
+
+
+def test_a_linear_call_leaves_blas_threads_as_they_were(knob):
+    knob(cpu_threads="forced")
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        before = _blas_threads()
+        x = np.ones((8, 4), np.float32)
+        cpu_linear.linear_forward(x, np.ones((3, 4), np.float32), None)
+        assert _blas_threads() == before
+
+
+def test_run_split_chunks_cover_the_range_in_order(knob):
+    knob(cpu_threads="forced")
+    got = _parallel.run_split(9, 0, lambda a, b: (a, b, threading.get_ident()))
+    assert [(a, b) for a, b, _ in got] == _parallel.split(9, min(_parallel.policy()[0], 9))
+    assert not _parallel.lock.locked()
+    knob(cpu_threads="serial")
+    assert [r[:2] for r in _parallel.run_split(9, 1e30, lambda a, b: (a, b))] == [(0, 9)]
