@@ -12,8 +12,9 @@ config runs, in one place, set through one context manager. A leaf module.
 knob                      default    what it does
 ========================  =========  ===============================================
 ``conv_cpu_path``         ``None``   the CPU conv's layout path: ``"nhwc"``, ``"flat"``
-                                     (stride-1 only), ``"batch_inner"`` or
-                                     ``"generic"``; None lets ``cpu.conv`` choose
+                                     (stride-1 only), ``"batch_inner"``,
+                                     ``"generic"`` or ``"pointwise"`` (1x1, groups 1,
+                                     no padding only); None lets ``cpu.conv`` choose
 ``cpu_threads``           ``None``   the CPU kernels' threads (``cpu/_parallel``):
                                      ``"serial"`` keeps every call on the calling
                                      thread, ``"forced"`` hands every call to two
@@ -42,7 +43,7 @@ _DEFAULTS = {"conv_cpu_path": None, "cpu_threads": None, "split_k": None, "check
 _values = dict(_DEFAULTS)
 _values["configs"] = {}
 
-_CONV_PATHS = (None, "nhwc", "flat", "batch_inner", "generic")
+_CONV_PATHS = (None, "nhwc", "flat", "batch_inner", "generic", "pointwise")
 
 
 def get(name: str):

@@ -30,12 +30,14 @@ while the output is still in cache; backward rebuilds a tile's inputs rather tha
 the forward's columns. Loops over tiles and over kernel taps (KH*KW) are the only
 Python loops.
 
-Four paths (``_path``; CuPy always takes generic)
+Five paths (``_path``; CuPy always takes generic)
 -------------------------------------------------
 Every path runs the three products as OpenBLAS GEMMs; what differs is the layout of the
 GEMM operands and so the copies around them. Chosen by measurement on the ResNet-20 /
 CIFAR-10 and digits layers (batch 128 / 64, float32, two threads):
 
+* ``pointwise`` (``_conv_pointwise``, one GEMM per image, no columns): 1x1 kernels,
+  groups 1, no padding, ``C*O >= POINTWISE_MIN_CHANNELS2`` (strided shortcuts);
 * ``nhwc`` (``_conv_nhwc``, channels-last columns): groups 1, kernels larger than 1x1,
   ``C > GENERIC_MAX_CHANNELS``, and either stride > 1, ``OW < BATCH_INNER_MAX_OW``, or
   ``O >= NHWC_MIN_CHANNELS`` with ``OW <= NHWC_MAX_OW`` (the 16x16 and 8x8 ResNet
@@ -45,8 +47,8 @@ CIFAR-10 and digits layers (batch 128 / 64, float32, two threads):
 * ``batch_inner`` (``_conv_nchw``, batch-innermost columns): grouped convs and 1x1
   kernels with ``OW < BATCH_INNER_MAX_OW``;
 * ``generic`` (``_conv_nchw``, NCHW im2col): ``Kg < GENERIC_MAX_DEPTH``, ungrouped convs
-  of at most ``GENERIC_MAX_CHANNELS`` inputs (RGB first layers), strided 1x1 and grouped
-  strided convs, and CuPy.
+  of at most ``GENERIC_MAX_CHANNELS`` inputs (RGB first layers), small or padded strided
+  1x1 and grouped strided convs, and CuPy.
 
 Each path module's docstring says how its layout pays. ``knobs.override(conv_cpu_path=
 ...)`` pins a path (tests run every case on each).
@@ -77,6 +79,7 @@ from ._conv_common import Geom, flat_ok
 from ._conv_flat import flat_backward, flat_forward
 from ._conv_nchw import batch_inner_backward, batch_inner_forward, generic_backward, generic_forward
 from ._conv_nhwc import nhwc_backward, nhwc_forward
+from ._conv_pointwise import pointwise_backward, pointwise_forward, pointwise_ok
 
 __all__ = ["conv2d_output_size", "conv2d_forward", "conv2d_backward"]
 
@@ -95,6 +98,9 @@ NHWC_MIN_CHANNELS = 32
 NHWC_MAX_OW = 24
 #: Outputs narrower than this use nhwc, or (grouped, 1x1) the batch-inner layout.
 BATCH_INNER_MAX_OW = 12
+#: 1x1 convs (groups 1, no padding) with C*O at least this take ``pointwise``
+#: (a per-image GEMM of O x C: smaller ones, the digits-size layers, keep generic's).
+POINTWISE_MIN_CHANNELS2 = 64
 #: Column-buffer budget per tile on CuPy (device memory, no cache argument there).
 CUPY_TILE_BYTES = 256 << 20
 
@@ -107,6 +113,7 @@ _PATHS = {
     "flat": (flat_forward, flat_backward),
     "batch_inner": (batch_inner_forward, batch_inner_backward),
     "generic": (generic_forward, generic_backward),
+    "pointwise": (pointwise_forward, pointwise_backward),
 }
 
 
@@ -115,7 +122,10 @@ def _path(g):
     the module docstring)."""
     forced = knobs.get("conv_cpu_path")  # tests and benchmarks pin a path
     if forced is not None:
-        return "generic" if forced == "flat" and not flat_ok(g) else forced
+        unfit = (forced == "flat" and not flat_ok(g)) or (forced == "pointwise" and not pointwise_ok(g))
+        return "generic" if unfit else forced
+    if pointwise_ok(g) and g.C * g.O >= POINTWISE_MIN_CHANNELS2:
+        return "pointwise"
     if g.Kg < GENERIC_MAX_DEPTH or (g.G == 1 and g.C <= GENERIC_MAX_CHANNELS):
         return "generic"
     if g.G == 1 and g.KH * g.KW > 1:

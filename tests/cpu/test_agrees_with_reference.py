@@ -63,6 +63,8 @@ CONV_CASES = [
     (3, 3, 8, 8, 4, (3, 3), (1, 1), (1, 1), (1, 1), 1, True, "relu"),
     (1, 17, 13, 5, 6, (3, 3), (2, 2), (2, 1), (1, 1), 1, False, "leaky_relu"),
     (2, 3, 5, 8, 4, (1, 1), (1, 1), (1, 1), (1, 1), 1, True, None),
+    (3, 16, 9, 7, 12, (1, 1), (2, 3), (0, 0), (1, 1), 1, True, "relu"),  # pointwise, odd strides
+    (2, 9, 6, 5, 8, (1, 1), (1, 1), (0, 0), (2, 2), 1, False, "leaky_relu"),  # pointwise, stride 1
     (3, 4, 9, 7, 6, (3, 3), (1, 1), (1, 1), (1, 1), 2, True, None),
     (2, 5, 9, 9, 10, (3, 1), (2, 1), (1, 0), (1, 2), 5, True, "relu"),
     (3, 32, 8, 9, 8, (3, 3), (1, 1), (1, 1), (1, 1), 1, True, "relu"),  # flat's per-tap GEMMs
@@ -73,7 +75,7 @@ CONV_CASES = [
 CONV_IDS = [f"n{c[0]}c{c[1]}h{c[2]}w{c[3]}o{c[4]}k{c[5][0]}{c[5][1]}s{c[6][0]}g{c[9]}-{c[11]}" for c in CONV_CASES]
 
 
-@pytest.mark.parametrize("path", [None, "nhwc", "flat", "batch_inner", "generic"])
+@pytest.mark.parametrize("path", [None, "nhwc", "flat", "batch_inner", "generic", "pointwise"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
 def test_conv(case, dtype, path, knob):

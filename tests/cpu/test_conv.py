@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 RTOL64 = 1e-8
-PATHS = (None, "flat", "batch_inner", "generic", "nhwc")
+PATHS = (None, "flat", "batch_inner", "generic", "nhwc", "pointwise")
 
 
 def assert_rel_close(actual, expected, *, rtol, name=""):
@@ -99,6 +99,8 @@ HAND = [
     (1, 17, 5, 13, 6, (3, 3), (1, 1), (2, 2), (1, 1), 1, True, "relu", ALL),
     # kernel 1 (with padding: output larger than input, negative transposed padding)
     (3, 3, 5, 8, 4, (1, 1), (1, 1), (0, 0), (1, 1), 1, True, None, ALL),
+    (3, 16, 9, 8, 8, (1, 1), (2, 2), (0, 0), (1, 1), 1, True, "relu", ALL),  # pointwise, strided
+    (2, 8, 7, 9, 16, (1, 1), (3, 2), (0, 0), (1, 1), 1, False, None, (False, True, False)),
     (3, 3, 5, 8, 4, (1, 1), (1, 1), (1, 1), (1, 1), 1, True, "leaky_relu", ALL),
     (1, 17, 8, 5, 3, (1, 1), (2, 2), (2, 2), (1, 1), 1, True, None, ALL),
     # kernel 5
@@ -229,7 +231,8 @@ def test_threaded_tiles_match_torch(path, stride, activation, bias, threaded, mo
         ((128, 16, 32, 32, 3), 2, 1, "nhwc"),
         ((128, 32, 16, 32, 3), 1, 1, "nhwc"),
         ((128, 64, 8, 64, 3), 1, 1, "nhwc"),
-        ((128, 16, 32, 32, 1), 2, 1, "generic"),
+        ((128, 16, 32, 32, 1), 2, 1, "pointwise"),
+        ((128, 32, 16, 64, 1), 2, 1, "pointwise"),
         ((64, 64, 32, 32, 3), 1, 1, "flat"),
         # digits CNN; grouped and depthwise small layers
         ((64, 1, 8, 16, 3), 1, 1, "generic"),
