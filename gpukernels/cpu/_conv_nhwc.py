@@ -67,9 +67,17 @@ def _nhwc_weight(weight, groups):
     return np.ascontiguousarray(w).reshape(groups, KH * KW * Cg, O // groups)
 
 
+#: Rows (tile pixels, b*L) a tile's GEMMs get at least, whatever the budget: OpenBLAS
+#: packs the whole (Kg, O) weight for every call, so a one-image tile of a small,
+#: deep layer spent more time packing than multiplying (fast CIFAR's 256->256 8x8,
+#: batch 16 on a thread: backward 36.8 -> 30.8 ms with 8-image tiles; its 4x4 layer had
+#: 16-row GEMMs).
+MIN_GEMM_ROWS = 512
+
+
 def _nhwc_tiles(g, n0, n1, budget, it):
     per_image = (g.Kg * g.G + 2 * max(g.O, g.C)) * g.L * it
-    return common.tiles(n0, n1, per_image, budget)
+    return common.tiles(n0, n1, per_image, budget, -(-MIN_GEMM_ROWS // max(1, g.L)))
 
 
 def nhwc_forward(g, x, weight, bias, activation, slope, y, n0, n1, budget):

@@ -213,7 +213,7 @@ def test_threaded_tiles_match_torch(path, stride, activation, bias, threaded, mo
     ref = torch_conv(x, wt, b, stride, (1, 1), (1, 1), 1, activation, 0.1, gy, needs)
     # tiles of two images on every path: chunks of 5 and 4 give tiles 2, 2, 1 and 2, 2
     tiles = _conv_common.tiles
-    monkeypatch.setattr(_conv_common, "tiles", lambda n0, n1, per_image, budget: tiles(n0, n1, 1, 2))
+    monkeypatch.setattr(_conv_common, "tiles", lambda n0, n1, per_image, budget, min_images=1: tiles(n0, n1, 1, 2))
     knob(conv_cpu_path=path)
     y = conv.conv2d_forward(x, wt, b, stride, (1, 1), (1, 1), 1, activation, 0.1)
     grads = conv.conv2d_backward(gy, x, wt, y, stride, (1, 1), (1, 1), 1, activation, 0.1, needs)
@@ -251,6 +251,8 @@ def test_path_choice(shape, stride, groups, expected):
 def test_tiles_cover_batch_with_tails():
     b, tiles = _conv_common.tiles(0, 5, 100, 250)
     assert b == 2 and tiles == [(0, 2), (2, 4), (4, 5)]
+    assert _conv_common.tiles(0, 5, 100, 50, min_images=3) == (3, [(0, 3), (3, 5)])  # budget overruled
+    assert _conv_common.tiles(4, 6, 100, 50, min_images=8) == (2, [(4, 6)])
     assert _parallel.split(9, 2) == [(0, 4), (4, 9)] or _parallel.split(9, 2) == [(0, 5), (5, 9)]
     assert _parallel.split(1, 2) == [(0, 1)]
 
