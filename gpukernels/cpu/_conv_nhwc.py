@@ -8,9 +8,9 @@ runs of ``KW*C`` elements. All three GEMMs then have the long ``b*L`` side as M 
 ``y = cols @ W`` and ``grad_w = cols^T @ grad_y`` run at 110-140 GFLOP/s per core where
 the NCHW forms ``W @ cols`` / ``grad_y @ cols^T`` with M = O = 32 run at 75-100 (the
 16x16 layer's forward+backward 17 -> 13 ms, the 8x8 one's 13 -> 9.5 ms). ``grad_x`` is,
-for stride 1 and ``O <= 4*C``, the same conv applied to the channels-last ``grad_y``
-with the flipped, transposed kernel (padding ``d*(K-1) - p``; negative pads crop),
-else the col2im of ``grad_y @ W`` with KH*KW strided adds into a channels-last frame.
+for stride 1 and ``O <= 2*C`` (TRANSPOSED_MAX_O_PER_C), the same conv applied to the
+channels-last ``grad_y`` with the flipped, transposed kernel (padding ``d*(K-1) - p``;
+negative pads crop), else the col2im of ``grad_y @ W`` with KH*KW strided adds into a channels-last frame.
 Groups are supported (G column blocks side by side, one GEMM per group) but not
 dispatched here: per-group GEMMs with N = Og on strided blocks are 2-8x slower than
 batch_inner's.
@@ -73,6 +73,11 @@ def _nhwc_weight(weight, groups):
 #: batch 16 on a thread: backward 36.8 -> 30.8 ms with 8-image tiles; its 4x4 layer had
 #: 16-row GEMMs).
 MIN_GEMM_ROWS = 512
+#: grad_x by the transposed conv (stride 1) while O <= this * C, else by col2im. The
+#: transposed conv's columns are O*KH*KW deep: measured (backward, ms), O = C 32->32
+#: 16x16 b128 10.4-11.8 against col2im's 18-22, O = 2C 32->64 16x16 b64 11.3 against
+#: 13.1; O = 4C 64->256 16x16 b32 34-35 against 29-30 (fast CIFAR's widening layer).
+TRANSPOSED_MAX_O_PER_C = 2
 
 
 def _nhwc_tiles(g, n0, n1, budget, it):
@@ -98,7 +103,7 @@ def nhwc_forward(g, x, weight, bias, activation, slope, y, n0, n1, budget):
 
 def nhwc_backward(g, gy_all, x, weight, y, activation, slope, needs, gx_all, n0, n1, budget):
     """Channels-last backward. grad_w: ``cols^T @ grad_y`` per group. grad_x: for stride
-    1 and ``O <= 4*C`` the transposed conv of the channels-last grad_y (one column copy
+    1 and ``O <= 2*C`` the transposed conv of the channels-last grad_y (one column copy
     + GEMM), else the col2im of ``grad_y @ W`` with KH*KW strided adds into a padded
     channels-last frame."""
     dt = x.dtype
@@ -111,7 +116,7 @@ def nhwc_backward(g, gy_all, x, weight, y, activation, slope, needs, gx_all, n0,
     if needs[1]:
         xbuf = _Nhwc(g, bmax, dt)
         gwt = np.empty_like(gw)
-    transposed = needs[0] and common.flat_ok(g) and O <= 4 * C
+    transposed = needs[0] and common.flat_ok(g) and O <= TRANSPOSED_MAX_O_PER_C * C
     if transposed:
         gq = common.transposed_geom(g)
         qbuf = _Nhwc(gq, bmax, dt)

@@ -70,6 +70,7 @@ CONV_CASES = [
     (3, 32, 8, 9, 8, (3, 3), (1, 1), (1, 1), (1, 1), 1, True, "relu"),  # flat's per-tap GEMMs
     (2, 33, 9, 7, 40, (3, 3), (1, 1), (0, 2), (2, 1), 1, True, None),
     (3, 16, 4, 4, 32, (3, 3), (1, 1), (1, 1), (1, 1), 1, True, "relu"),  # the digits CNN
+    (2, 3, 6, 7, 8, (3, 3), (1, 1), (1, 1), (1, 1), 1, True, "relu"),  # O > 2C: nhwc's col2im grad_x
     (1, 3, 13, 13, 4, (5, 5), (2, 2), (0, 0), (1, 1), 1, False, None),
 ]
 CONV_IDS = [f"n{c[0]}c{c[1]}h{c[2]}w{c[3]}o{c[4]}k{c[5][0]}{c[5][1]}s{c[6][0]}g{c[9]}-{c[11]}" for c in CONV_CASES]
