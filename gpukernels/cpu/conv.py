@@ -1,17 +1,13 @@
 """The ``numpy`` backend's conv2d: forward and backward as tiled BLAS GEMMs, four memory
 layouts, two threads (formulas: ``gpukernels.reference.conv``).
 
-float32 forward + backward (x, w, b) of x (64, 64, 32, 32) * w (64, 64, 3, 3), padding
-1, takes 69-77 ms on the 2-core dev machine against 52-67 ms for PyTorch's oneDNN with
-2 threads (typically 1.2x; forward alone 23-25 vs 19-23 ms). What remains is OpenBLAS
-GEMM time: each of the three products (y, grad_x, grad_w) is ~20 ms of the 4.8 GFLOP
-GEMM on two cores. The ResNet-20 layers (batch 128) are GEMM-bound too but with thin
-GEMMs (O = 16..64): forward + backward takes 14-21 ms at 32x32 (1.0-1.3x PyTorch),
-8.5 / 10.5 ms for the strided 16x16 -> 8x8 and the 8x8 layer (~1.8x) and 15 ms for the
-16x16 one (~2.3x), whose three 0.6 GFLOP products with N or M = 32 run at ~115 GFLOP/s
-per core in OpenBLAS where oneDNN sustains ~140 (PyTorch's own times vary up to 2x
-between runs on this machine, so compare in one process). float64 matches PyTorch to
-~1e-13.
+Where it stands (2-core AMD EPYC VM, OpenBLAS 0.3.31, against PyTorch 2.13's oneDNN
+with 2 threads, benchmarks/results/cpu-x2-numpy): forward + backward of the benchmark
+layers 64x32x32 and 128x16x16 (k3, batch 64) at 0.76-0.77x, the ResNet-8 layers at
+0.6-0.7x (their 1x1 shortcuts 0.9-1.8x). Every path is GEMM-bound: OpenBLAS's sgemm
+peaks at ~100-105 GFLOP/s a core here and the conv GEMMs run at 60-95 (M = 16 shapes
+~60), with the copies around them 10-30% of a call; oneDNN's convs reach 110-130 a
+core. float64 matches PyTorch to ~1e-13.
 
 Shapes: ``x`` (N, C, H, W), ``weight`` (O, C/G, KH, KW), ``y`` (N, O, OH, OW); ``G`` is
 ``groups``, ``Cg = C/G``, ``Og = O/G``, ``Kg = Cg*KH*KW`` (one group's GEMM depth).
