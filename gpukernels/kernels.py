@@ -86,8 +86,7 @@ class Family:
             module = self.triton()
         else:
             module = self.cpu
-            if cpu_memory._state["applied"] is None:  # once: see cpu/_memory.py
-                cpu_memory.apply()
+            cpu_memory.apply()  # once per process (a dict lookup after): cpu/_memory.py
         last_dispatch[self.name] = module.__name__
         return module
 

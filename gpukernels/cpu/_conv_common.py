@@ -81,8 +81,7 @@ def tiles(n0, n1, per_image_bytes, budget, min_images=1):
     """Near-equal tiles of ``[n0, n1)`` whose column buffers fit ``budget`` bytes, of at
     least ``min_images`` images each where the range allows."""
     n = n1 - n0
-    b = max(1, min_images, min(n, budget // max(1, per_image_bytes)))
-    b = min(b, max(1, n))
+    b = max(1, min(n, max(min_images, budget // max(1, per_image_bytes))))
     count = -(-n // b)
     b = -(-n // count)
     return b, [(s, min(n1, s + b)) for s in range(n0, n1, b)]

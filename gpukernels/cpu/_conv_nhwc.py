@@ -10,7 +10,8 @@ the NCHW forms ``W @ cols`` / ``grad_y @ cols^T`` with M = O = 32 run at 75-100 
 16x16 layer's forward+backward 17 -> 13 ms, the 8x8 one's 13 -> 9.5 ms). ``grad_x`` is,
 for stride 1 and ``O <= 2*C`` (TRANSPOSED_MAX_O_PER_C), the same conv applied to the
 channels-last ``grad_y`` with the flipped, transposed kernel (padding ``d*(K-1) - p``;
-negative pads crop), else the col2im of ``grad_y @ W`` with KH*KW strided adds into a channels-last frame.
+negative pads crop), else the col2im of ``grad_y @ W`` with KH*KW strided adds into a
+channels-last frame.
 Groups are supported (G column blocks side by side, one GEMM per group) but not
 dispatched here: per-group GEMMs with N = Og on strided blocks are 2-8x slower than
 batch_inner's.

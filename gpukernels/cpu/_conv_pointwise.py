@@ -28,6 +28,12 @@ def pointwise_ok(g):
     return g.KH == 1 and g.KW == 1 and g.G == 1 and g.ph == 0 and g.pw == 0
 
 
+def _unstrided(g):
+    """Whether the output pixels are all of x's (stride 1): x's rows are then the GEMM
+    operand as they are."""
+    return g.sh == 1 and g.sw == 1 and g.OH == g.H and g.OW == g.W
+
+
 def _tiles(g, n0, n1, budget, it):
     return common.tiles(n0, n1, (g.C + g.O) * g.L * it, budget)
 
@@ -36,7 +42,7 @@ def _subsampled(g, xt, buf):
     """The tile's strided pixels ``(b, C, L)``: a view when stride is 1, else copied
     into ``buf``."""
     b = xt.shape[0]
-    if g.sh == 1 and g.sw == 1 and g.OH == g.H and g.OW == g.W:
+    if _unstrided(g):
         return xt.reshape(b, g.C, g.L)
     xs = buf[:b]
     np.copyto(xs.reshape(b, g.C, g.OH, g.OW), xt[:, :, : g.OH * g.sh : g.sh, : g.OW * g.sw : g.sw])
@@ -67,7 +73,7 @@ def pointwise_backward(g, gy_all, x, weight, y, activation, slope, needs, gx_all
     work = np.empty((bmax, g.O, g.OH, g.OW), dtype=dt) if activation else None
     gw = np.zeros((g.O, g.C), dtype=dt) if needs[1] else None
     gb = np.zeros((g.O,), dtype=dt) if needs[2] else None
-    direct = g.sh == 1 and g.sw == 1 and g.OH == g.H and g.OW == g.W
+    direct = _unstrided(g)
     gxs = None if direct or not needs[0] else np.empty((bmax, g.C, g.L), dtype=dt)
     for a, e in tiles:
         b = e - a

@@ -25,8 +25,8 @@ Handing work to the pool thread and waiting for it is two futex wake-ups, ~100 u
 all on the 2-core dev VM (measured for batch norm, whose module docstring has the
 memory-traffic figures), about one operation over a 3 MiB array on one core. So small
 calls stay on the calling thread (``run_split`` below MIN_PARALLEL_FLOPS, the piece
-driver below MIN_PARALLEL_BYTES), and every piece costs a few Python-level GIL transitions,
-so pieces are few (PIECES_PER_THREAD per thread).
+driver below MIN_PARALLEL_BYTES), and every piece costs a few Python-level GIL
+transitions, so pieces are few (PIECES_PER_THREAD per thread).
 
 One lock, one pool
 ------------------
@@ -38,7 +38,8 @@ and is created on first use, and again in a forked child: the child inherits the
 object but not its threads, so work submitted there would never run.
 
 NUM_THREADS, MIN_PARALLEL_BYTES, MIN_PARALLEL_FLOPS, PIECES_PER_THREAD, PIECE_BYTES,
-``lock`` and ``_pool`` are read as globals of this module at call time by every user: tests patch them here.
+``lock`` and ``_pool`` are read as globals of this module at call time by every user:
+tests patch them here.
 """
 
 from __future__ import annotations

@@ -51,9 +51,10 @@ Threads, sub-blocks and CuPy
 Arrays of THREADS_FROM_BYTES and more go through ``_parallel.run_pieces`` (two
 threads); smaller ones stay on the calling thread. BLAS is held to one thread in the
 reductions either way (``_parallel.blas_single``): its threads beside ours made the
-GEMVs 12x slower, and after a call of their own they spin on a core for ~0.1 s. On this VM a hand-off between Python threads costs 50-70 us and two
-threads over L3-resident data each run at ~60% of one's speed, so below ~8 MiB the
-second thread never paid (measurements at THREADS_FROM_BYTES). A gufunc such as vecdot
+GEMVs 12x slower, and after a call of their own they spin on a core for ~0.1 s. On
+this VM a hand-off between Python threads costs 50-70 us and two threads over
+L3-resident data each run at ~60% of one's speed, so below ~8 MiB the second thread
+never paid (measurements at THREADS_FROM_BYTES). A gufunc such as vecdot
 only releases the GIL past 500 outer iterations (``_split_rows``). Per-channel
 coefficients are broadcast as contiguous (C, L) rows, made in one copy per call: a
 ``(b, C, L) op (C, L)`` ufunc runs ~1.5x faster than one against a (C, 1) column. The

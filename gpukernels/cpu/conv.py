@@ -6,7 +6,7 @@ with 2 threads, benchmarks/results/cpu-x2-numpy): forward + backward of the benc
 layers 64x32x32 and 128x16x16 (k3, batch 64) at 0.76-0.77x, the ResNet-8 layers at
 0.6-0.7x (their 1x1 shortcuts 0.9-1.8x). Every path is GEMM-bound: OpenBLAS's sgemm
 peaks at ~100-105 GFLOP/s a core here and the conv GEMMs run at 60-95 (M = 16 shapes
-~60), with the copies around them 10-30% of a call; oneDNN's convs reach 110-130 a
+~60), with the copies around them 10-30% of a call; oneDNN's convs reach ~100-130 a
 core. float64 matches PyTorch to ~1e-13.
 
 Shapes: ``x`` (N, C, H, W), ``weight`` (O, C/G, KH, KW), ``y`` (N, O, OH, OW); ``G`` is
@@ -52,10 +52,10 @@ Each path module's docstring says how its layout pays. ``knobs.override(conv_cpu
 Threads
 -------
 The pool, the lock and the thread count are shared with batch norm and ReLU; why and
-what they cost: ``_parallel``'s module docstring. On NumPy every call runs with BLAS held to one
-thread (``_parallel.blas_single``), and one with at least
-``_parallel.MIN_PARALLEL_FLOPS`` of work splits the batch into
-``_parallel.NUM_THREADS`` contiguous chunks (``_parallel.run_split``), each worked tile
+what they cost: ``_parallel``'s module docstring. On NumPy every call runs with BLAS
+held to one thread (``_parallel.blas_single``), and one with at least
+``_parallel.MIN_PARALLEL_FLOPS`` of work splits the batch into ``_parallel.NUM_THREADS``
+contiguous chunks (``_parallel.run_split``), each worked tile
 by tile on its own Python thread (NumPy releases the GIL in copies and GEMMs). Each
 thread owns its buffers and its ``grad_w``/``grad_b`` accumulator, summed at the end.
 Without threadpoolctl (optional), or while another thread is inside a threaded NumPy
@@ -160,7 +160,8 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activatio
         generic_forward(g, x, weight, bias, activation, negative_slope, y, 0, g.N, CUPY_TILE_BYTES, xp=xp)
         return y
     forward = _PATHS[_path(g)][0]
-    _parallel.run_split(g.N, g.flops, lambda a, e: forward(g, x, weight, bias, activation, negative_slope, y, a, e, TILE_BYTES))
+    _parallel.run_split(g.N, g.flops,
+                        lambda a, e: forward(g, x, weight, bias, activation, negative_slope, y, a, e, TILE_BYTES))
     return y
 
 
@@ -197,8 +198,9 @@ def conv2d_backward(grad_y, x, weight, y, stride, padding, dilation, groups, act
                                     0, g.N, CUPY_TILE_BYTES, xp=xp)]
     else:
         backward = _PATHS[_path(g)][1]
-        results = _parallel.run_split(g.N, g.flops, lambda a, e: backward(g, grad_y, x, weight, y, activation, negative_slope,
-                                                       needs, grad_x, a, e, TILE_BYTES))
+        results = _parallel.run_split(g.N, g.flops,
+                                      lambda a, e: backward(g, grad_y, x, weight, y, activation, negative_slope,
+                                                            needs, grad_x, a, e, TILE_BYTES))
     gw = gb = None
     if needs[1]:
         gw = results[0][0]
