@@ -13,8 +13,10 @@ knob                      default    what it does
 ========================  =========  ===============================================
 ``conv_cpu_path``         ``None``   the CPU conv's layout path: ``"nhwc"``, ``"flat"``
                                      (stride-1 only), ``"batch_inner"``,
-                                     ``"generic"`` or ``"pointwise"`` (1x1, groups 1,
-                                     no padding only); None lets ``cpu.conv`` choose
+                                     ``"generic"``, ``"pointwise"`` (1x1, groups 1,
+                                     no padding only) or ``"winograd"`` (3x3,
+                                     stride 1, groups 1 only); None lets
+                                     ``cpu.conv`` choose
 ``cpu_threads``           ``None``   the CPU kernels' threads (``cpu/_parallel``):
                                      ``"serial"`` keeps every call on the calling
                                      thread, ``"forced"`` hands every call to two
@@ -43,7 +45,7 @@ _DEFAULTS = {"conv_cpu_path": None, "cpu_threads": None, "split_k": None, "check
 _values = dict(_DEFAULTS)
 _values["configs"] = {}
 
-_CONV_PATHS = (None, "nhwc", "flat", "batch_inner", "generic", "pointwise")
+_CONV_PATHS = (None, "nhwc", "flat", "batch_inner", "generic", "pointwise", "winograd")
 
 
 def get(name: str):

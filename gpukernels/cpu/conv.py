@@ -26,12 +26,19 @@ while the output is still in cache; backward rebuilds a tile's inputs rather tha
 the forward's columns. Loops over tiles and over kernel taps (KH*KW) are the only
 Python loops.
 
-Five paths (``_path``; CuPy always takes generic)
--------------------------------------------------
+Six paths (``_path``; CuPy always takes generic)
+------------------------------------------------
 Every path runs the three products as OpenBLAS GEMMs; what differs is the layout of the
-GEMM operands and so the copies around them. Chosen by measurement on the ResNet-20 /
-CIFAR-10 and digits layers (batch 128 / 64, float32, two threads):
+GEMM operands and so the copies around them (and, for winograd, the FLOPs). Chosen by
+measurement on the ResNet-20 / CIFAR-10, fast CIFAR and digits layers (batch 128 / 32 /
+64, float32, two threads):
 
+* ``winograd`` (``_conv_winograd``, F(2x2, 3x3): 2.25x fewer FLOPs, paid for in
+  transforms): 3x3, stride 1, groups 1, float32/64, at least WINOGRAD_MIN_CHANNELS input
+  and output channels and outputs WINOGRAD_MIN_OW wide (fwd+bwd against nhwc, 2
+  threads: 128x16x16 b64 110 vs 110 ms, one thread 167 vs 209; 256x8x8 b32 41-45 vs 53;
+  512x4x4 b32 57 vs 76; at 64 channels and below its transforms cost more than they
+  save: 64x8x8 b128 20 vs 13 ms);
 * ``pointwise`` (``_conv_pointwise``, one GEMM per image, no columns): 1x1 kernels,
   groups 1, no padding, ``C*O >= POINTWISE_MIN_CHANNELS2`` (strided shortcuts);
 * ``nhwc`` (``_conv_nhwc``, channels-last columns): groups 1, kernels larger than 1x1,
@@ -76,6 +83,7 @@ from ._conv_flat import flat_backward, flat_forward
 from ._conv_nchw import batch_inner_backward, batch_inner_forward, generic_backward, generic_forward
 from ._conv_nhwc import nhwc_backward, nhwc_forward
 from ._conv_pointwise import pointwise_backward, pointwise_forward, pointwise_ok
+from ._conv_winograd import weight_transform, winograd_backward, winograd_forward, winograd_ok
 
 __all__ = ["conv2d_output_size", "conv2d_forward", "conv2d_backward"]
 
@@ -97,31 +105,41 @@ BATCH_INNER_MAX_OW = 12
 #: 1x1 convs (groups 1, no padding) with C*O at least this take ``pointwise``
 #: (a per-image GEMM of O x C: smaller ones, the digits-size layers, keep generic's).
 POINTWISE_MIN_CHANNELS2 = 64
+#: 3x3 stride-1 convs with at least this many input and output channels take
+#: ``winograd`` (below it its transforms cost more than the FLOPs it saves).
+WINOGRAD_MIN_CHANNELS = 128
+WINOGRAD_MIN_OW = 4
 #: Column-buffer budget per tile on CuPy (device memory, no cache argument there).
 CUPY_TILE_BYTES = 256 << 20
 
-#: path -> (forward, backward), each working the images [n0, n1) of one call:
-#: ``forward(g, x, weight, bias, activation, slope, y, n0, n1, budget)`` writes y's rows,
-#: ``backward(g, grad_y, x, weight, y, activation, slope, needs, grad_x, n0, n1, budget)``
-#: writes grad_x's rows and returns that range's (grad_w, grad_b) sums.
+#: path -> (forward, backward, prepare), the first two working the images [n0, n1) of
+#: one call: ``forward(g, x, weight, bias, activation, slope, y, n0, n1, budget)`` writes
+#: y's rows, ``backward(g, grad_y, x, weight, y, activation, slope, needs, grad_x, n0,
+#: n1, budget)`` writes grad_x's rows and returns that range's (grad_w, grad_b) sums.
+#: ``prepare`` (or None) turns the weight into the form both take, once per call rather
+#: than once per thread.
 _PATHS = {
-    "nhwc": (nhwc_forward, nhwc_backward),
-    "flat": (flat_forward, flat_backward),
-    "batch_inner": (batch_inner_forward, batch_inner_backward),
-    "generic": (generic_forward, generic_backward),
-    "pointwise": (pointwise_forward, pointwise_backward),
+    "nhwc": (nhwc_forward, nhwc_backward, None),
+    "flat": (flat_forward, flat_backward, None),
+    "batch_inner": (batch_inner_forward, batch_inner_backward, None),
+    "generic": (generic_forward, generic_backward, None),
+    "pointwise": (pointwise_forward, pointwise_backward, None),
+    "winograd": (winograd_forward, winograd_backward, weight_transform),
 }
 
 
-def _path(g):
+def _path(g, dtype):
     """Which NumPy path serves ``g`` (thresholds measured on the 2-core dev machine, see
     the module docstring)."""
     forced = knobs.get("conv_cpu_path")  # tests and benchmarks pin a path
     if forced is not None:
-        unfit = (forced == "flat" and not flat_ok(g)) or (forced == "pointwise" and not pointwise_ok(g))
+        unfit = ((forced == "flat" and not flat_ok(g)) or (forced == "pointwise" and not pointwise_ok(g))
+                 or (forced == "winograd" and not winograd_ok(g, dtype)))
         return "generic" if unfit else forced
     if pointwise_ok(g) and g.C * g.O >= POINTWISE_MIN_CHANNELS2:
         return "pointwise"
+    if winograd_ok(g, dtype) and min(g.C, g.O) >= WINOGRAD_MIN_CHANNELS and g.OW >= WINOGRAD_MIN_OW:
+        return "winograd"
     if g.Kg < GENERIC_MAX_DEPTH or (g.G == 1 and g.C <= GENERIC_MAX_CHANNELS):
         return "generic"
     if g.G == 1 and g.KH * g.KW > 1:
@@ -131,6 +149,15 @@ def _path(g):
     if g.OW < BATCH_INNER_MAX_OW:
         return "batch_inner"
     return "flat" if flat_ok(g) else "generic"
+
+
+def _prepared(prepare, weight):
+    """``prepare(weight)`` (a path's weight form), on one BLAS thread like the paths'
+    own GEMMs: BLAS's threads would spin on after it and take a core from ours."""
+    if prepare is None:
+        return weight
+    with _parallel.blas_single:
+        return prepare(weight)
 
 
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activation=None, negative_slope=0.01):
@@ -159,9 +186,10 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activatio
     if xp is not np:
         generic_forward(g, x, weight, bias, activation, negative_slope, y, 0, g.N, CUPY_TILE_BYTES, xp=xp)
         return y
-    forward = _PATHS[_path(g)][0]
+    forward, _, prepare = _PATHS[_path(g, x.dtype)]
+    wop = _prepared(prepare, weight)
     _parallel.run_split(g.N, g.flops,
-                        lambda a, e: forward(g, x, weight, bias, activation, negative_slope, y, a, e, TILE_BYTES))
+                        lambda a, e: forward(g, x, wop, bias, activation, negative_slope, y, a, e, TILE_BYTES))
     return y
 
 
@@ -197,9 +225,10 @@ def conv2d_backward(grad_y, x, weight, y, stride, padding, dilation, groups, act
         results = [generic_backward(g, grad_y, x, weight, y, activation, negative_slope, needs, grad_x,
                                     0, g.N, CUPY_TILE_BYTES, xp=xp)]
     else:
-        backward = _PATHS[_path(g)][1]
+        _, backward, prepare = _PATHS[_path(g, x.dtype)]
+        wop = _prepared(prepare, weight)
         results = _parallel.run_split(g.N, g.flops,
-                                      lambda a, e: backward(g, grad_y, x, weight, y, activation, negative_slope,
+                                      lambda a, e: backward(g, grad_y, x, wop, y, activation, negative_slope,
                                                             needs, grad_x, a, e, TILE_BYTES))
     gw = gb = None
     if needs[1]:

@@ -76,7 +76,7 @@ CONV_CASES = [
 CONV_IDS = [f"n{c[0]}c{c[1]}h{c[2]}w{c[3]}o{c[4]}k{c[5][0]}{c[5][1]}s{c[6][0]}g{c[9]}-{c[11]}" for c in CONV_CASES]
 
 
-@pytest.mark.parametrize("path", [None, "nhwc", "flat", "batch_inner", "generic", "pointwise"])
+@pytest.mark.parametrize("path", [None, "nhwc", "flat", "batch_inner", "generic", "pointwise", "winograd"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
 def test_conv(case, dtype, path, knob):

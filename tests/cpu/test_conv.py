@@ -2,7 +2,8 @@
 
 Every case checks the forward output and all three gradients (same random upstream
 gradient for both libraries) on each NumPy implementation path (nhwc, flat,
-batch_inner, generic, and the automatic choice), so layout-specific bugs cannot hide
+batch_inner, generic, pointwise, winograd, and the automatic choice; a path that cannot
+serve a case falls back to generic), so layout-specific bugs cannot hide
 behind the path the dispatcher happens to pick. The threaded/tiled driver is forced on for a batch of 9
 with tiles of 2 so uneven chunks and tile tails are exercised.
 """
@@ -22,7 +23,7 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 RTOL64 = 1e-8
-PATHS = (None, "flat", "batch_inner", "generic", "nhwc", "pointwise")
+PATHS = (None, "flat", "batch_inner", "generic", "nhwc", "pointwise", "winograd")
 
 
 def assert_rel_close(actual, expected, *, rtol, name=""):
@@ -239,13 +240,19 @@ def test_threaded_tiles_match_torch(path, stride, activation, bias, threaded, mo
         ((64, 16, 4, 32, 3), 1, 1, "nhwc"),
         ((128, 64, 8, 64, 3), 1, 16, "batch_inner"),
         ((128, 64, 8, 64, 3), 1, 64, "generic"),
+        # wide stride-1 3x3 layers (the conv benchmark's 128x16x16, fast CIFAR's)
+        ((64, 128, 16, 128, 3), 1, 1, "winograd"),
+        ((32, 256, 8, 256, 3), 1, 1, "winograd"),
+        ((32, 512, 4, 512, 3), 1, 1, "winograd"),
+        ((32, 64, 16, 256, 3), 1, 1, "nhwc"),
+        ((32, 256, 16, 256, 3), 2, 1, "nhwc"),
     ],
 )
 def test_path_choice(shape, stride, groups, expected):
     """The dispatcher's picks for the benchmarked layers (the thresholds were measured)."""
     n, c, h, o, k = shape
     g = _conv_common.Geom((n, c, h, h), (o, c // groups, k, k), stride, k // 2, 1, groups)
-    assert conv._path(g) == expected
+    assert conv._path(g, np.dtype(np.float32)) == expected
 
 
 def test_tiles_cover_batch_with_tails():
@@ -296,7 +303,11 @@ def test_concurrent_callers(threaded):
 # ----------------------------------------------------------------------------- details
 
 
-def test_float32_stays_float32_and_is_accurate():
+@pytest.mark.parametrize("path", [None, "winograd"])
+def test_float32_stays_float32_and_is_accurate(path, knob):
+    """float32 in, float32 out, within 2e-3 of float64 torch (winograd's transforms
+    round a little more than a direct sum: its own run)."""
+    knob(conv_cpu_path=path)
     rng = np.random.default_rng(11)
     x, w, b = make_inputs(rng, 4, 32, 16, 16, 32, 3, 3, 1, True, dtype=np.float32)
     gy = rng.standard_normal((4, 32, 16, 16)).astype(np.float32)
