@@ -84,13 +84,13 @@ CHANNEL_BLOCK = 8
 
 def to_channels_last(dst, src):
     """``dst[n, h, w, c] = src[n, c, h, w]``. NumPy walks the destination in memory
-    order, so one copy reads C planes at once in its inner loop; planes of 4 KiB or a
-    multiple (32x32 float32) all map to the same L1 sets and the copy thrashes. Blocks
+    order, so one copy reads C planes at once in its inner loop; planes 4 KiB or a
+    multiple apart (32x32 float32) all map to the same L1 sets and the copy thrashes. Blocks
     of 8 channels keep the lines in play within the cache's ways: 64x32x32 float32,
     4 images, 0.80 -> 0.24 ms; smaller planes copy faster in one go (128x16x16 0.11
     against 0.14 ms in blocks)."""
     c = src.shape[1]
-    if src.shape[2] * src.shape[3] * src.itemsize < PLANE_BLOCK_BYTES or c <= CHANNEL_BLOCK:
+    if abs(src.strides[1]) < PLANE_BLOCK_BYTES or c <= CHANNEL_BLOCK:
         np.copyto(dst, src.transpose(0, 2, 3, 1))
         return
     for c0 in range(0, c, CHANNEL_BLOCK):

@@ -226,7 +226,7 @@ def flat_backward(g, gy_all, x, weight, y, activation, slope, needs, gx_all, n0,
             if needs[2]:
                 gb += gyext.sum(axis=1)
             if needs[1]:
-                xcl4[:b, g.ph : g.ph + g.H, g.pw : g.pw + g.W] = x[a:e].transpose(0, 2, 3, 1)
+                common.to_channels_last(xcl4[:b, g.ph : g.ph + g.H, g.pw : g.pw + g.W], x[a:e])
                 np.matmul(gyext.reshape(G, 1, 1, Og, lb), v["taps"], out=gwt)
                 gw += gwt
         if needs[0]:

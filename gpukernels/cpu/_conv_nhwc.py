@@ -54,7 +54,7 @@ class _Nhwc:
         (b, H, W, C) with ``nchw=False``."""
         b = xt.shape[0]
         if nchw:
-            self.interior[:b] = xt[:, :, self.crop[0], self.crop[1]].transpose(0, 2, 3, 1)
+            common.to_channels_last(self.interior[:b], xt[:, :, self.crop[0], self.crop[1]])
         else:
             self.interior[:b] = xt[:, self.crop[0], self.crop[1]]
         np.copyto(self.cols7[:b], self.src[:b])
@@ -133,7 +133,7 @@ def nhwc_backward(g, gy_all, x, weight, y, activation, slope, needs, gx_all, n0,
         wk = None if work is None else work[:b]
         gm = common.masked_grad(np, gy_all[a:e], None if y is None else y[a:e], activation, slope, wk)
         gt = gyl[: b * L]
-        np.copyto(gt.reshape(b, g.OH, g.OW, O), gm.transpose(0, 2, 3, 1))
+        common.to_channels_last(gt.reshape(b, g.OH, g.OW, O), gm)
         gyg = gt.transpose(1, 0, 2)  # (G, b*L, Og)
         if needs[2]:
             gb += gt.reshape(b * L, O).sum(axis=0)
