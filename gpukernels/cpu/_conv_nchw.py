@@ -30,6 +30,10 @@ from . import _conv_common as common
 
 # ----------------------------------------------------------------------------- generic path
 
+#: Outputs of at least this many pixels get generic's grad_w as one product per image
+#: (K = OH*OW) summed over the tile, rather than one product with K = b*OH*OW.
+PER_IMAGE_GW_MIN_L = 256
+
 
 def _im2col(g, src, cols):
     """cols[c, kh, kw, b, oh, ow] = src[b, c, oh*sh + kh*dh - ph, ow*sw + kw*dw - pw]
@@ -116,16 +120,26 @@ def generic_backward(g, gy_all, x, weight, y, activation, slope, needs, gx_all, 
     for a, e in tiles:
         b = e - a
         gyt = common.masked_grad(xp, gy_all[a:e], None if y is None else y[a:e], activation, slope)
-        # (G, Og, b*L): the tile's gradient with the batch inside the GEMM's N dimension.
-        gyp = xp.ascontiguousarray(gyt.reshape(b, G, Og, L).transpose(1, 2, 0, 3)).reshape(G, Og, b * L)
         if needs[2]:
-            gb += gyp.sum(axis=2).reshape(O)
+            gb += gyt.sum(axis=(0, 2, 3))
+        per_image = L >= PER_IMAGE_GW_MIN_L
+        gyp = None
+        if needs[0] or (needs[1] and not per_image):
+            # (G, Og, b*L): the tile's gradient with the batch inside the GEMM's N dimension.
+            gyp = xp.ascontiguousarray(gyt.reshape(b, G, Og, L).transpose(1, 2, 0, 3)).reshape(G, Og, b * L)
         if needs[1]:
             cols = colsbuf[:, :, :, :b]
             _im2col(g, x[a:e], cols)
-            # cols @ gy^T rather than gy @ cols^T: OpenBLAS runs this long-K product
-            # ~1.5x faster with the column matrix as the left operand.
-            gwT += xp.matmul(cols.reshape(G, Kg, b * L), gyp.transpose(0, 2, 1))
+            if per_image:
+                # One (Kg, L) @ (L, Og) product per image, summed: OpenBLAS runs these
+                # 2x faster than one product with K = b*L (RGB first layer, 8 images:
+                # 164 -> 78 us), and grad_y is read in place.
+                cimg = cols.reshape(G, Kg, b, L).transpose(2, 0, 1, 3)
+                gwT += xp.matmul(cimg, gyt.reshape(b, G, Og, L).transpose(0, 1, 3, 2)).sum(axis=0)
+            else:
+                # cols @ gy^T rather than gy @ cols^T: OpenBLAS runs this long-K product
+                # ~1.5x faster with the column matrix as the left operand.
+                gwT += xp.matmul(cols.reshape(G, Kg, b * L), gyp.transpose(0, 2, 1))
         if needs[0]:
             # Og == 1 (depthwise): an outer product, 2.5x faster as a broadcast multiply.
             gcols = xp.multiply(wt, gyp) if Og == 1 else xp.matmul(wt, gyp)
