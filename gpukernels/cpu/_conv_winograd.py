@@ -20,17 +20,21 @@ The transforms
 --------------
 Channels-last: the tile is copied into a zero-padded frame ``(b, 2*TH + 2, 2*TW + 2, C)``
 (``TH, TW``: tiles per column and row) and every transform is separable, one 1-D pass
-along the rows and one along the columns, each a few NumPy adds over stride-2 views
-whose inner runs are C (or O) contiguous elements. Per image of the 64-channel 32x32
-layer (1 core): the forward's input transform moves ~5 MB in ~0.18 ms (~27 GB/s,
-cache-resident), the GEMMs take ~0.38 ms at ~90 GFLOP/s, the output transform
-~0.11 ms; the NCHW<->NHWC copies are ``_conv_common.to_channels_last``. Kept NCHW
-instead, the same passes have inner runs of TW (16 for 32x32 images) and the input
-transform ran 3x slower.
+along the columns and one along the rows, each a few NumPy adds over stride-2 views
+whose inner runs are C (or O) contiguous elements (kept NCHW, the same passes have
+inner runs of TW, 16 for 32x32 images, and the input transform ran 3x slower). The
+NCHW <-> NHWC copies are ``_conv_common.to_channels_last``.
 
-Where it pays (measured, dispatch in ``cpu.conv._path``): from 32 channels on. At 16
-channels the transforms cost 3-5x the GEMMs they save (16x32x32, 32 images on one core:
-transforms 7 ms, GEMMs 0.9 ms, flat's whole forward 4 ms).
+The work goes one transformed column j at a time (see "buffers" below), so a tile
+holds a quarter of V and M. Measured, fwd+bwd, float32, 1 core / 2 threads against the
+path the dispatcher took before: 128x16x16 b64 110 / 63 ms (nhwc 209 / 110; all 16
+columns at once 131 / 77); 256x8x8 b32 55 / 31 (nhwc 92 / 53). Its transforms make
+about a third of a call; two threads scale 1.8x, where the all-columns version, its
+working set 3x larger, scaled 1.5x.
+
+Where it pays (dispatch in ``cpu.conv._path``): from 128 channels on. At 64 it
+loses on two threads (64x32x32 b64 115 against flat's 102 ms; one thread 174 against
+194), and at 16 the transforms cost 3-5x the GEMMs they save.
 """
 
 from __future__ import annotations
@@ -78,6 +82,34 @@ def _bt(src, axis, t, out):
     np.subtract(d[1], d[3], out=out[3])
 
 
+#: ``B^T``'s rows as (plus, minus) taps: entry j of a tile is ``d[plus] - d[minus]``
+#: (``_bt``), and ``_bt_adjoint`` adds an entry's gradient back onto those taps.
+_BT_TAPS = ((0, 2), (1, None), (2, 1), (1, 3))
+
+
+def _bt_entry(src, axis, t, j, out):
+    """Entry ``j`` of ``_bt`` alone: ``(d0 - d2, d1 + d2, d2 - d1, d1 - d3)[j]``."""
+    d = [_along(src, axis, i, i + 2 * t, 2) for i in range(4)]
+    if j == 1:
+        np.add(d[1], d[2], out=out)
+    else:
+        plus, minus = _BT_TAPS[j]
+        np.subtract(d[plus], d[minus], out=out)
+
+
+def _bt_adjoint(dv, axis, t, j, dst):
+    """``dst += (B^T)^T`` of entry ``j``: the adjoint of ``_bt_entry`` (``dst`` 2t + 2 long
+    along ``axis``, tiles overlapping by 2, so the adds go tap by tap)."""
+    d = [_along(dst, axis, i, i + 2 * t, 2) for i in range(4)]
+    if j == 1:
+        d[1] += dv
+        d[2] += dv
+    else:
+        plus, minus = _BT_TAPS[j]
+        d[plus] += dv
+        d[minus] -= dv
+
+
 def _at(m, out0, out1):
     """``A^T m`` of a tile's 4 entries: ``(m0 + m1 + m2, m1 - m2 - m3)``."""
     np.add(m[0], m[1], out=out0)
@@ -88,13 +120,11 @@ def _at(m, out0, out1):
 
 def _a(y0, y1, out):
     """``A y`` (the adjoint of ``_at``) of a tile's 2 entries: ``(y0, y0 + y1, y0 - y1,
-    -y1)``; ``out[0]`` None hands ``y0`` itself back. Returns the 4 arrays."""
-    if out[0] is not None:
-        np.copyto(out[0], y0)
+    -y1)``."""
+    np.copyto(out[0], y0)
     np.add(y0, y1, out=out[1])
     np.subtract(y0, y1, out=out[2])
     np.negative(y1, out=out[3])
-    return [y0 if out[0] is None else out[0], *out[1:]]
 
 
 def _b(dv, axis, t, dst, tmp):
@@ -117,32 +147,38 @@ def _b(dv, axis, t, dst, tmp):
 
 
 # ----------------------------------------------------------------------------- buffers
+# The 16 GEMMs run one transformed column j at a time (the 4 entries xi = 4i + j):
+# the input transform's column pass then its row pass give V[:, j]; M[:, j]'s row pass
+# is accumulated into the output tile at once. A tile then holds a quarter of V and M,
+# not all of them: 64x32x32 / 128x16x16 float32 ~1.3 / 0.7 MB an image against ~3.6 /
+# 1.9 MB, which is what let two threads scale (below).
 
 
 class _Tiles:
     """One thread's buffers for tiles of up to ``bmax`` images: the padded
-    channels-last frame and the transformed input ``V`` (16, bmax * T, C), viewed as
-    ``V6`` (4, 4, bmax, TH, TW, C); ``load`` fills ``V`` from NCHW images."""
+    channels-last frame, one column pass of it ``col`` (b, Hf, TW, C) and the
+    transformed input's column ``V_j`` (4, bmax * T, C), viewed as ``vj6`` (4, bmax,
+    TH, TW, C)."""
 
     def __init__(self, g, bmax, dtype):
         self.g = g
         self.TH, self.TW = -(-g.OH // 2), -(-g.OW // 2)
         self.T = self.TH * self.TW
-        hf, wf = 2 * self.TH + 2, 2 * self.TW + 2
-        self.frame = np.zeros((bmax, hf, wf, g.C), dtype=dtype)
+        self.frame = np.zeros((bmax, 2 * self.TH + 2, 2 * self.TW + 2, g.C), dtype=dtype)
         self.interior = self.frame[:, g.ph : g.ph + g.H, g.pw : g.pw + g.W]
-        self.rows = np.empty((4, bmax, self.TH, wf, g.C), dtype=dtype)
-        self.V = np.empty((16, bmax * self.T, g.C), dtype=dtype)
-        self.V6 = self.V.reshape(4, 4, bmax, self.TH, self.TW, g.C)
+        self.col = np.empty((bmax, 2 * self.TH + 2, self.TW, g.C), dtype=dtype)
+        self.vj = np.empty((4, bmax * self.T, g.C), dtype=dtype)
+        self.vj6 = self.vj.reshape(4, bmax, self.TH, self.TW, g.C)
 
     def load(self, xt):
-        """``V`` of the NCHW images ``xt``; returns its ``(16, b * T, C)`` part."""
-        b = xt.shape[0]
-        common.to_channels_last(self.interior[:b], xt)
-        _bt(self.frame[:b], 1, self.TH, [r[:b] for r in self.rows])
-        for i in range(4):
-            _bt(self.rows[i, :b], 2, self.TW, [self.V6[i, j, :b] for j in range(4)])
-        return self.V[:, : b * self.T]
+        """Copy the NCHW images ``xt`` into the frame."""
+        common.to_channels_last(self.interior[: xt.shape[0]], xt)
+
+    def column(self, b, j):
+        """``V[:, j]`` (4, b * T, C) of the loaded images."""
+        _bt_entry(self.frame[:b], 2, self.TW, j, self.col[:b])
+        _bt(self.col[:b], 1, self.TH, [v[:b] for v in self.vj6])
+        return self.vj[:, : b * self.T]
 
 
 def weight_transform(weight):
@@ -159,17 +195,16 @@ def weight_grad(gu):
 
 
 def _tiles(g, n0, n1, budget, it):
-    # Per image: frame + rows + V (~7 C-wide planes of T tiles, 16 of them V) and the
-    # output side (M, its row pass and the output tile: ~28 O-wide ones), forward;
-    # backward holds about as much.
+    # Per image, in C- or O-wide planes of T tiles: frame, column pass, V_j, dV_j (~12 C)
+    # and grad_y's frame, M_j / dM_j, the output tile and its temporaries (~14 O).
     t = -(-g.OH // 2) * -(-g.OW // 2)
-    per_image = (24 * g.C + 28 * g.O) * t * it
+    per_image = (12 * g.C + 14 * g.O) * t * it
     return common.tiles(n0, n1, per_image, budget, -(-MIN_GEMM_ROWS // t))
 
 
-#: Tile count (GEMM rows) a tile's 16 GEMMs get at least, whatever the budget: each
-#: GEMM packs its (C, O) weight, so the rows amortise it (8x8 images have 16 tiles each).
-MIN_GEMM_ROWS = 128
+#: Tile count (GEMM rows) a tile's GEMMs get at least, whatever the budget: each GEMM
+#: packs its (C, O) weight, so the rows amortise it (8x8 images have 16 tiles each).
+MIN_GEMM_ROWS = 256
 
 
 # ----------------------------------------------------------------------------- forward / backward
@@ -182,45 +217,60 @@ def winograd_forward(g, x, u, bias, activation, slope, y, n0, n1, budget):
     bmax, tiles = _tiles(g, n0, n1, budget, x.itemsize)
     buf = _Tiles(g, bmax, dt)
     TH, TW, T, O = buf.TH, buf.TW, buf.T, g.O
-    ut = u.transpose(0, 2, 1)  # (16, C, O), BLAS reads it transposed
-    m = np.empty((16, bmax * T, O), dtype=dt)
-    m6 = m.reshape(4, 4, bmax, TH, TW, O)
-    s = np.empty((2, 4, bmax, TH, TW, O), dtype=dt)
+    u4 = u.reshape(4, 4, O, g.C).transpose(1, 0, 3, 2)  # [j] = U[:, j] as (4, C, O)
+    mj = np.empty((4, bmax * T, O), dtype=dt)
+    mj6 = mj.reshape(4, bmax, TH, TW, O)
     out = np.empty((bmax, TH, 2, TW, 2, O), dtype=dt)
+    tmp = np.empty((2, bmax, TH, TW, O), dtype=dt)
     bias4 = None if bias is None else bias.reshape(1, O, 1, 1)
     for a, e in tiles:
         b = e - a
-        np.matmul(buf.load(x[a:e]), ut, out=m[:, : b * T])
+        buf.load(x[a:e])
+        o = out[:b]
+        oc = [o[:, :, :, :, 0], o[:, :, :, :, 1]]  # (b, TH, 2, TW, O): output columns 2k, 2k + 1
         for j in range(4):
-            _at([m6[i, j, :b] for i in range(4)], s[0, j, :b], s[1, j, :b])
-        for r in range(2):
-            _at([s[r, j, :b] for j in range(4)], out[:b, :, r, :, 0], out[:b, :, r, :, 1])
-        src = out[:b].reshape(b, 2 * TH, 2 * TW, O)[:, : g.OH, : g.OW].transpose(0, 3, 1, 2)
+            np.matmul(buf.column(b, j), u4[j], out=mj[:, : b * T])
+            m = [q[:b] for q in mj6]
+            # A^T along the rows, then column j's share of A^T along the columns:
+            # oc[0] = s0 + s1 + s2, oc[1] = s1 - s2 - s3.
+            if j == 0:
+                _at(m, oc[0][:, :, 0], oc[0][:, :, 1])
+            elif j == 1:
+                _at(m, oc[1][:, :, 0], oc[1][:, :, 1])
+                oc[0] += oc[1]
+            else:
+                _at(m, tmp[0, :b], tmp[1, :b])
+                sj = tmp[:, :b].transpose(1, 2, 0, 3, 4)  # (b, TH, 2, TW, O) like oc[c]
+                if j == 2:
+                    oc[0] += sj
+                oc[1] -= sj
+        src = o.reshape(b, 2 * TH, 2 * TW, O)[:, : g.OH, : g.OW].transpose(0, 3, 1, 2)
         common.epilogue(src, bias4, y[a:e], activation, slope)
 
 
 def winograd_backward(g, gy_all, x, u, y, activation, slope, needs, gx_all, n0, n1, budget):
-    """grad_w from ``V^T @ dM``, grad_x from ``dM @ U^T`` (module docstring), tile by tile;
-    ``u`` is ``weight_transform(w)``. Returns this range's ``(grad_w, grad_b)`` sums."""
+    """grad_w from ``dM^T @ V``, grad_x from ``dM @ U`` (module docstring), tile by tile,
+    one transformed column at a time; ``u`` is ``weight_transform(w)``. Returns this
+    range's ``(grad_w, grad_b)`` sums."""
     dt = x.dtype
     bmax, tiles = _tiles(g, n0, n1, budget, x.itemsize)
     buf = _Tiles(g, bmax, dt)
     TH, TW, T, O, C = buf.TH, buf.TW, buf.T, g.O, g.C
     gyp = np.zeros((bmax, 2 * TH, 2 * TW, O), dtype=dt)  # rows/columns past OH, OW stay 0
     work = np.empty((bmax, O, g.OH, g.OW), dtype=dt) if activation else None
-    rows = np.empty((3, bmax, TH, 2 * TW, O), dtype=dt)
-    dm = np.empty((16, bmax * T, O), dtype=dt)
-    dm6 = dm.reshape(4, 4, bmax, TH, TW, O)
-    gu = np.zeros((16, O, C), dtype=dt) if needs[1] else None
+    acol = np.empty((bmax, 2 * TH, TW, O), dtype=dt)
+    dmj = np.empty((4, bmax * T, O), dtype=dt)
+    dmj6 = dmj.reshape(4, bmax, TH, TW, O)
+    u4 = u.reshape(4, 4, O, C).transpose(1, 0, 2, 3)  # [j] = U[:, j]^T as (4, O, C)
+    gu = np.zeros((4, 4, O, C), dtype=dt) if needs[1] else None  # [i, j]
     gb = np.zeros((O,), dtype=dt) if needs[2] else None
     if needs[1]:
-        gut = np.empty_like(gu)
+        gut = np.empty((4, O, C), dtype=dt)
     if needs[0]:
-        dv = np.empty((16, bmax * T, C), dtype=dt)
-        dv6 = dv.reshape(4, 4, bmax, TH, TW, C)
-        cols = np.empty((4, bmax, TH, 2 * TW + 2, C), dtype=dt)
-        tmp_c = np.empty((bmax, TH, TW, C), dtype=dt)
-        tmp_r = np.empty((bmax, TH, 2 * TW + 2, C), dtype=dt)
+        dvj = np.empty((4, bmax * T, C), dtype=dt)
+        dvj6 = dvj.reshape(4, bmax, TH, TW, C)
+        dcol = np.empty_like(buf.col)
+        tmp = np.empty((bmax, TH, TW, C), dtype=dt)
         gframe = np.empty_like(buf.frame)
     for a, e in tiles:
         b = e - a
@@ -229,18 +279,32 @@ def winograd_backward(g, gy_all, x, u, y, activation, slope, needs, gx_all, n0, 
         common.to_channels_last(gyp[:b, : g.OH, : g.OW], gm)
         if needs[2]:
             gb += gyp[:b].reshape(-1, O).sum(axis=0)
-        r = _a(gyp[:b, 0::2], gyp[:b, 1::2], [None, *(q[:b] for q in rows)])
-        for i in range(4):
-            _a(r[i][:, :, 0::2], r[i][:, :, 1::2], [dm6[i, j, :b] for j in range(4)])
-        dmb = dm[:, : b * T]
         if needs[1]:
-            np.matmul(dmb.transpose(0, 2, 1), buf.load(x[a:e]), out=gut)
-            gu += gut
+            buf.load(x[a:e])
         if needs[0]:
-            np.matmul(dmb, u, out=dv[:, : b * T])  # u[xi] is U[xi]^T
-            for i in range(4):
-                _b([dv6[i, j, :b] for j in range(4)], 2, TW, cols[i, :b], tmp_c[:b])
-            _b([c[:b] for c in cols], 1, TH, gframe[:b], tmp_r[:b])
+            gframe[:b] = 0
+        for j in range(4):
+            # dM[:, j] = A dY A^T's column j: A along the columns (entry j), then the rows.
+            y0, y1 = gyp[:b, :, 0::2], gyp[:b, :, 1::2]
+            c = acol[:b]
+            if j == 0:
+                c = y0
+            elif j == 1:
+                np.add(y0, y1, out=c)
+            elif j == 2:
+                np.subtract(y0, y1, out=c)
+            else:
+                np.negative(y1, out=c)
+            _a(c[:, 0::2], c[:, 1::2], [q[:b] for q in dmj6])
+            dm = dmj[:, : b * T]
+            if needs[1]:
+                np.matmul(dm.transpose(0, 2, 1), buf.column(b, j), out=gut)
+                gu[:, j] += gut
+            if needs[0]:
+                np.matmul(dm, u4[j], out=dvj[:, : b * T])
+                _b([q[:b] for q in dvj6], 1, TH, dcol[:b], tmp[:b])
+                _bt_adjoint(dcol[:b], 2, TW, j, gframe[:b])
+        if needs[0]:
             src = gframe[:b, g.ph : g.ph + g.H, g.pw : g.pw + g.W].transpose(0, 3, 1, 2)
             np.copyto(gx_all[a:e], src)
-    return (None if gu is None else weight_grad(gu)), gb
+    return (None if gu is None else weight_grad(gu.reshape(16, O, C))), gb

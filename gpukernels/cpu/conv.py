@@ -36,9 +36,9 @@ measurement on the ResNet-20 / CIFAR-10, fast CIFAR and digits layers (batch 128
 * ``winograd`` (``_conv_winograd``, F(2x2, 3x3): 2.25x fewer FLOPs, paid for in
   transforms): 3x3, stride 1, groups 1, float32/64, at least WINOGRAD_MIN_CHANNELS input
   and output channels and outputs WINOGRAD_MIN_OW wide (fwd+bwd against nhwc, 2
-  threads: 128x16x16 b64 110 vs 110 ms, one thread 167 vs 209; 256x8x8 b32 41-45 vs 53;
-  512x4x4 b32 57 vs 76; at 64 channels and below its transforms cost more than they
-  save: 64x8x8 b128 20 vs 13 ms);
+  threads: 128x16x16 b64 63 vs 110 ms, 256x8x8 b32 31 vs 53, 512x4x4 b32 57 vs 76; at
+  64 channels and below its transforms cost more than they save: 64x8x8 b128 20 vs 13
+  ms, 64x32x32 b64 115 vs flat's 102);
 * ``pointwise`` (``_conv_pointwise``, one GEMM per image, no columns): 1x1 kernels,
   groups 1, no padding, ``C*O >= POINTWISE_MIN_CHANNELS2`` (strided shortcuts);
 * ``nhwc`` (``_conv_nhwc``, channels-last columns): groups 1, kernels larger than 1x1,
