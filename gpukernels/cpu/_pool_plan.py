@@ -7,6 +7,8 @@ A pool's taps are row-major k = i*KW + j; tap k of output (p, q) reads padded pi
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from ..shapes import conv2d_output_size, pair
@@ -34,6 +36,17 @@ def _dropped(offset, out, size):
     """The output indices o < out whose target o + offset falls outside [0, size)."""
     lo, hi = min(out, max(0, -offset)), max(0, min(out, size - offset))
     return [s for s in (slice(0, lo), slice(max(lo, hi), out)) if s.stop > s.start]
+
+
+def plan(x_shape, kernel, stride, padding, dilation):
+    """``Plan`` of one call, shared by every call of the same sizes (a Plan is never
+    changed after it is built): building one costs ~35 us, a fifth of a small pool."""
+    return _plan(tuple(int(v) for v in x_shape), pair(kernel), pair(stride), pair(padding), pair(dilation))
+
+
+@lru_cache(maxsize=512)
+def _plan(x_shape, kernel, stride, padding, dilation):
+    return Plan(x_shape, kernel, stride, padding, dilation)
 
 
 class Plan:

@@ -78,7 +78,7 @@ from .. import knobs
 from ..backend import get_array_module
 from ..shapes import conv2d_output_size  # noqa: F401 - the family's formula, re-exported
 from . import _parallel
-from ._conv_common import Geom, flat_ok
+from ._conv_common import flat_ok, geom
 from ._conv_flat import flat_backward, flat_forward
 from ._conv_nchw import batch_inner_backward, batch_inner_forward, generic_backward, generic_forward
 from ._conv_nhwc import nhwc_backward, nhwc_forward
@@ -176,7 +176,7 @@ def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activatio
         y (N, O, OH, OW), same dtype as ``x``.
     """
     xp = get_array_module(x, weight)
-    g = Geom(x.shape, weight.shape, stride, padding, dilation, groups)
+    g = geom(x.shape, weight.shape, stride, padding, dilation, groups)
     y = xp.empty((g.N, g.O, g.OH, g.OW), dtype=x.dtype)
     if y.size == 0:
         return y
@@ -206,7 +206,7 @@ def conv2d_backward(grad_y, x, weight, y, stride, padding, dilation, groups, act
         False.
     """
     xp = get_array_module(grad_y, x, weight)
-    g = Geom(x.shape, weight.shape, stride, padding, dilation, groups)
+    g = geom(x.shape, weight.shape, stride, padding, dilation, groups)
     needs = tuple(bool(n) for n in needs)
     dtype = x.dtype
     grad_x = xp.empty(x.shape, dtype=dtype) if needs[0] else None

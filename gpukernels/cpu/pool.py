@@ -70,7 +70,8 @@ import numpy as np
 
 from ..reference import pool as _ref
 from ..shapes import conv2d_output_size, pair
-from ._pool_plan import Plan, padded_scratch, planes, run_blocks
+from ._pool_plan import padded_scratch, planes, run_blocks
+from ._pool_plan import plan as _plan_of
 
 __all__ = ["max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward"]
 
@@ -90,7 +91,7 @@ def max_pool2d_forward(x, kernel, stride, padding, dilation):
     y and argmax, once each."""
     if not _fast(x):
         return _ref.max_pool2d_forward(x, kernel, stride, padding, dilation)
-    plan = Plan(x.shape, kernel, stride, padding, dilation)
+    plan = _plan_of(x.shape, kernel, stride, padding, dilation)
     n, c, oh, ow = x.shape[0], x.shape[1], plan.oh, plan.ow
     idx_dtype = np.int8 if plan.kk < 128 else np.int32
     x3 = planes(x)
@@ -128,7 +129,7 @@ def max_pool2d_backward(grad_y, argmax, x_shape, kernel, stride, padding, dilati
     Traffic: reads dy and argmax, writes dx, once each."""
     if not _fast(grad_y):
         return _ref.max_pool2d_backward(grad_y, argmax, x_shape, kernel, stride, padding, dilation)
-    plan = Plan(x_shape, kernel, stride, padding, dilation)
+    plan = _plan_of(x_shape, kernel, stride, padding, dilation)
     n, c, h, w = x_shape
     g3 = planes(grad_y)
     # our forward's argmax: a contiguous (P, OH, OW) view; the reference's: strided
@@ -184,7 +185,7 @@ def avg_pool2d_forward(x, kernel, stride, padding, count_include_pad=True):
     the reference's sum. Traffic: reads x, writes y."""
     if not _fast(x):
         return _ref.avg_pool2d_forward(x, kernel, stride, padding, count_include_pad)
-    plan = Plan(x.shape, kernel, stride, padding, 1)
+    plan = _plan_of(x.shape, kernel, stride, padding, 1)
     n, c = x.shape[:2]
     x3 = planes(x)
     y = np.empty((n, c, plan.oh, plan.ow), dtype=x.dtype)
@@ -210,7 +211,7 @@ def avg_pool2d_backward(grad_y, x_shape, kernel, stride, padding, count_include_
     gradient is never written). Traffic: reads dy, writes dx."""
     if not _fast(grad_y):
         return _ref.avg_pool2d_backward(grad_y, x_shape, kernel, stride, padding, count_include_pad)
-    plan = Plan(x_shape, kernel, stride, padding, 1)
+    plan = _plan_of(x_shape, kernel, stride, padding, 1)
     n, c, h, w = x_shape
     g3 = planes(grad_y)
     div = _divisor(x_shape, kernel, stride, padding, count_include_pad, grad_y.dtype)
