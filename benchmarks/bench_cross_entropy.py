@@ -5,8 +5,10 @@ Bytes counted (Result.bytes), the minimum of this two-call API: the forward read
 logits once and writes the gradient once (2*B*C*itemsize), the backward reads that
 gradient once and writes the scaled one (2*B*C*itemsize): 4*B*C*itemsize per
 forward + backward. Targets, per-row losses and the scalar loss (O(B)) are not counted.
-A single fused loss+gradient call could move half of that; PyTorch eager moves more
-(log-softmax written and read back, then the gradient).
+On the host a backward seeded with 1 (``loss.backward()``, what the CPU entry times)
+hands the forward's gradient out as it is (``ops.cross_entropy``), so the CPU entry
+counts the forward's 2*B*C*itemsize only. PyTorch eager moves more (log-softmax
+written and read back, then the gradient).
 
 On a GPU (``gk.get_backend() == "cuda"``) ``run`` is ``run_gpu``: our Triton kernels on
 CuPy arrays vs PyTorch eager and ``torch.compile`` on the same GPU, B=8192 C=1000 and
@@ -60,7 +62,7 @@ def run(quick: bool = False, repeat: int = 10) -> list[Result]:
         check_close(f"cross_entropy {b}x{c} loss", ours().numpy(), theirs().detach().numpy(), 1e-5, 1e-5)
         check_close(f"cross_entropy {b}x{c} grad", gl.grad.numpy(), tl.grad.numpy(), 1e-6, 1e-4)
         results.append(time_both("cross_entropy", f"B={b} C={c} fwd+bwd", ours, theirs, repeat,
-                                 bytes=4.0 * b * c * 4))
+                                 bytes=2.0 * b * c * 4))  # the backward moves nothing (docstring)
     return results
 
 

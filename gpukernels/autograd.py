@@ -221,6 +221,10 @@ class Function:
     #: indexing): it then shares the input's version counter.
     view: bool = False
     saved = None
+    #: True while ``backward`` runs for the last time (no ``retain_graph``): the tape
+    #: drops ``saved`` right after, so backward may hand a saved array out as a
+    #: gradient instead of a copy of it.
+    last_backward: bool = False
     _saved_versions: tuple = ()
     _epoch = 0
 
@@ -357,6 +361,7 @@ def _run_tape(root: Node, grad, retain_graph: bool) -> None:
             )
         if fn._saved_versions:
             _check_saved_versions(fn)
+        fn.last_backward = not retain_graph
         input_grads = fn.backward(g)
         if not isinstance(input_grads, tuple):
             input_grads = (input_grads,)

@@ -652,6 +652,30 @@ def test_backward_twice_with_retain_graph_accumulates_like_torch(name):
         y.backward(gk.tensor(g))
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_cross_entropy_backward_of_one_hands_out_the_saved_gradient_only_last(dtype):
+    """loss.backward() seeds 1: the last backward hands the forward's saved gradient out
+    as logits.grad; one with retain_graph=True must not (a later backward, accumulating
+    into logits.grad in place, would change what the next one reads)."""
+    logits, target = _ce_data(6, 5, 46)
+    x, xt = pair(logits, dtype)
+    y = F.cross_entropy(x, gk.tensor(target))
+    yt = TF.cross_entropy(xt, torch.tensor(target))
+    y.backward(retain_graph=True)
+    y.backward(retain_graph=True)
+    y.backward()
+    yt.backward(retain_graph=True)
+    yt.backward(retain_graph=True)
+    yt.backward()
+    tol = F64 if dtype == np.float64 else {"atol": 1e-6, "rtol": 1e-5}
+    assert_close(x.grad, xt.grad, **tol, name="logits.grad after three backwards")
+    # two losses of one logits: each last backward hands its own gradient out
+    x2, xt2 = pair(logits, dtype)
+    (F.cross_entropy(x2, gk.tensor(target)) + F.cross_entropy(x2, gk.tensor(target[::-1].copy()))).backward()
+    (TF.cross_entropy(xt2, torch.tensor(target)) + TF.cross_entropy(xt2, torch.tensor(target[::-1].copy()))).backward()
+    assert_close(x2.grad, xt2.grad, **tol, name="logits.grad of two losses")
+
+
 @pytest.mark.parametrize("op", ["softmax", "log_softmax"])
 def test_softmax_with_masked_logits(op, strict_fp):
     x = rng(102).standard_normal((3, 4))

@@ -6,6 +6,8 @@ Kernels: ``gpukernels/{reference,cpu,triton}/cross_entropy.py``.
 
 from __future__ import annotations
 
+import numpy as np
+
 from .. import kernels
 from ..amp import full_precision
 from ..tensor import Tensor
@@ -60,8 +62,18 @@ class CrossEntropyFunction(KernelFunction):
 
     def backward(self, g):
         (grad_logits,) = self.saved
+        if self.last_backward and self.reduction != "none" and _host_one(g, grad_logits.dtype):
+            # loss.backward() seeds 1: the saved gradient is the answer, and the tape
+            # drops it now, so it is handed out as it is (no read + write of (N, C)).
+            return grad_logits, None
         grad = kernels.cross_entropy.on(g).cross_entropy_backward(g, grad_logits, self.reduction)
         return grad, None
+
+
+def _host_one(g, dtype) -> bool:
+    """Whether ``g`` is a host array equal to 1 in ``dtype`` (on a device the test would
+    wait for it, and the scaling kernel costs little there)."""
+    return type(g) is np.ndarray and g.dtype == dtype and g.size == 1 and bool(g.reshape(()) == 1)
 
 
 def cross_entropy(logits, target, reduction="mean", ignore_index=-100, label_smoothing=0.0):
