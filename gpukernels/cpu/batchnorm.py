@@ -53,7 +53,7 @@ threads); smaller ones stay on the calling thread. BLAS is held to one thread in
 reductions either way (``_parallel.blas_single``): its threads beside ours made the
 GEMVs 12x slower, and after a call of their own they spin on a core for ~0.1 s. On
 this VM a hand-off between Python threads costs 50-70 us and two threads over
-L3-resident data each run at ~60% of one's speed, so below ~8 MiB the second thread
+L3-resident data each run at ~60% of one's speed, so below ~4 MiB the second thread
 never paid (measurements at THREADS_FROM_BYTES). A gufunc such as vecdot
 only releases the GIL past 500 outer iterations (``_split_rows``). Per-channel
 coefficients are broadcast as contiguous (C, L) rows, made in one copy per call: a
@@ -104,10 +104,12 @@ THREADED_BLOCK_BYTES = 1 << 20
 #: Below it one thread (with BLAS's own threads in the sums' GEMV) is as fast or faster
 #: on the 2-vCPU VM: a hand-off to the pool thread and back costs ~100 us (futex
 #: wake-ups of an idle vCPU, 50-70 us each), and two threads over L3-resident arrays
-#: each run at ~60% of one's speed. Measured, float32: (32, 256, 8, 8) (2 MiB) dx
-#: 0.42-0.44 ms threaded against 0.37-0.38 on one thread, (32, 128, 16, 16) (4 MiB)
-#: 0.76-0.78 against 0.76, (32, 64, 32, 32) (8 MiB) 1.32-1.38 against 1.50-1.57.
-THREADS_FROM_BYTES = 8 << 20
+#: each run at ~60% of one's speed. Measured, float32, dx: (32, 256, 8, 8) (2 MiB)
+#: 0.42-0.44 ms threaded against 0.37-0.38 on one thread, (32, 64, 32, 32) (8 MiB)
+#: 1.32-1.38 against 1.50-1.57; (32, 128, 16, 16) (4 MiB) 0.76-0.78 against 0.76 then,
+#: and forward + backward through autograd 1.40 / 1.53 ms (min / median of 15)
+#: against 1.68 / 1.89 since (2 MiB: 0.86 / 1.08 against 0.84 / 0.88, still one thread).
+THREADS_FROM_BYTES = 4 << 20
 
 
 def _blocks(n0, n1, x3, size=None):
