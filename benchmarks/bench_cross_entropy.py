@@ -1,10 +1,10 @@
 """Softmax cross-entropy forward + backward, ours (loss and gradient in one forward) vs
 PyTorch on the same machine.
 
-Bytes counted (Result.bytes), the minimum of this two-call API: the forward reads the
-logits once and writes the gradient once (2*B*C*itemsize), the backward reads that
-gradient once and writes the scaled one (2*B*C*itemsize): 4*B*C*itemsize per
-forward + backward. Targets, per-row losses and the scalar loss (O(B)) are not counted.
+Bytes counted (Result.bytes), the minimum of this two-call API on a GPU (or with
+``retain_graph``): the forward reads the logits once and writes the gradient once
+(2*B*C*itemsize), the backward reads that gradient once and writes the scaled one
+(2*B*C*itemsize): 4*B*C*itemsize per forward + backward. Targets, per-row losses and the scalar loss (O(B)) are not counted.
 On the host a backward seeded with 1 (``loss.backward()``, what the CPU entry times)
 hands the forward's gradient out as it is (``ops.cross_entropy``), so the CPU entry
 counts the forward's 2*B*C*itemsize only. PyTorch eager moves more (log-softmax

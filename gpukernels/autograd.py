@@ -221,9 +221,9 @@ class Function:
     #: indexing): it then shares the input's version counter.
     view: bool = False
     saved = None
-    #: True while ``backward`` runs for the last time (no ``retain_graph``): the tape
-    #: drops ``saved`` right after, so backward may hand a saved array out as a
-    #: gradient instead of a copy of it.
+    #: Set by the tape before each ``backward``: True when it is the last one (no
+    #: ``retain_graph``), after which the tape drops ``saved``, so backward may hand a
+    #: saved array out as a gradient instead of a copy of it.
     last_backward: bool = False
     _saved_versions: tuple = ()
     _epoch = 0

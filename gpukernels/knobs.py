@@ -15,7 +15,9 @@ knob                      default    what it does
                                      (stride-1 only), ``"batch_inner"``,
                                      ``"generic"``, ``"pointwise"`` (1x1, groups 1,
                                      no padding only) or ``"winograd"`` (3x3,
-                                     stride 1, groups 1 only); None lets
+                                     stride 1, dilation 1, groups 1, float32/64
+                                     only); a path that cannot serve a call
+                                     falls back to generic; None lets
                                      ``cpu.conv`` choose
 ``cpu_threads``           ``None``   the CPU kernels' threads (``cpu/_parallel``):
                                      ``"serial"`` keeps every call on the calling

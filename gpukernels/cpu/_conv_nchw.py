@@ -30,8 +30,9 @@ from . import _conv_common as common
 
 # ----------------------------------------------------------------------------- generic path
 
-#: Outputs of at least this many pixels get generic's grad_w as one product per image
-#: (K = OH*OW) summed over the tile, rather than one product with K = b*OH*OW.
+#: Ungrouped NumPy convs with outputs of at least this many pixels get generic's grad_w
+#: as one product per image (K = OH*OW) summed over the tile, rather than one product
+#: with K = b*OH*OW.
 PER_IMAGE_GW_MIN_L = 256
 
 
@@ -117,20 +118,21 @@ def generic_backward(g, gy_all, x, weight, y, activation, slope, needs, gx_all, 
     gwT = xp.zeros((G, Kg, Og), dtype=x.dtype) if needs[1] else None
     gb = xp.zeros((O,), dtype=x.dtype) if needs[2] else None
     wt = wm.transpose(0, 2, 1) if needs[0] else None
+    # grad_w as one product per image (measured for ungrouped convs on OpenBLAS only)
+    gw_per_image = xp is np and G == 1 and L >= PER_IMAGE_GW_MIN_L
     for a, e in tiles:
         b = e - a
         gyt = common.masked_grad(xp, gy_all[a:e], None if y is None else y[a:e], activation, slope)
         if needs[2]:
             gb += gyt.sum(axis=(0, 2, 3))
-        per_image = L >= PER_IMAGE_GW_MIN_L
         gyp = None
-        if needs[0] or (needs[1] and not per_image):
+        if needs[0] or (needs[1] and not gw_per_image):
             # (G, Og, b*L): the tile's gradient with the batch inside the GEMM's N dimension.
             gyp = xp.ascontiguousarray(gyt.reshape(b, G, Og, L).transpose(1, 2, 0, 3)).reshape(G, Og, b * L)
         if needs[1]:
             cols = colsbuf[:, :, :, :b]
             _im2col(g, x[a:e], cols)
-            if per_image:
+            if gw_per_image:
                 # One (Kg, L) @ (L, Og) product per image, summed: OpenBLAS runs these
                 # 2x faster than one product with K = b*L (RGB first layer, 8 images:
                 # 164 -> 78 us), and grad_y is read in place.

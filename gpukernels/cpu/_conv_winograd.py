@@ -23,7 +23,8 @@ Channels-last: the tile is copied into a zero-padded frame ``(b, 2*TH + 2, 2*TW 
 along the columns and one along the rows, each a few NumPy adds over stride-2 views
 whose inner runs are C (or O) contiguous elements (kept NCHW, the same passes have
 inner runs of TW, 16 for 32x32 images, and the input transform ran 3x slower). The
-NCHW <-> NHWC copies are ``_conv_common.to_channels_last``.
+NCHW -> NHWC copies are ``_conv_common.to_channels_last``; the way back (y, grad_x) is
+one strided copy, which runs at full speed in that direction.
 
 The work goes one transformed column j at a time (see "buffers" below), so a tile
 holds a quarter of V and M. Measured, fwd+bwd, float32, 1 core / 2 threads against the
@@ -82,9 +83,10 @@ def _bt(src, axis, t, out):
     np.subtract(d[1], d[3], out=out[3])
 
 
-#: ``B^T``'s rows as (plus, minus) taps: entry j of a tile is ``d[plus] - d[minus]``
-#: (``_bt``), and ``_bt_adjoint`` adds an entry's gradient back onto those taps.
-_BT_TAPS = ((0, 2), (1, None), (2, 1), (1, 3))
+#: ``B^T``'s rows 0, 2, 3 as (plus, minus) taps: entry j of a tile is ``d[plus] -
+#: d[minus]`` (``_bt``), and ``_bt_adjoint`` adds an entry's gradient back onto those
+#: taps. Row 1 is ``d1 + d2`` (both users special-case it: None holds its place).
+_BT_TAPS = ((0, 2), None, (2, 1), (1, 3))
 
 
 def _bt_entry(src, axis, t, j, out):
@@ -161,9 +163,7 @@ class _Tiles:
     TH, TW, C)."""
 
     def __init__(self, g, bmax, dtype):
-        self.g = g
-        self.TH, self.TW = -(-g.OH // 2), -(-g.OW // 2)
-        self.T = self.TH * self.TW
+        self.TH, self.TW, self.T = _grid(g)
         self.frame = np.zeros((bmax, 2 * self.TH + 2, 2 * self.TW + 2, g.C), dtype=dtype)
         self.interior = self.frame[:, g.ph : g.ph + g.H, g.pw : g.pw + g.W]
         self.col = np.empty((bmax, 2 * self.TH + 2, self.TW, g.C), dtype=dtype)
@@ -194,11 +194,18 @@ def weight_grad(gu):
     return (gu.reshape(16, o * c).T @ _GG.astype(gu.dtype)).reshape(o, c, 3, 3)
 
 
+def _grid(g):
+    """``(TH, TW, T)``: 2x2 output tiles per column, per row, in all."""
+    th, tw = -(-g.OH // 2), -(-g.OW // 2)
+    return th, tw, th * tw
+
+
 def _tiles(g, n0, n1, budget, it):
-    # Per image, in C- or O-wide planes of T tiles: frame, column pass, V_j, dV_j (~12 C)
-    # and grad_y's frame, M_j / dM_j, the output tile and its temporaries (~14 O).
-    t = -(-g.OH // 2) * -(-g.OW // 2)
-    per_image = (12 * g.C + 14 * g.O) * t * it
+    # Per image, in C- or O-wide planes of T tiles: frame, column pass, V_j, and for
+    # grad_x dV_j, its row pass, the grad frame (~20 C), and grad_y's frame, M_j / dM_j,
+    # the output tile and its temporaries (~14 O).
+    t = _grid(g)[2]
+    per_image = (20 * g.C + 14 * g.O) * t * it
     return common.tiles(n0, n1, per_image, budget, -(-MIN_GEMM_ROWS // t))
 
 
@@ -250,28 +257,29 @@ def winograd_forward(g, x, u, bias, activation, slope, y, n0, n1, budget):
 
 def winograd_backward(g, gy_all, x, u, y, activation, slope, needs, gx_all, n0, n1, budget):
     """grad_w from ``dM^T @ V``, grad_x from ``dM @ U`` (module docstring), tile by tile,
-    one transformed column at a time; ``u`` is ``weight_transform(w)``. Returns this
+    one transformed column at a time; ``u`` is ``weight_transform(w)`` (read for grad_x
+    only: ``cpu.conv`` passes the weight itself when grad_x is not needed). Returns this
     range's ``(grad_w, grad_b)`` sums."""
     dt = x.dtype
     bmax, tiles = _tiles(g, n0, n1, budget, x.itemsize)
-    buf = _Tiles(g, bmax, dt)
-    TH, TW, T, O, C = buf.TH, buf.TW, buf.T, g.O, g.C
+    buf = _Tiles(g, bmax, dt) if needs[1] else None
+    (TH, TW, T), O, C = _grid(g), g.O, g.C
     gyp = np.zeros((bmax, 2 * TH, 2 * TW, O), dtype=dt)  # rows/columns past OH, OW stay 0
     work = np.empty((bmax, O, g.OH, g.OW), dtype=dt) if activation else None
     acol = np.empty((bmax, 2 * TH, TW, O), dtype=dt)
     dmj = np.empty((4, bmax * T, O), dtype=dt)
     dmj6 = dmj.reshape(4, bmax, TH, TW, O)
-    u4 = u.reshape(4, 4, O, C).transpose(1, 0, 2, 3)  # [j] = U[:, j]^T as (4, O, C)
     gu = np.zeros((4, 4, O, C), dtype=dt) if needs[1] else None  # [i, j]
     gb = np.zeros((O,), dtype=dt) if needs[2] else None
     if needs[1]:
         gut = np.empty((4, O, C), dtype=dt)
     if needs[0]:
+        u4 = u.reshape(4, 4, O, C).transpose(1, 0, 2, 3)  # [j] = U[:, j]^T as (4, O, C)
         dvj = np.empty((4, bmax * T, C), dtype=dt)
         dvj6 = dvj.reshape(4, bmax, TH, TW, C)
-        dcol = np.empty_like(buf.col)
+        dcol = np.empty((bmax, 2 * TH + 2, TW, C), dtype=dt)
         tmp = np.empty((bmax, TH, TW, C), dtype=dt)
-        gframe = np.empty_like(buf.frame)
+        gframe = np.empty((bmax, 2 * TH + 2, 2 * TW + 2, C), dtype=dt)
     for a, e in tiles:
         b = e - a
         wk = None if work is None else work[:b]
@@ -283,7 +291,7 @@ def winograd_backward(g, gy_all, x, u, y, activation, slope, needs, gx_all, n0, 
             buf.load(x[a:e])
         if needs[0]:
             gframe[:b] = 0
-        for j in range(4):
+        for j in range(4 if needs[0] or needs[1] else 0):
             # dM[:, j] = A dY A^T's column j: A along the columns (entry j), then the rows.
             y0, y1 = gyp[:b, :, 0::2], gyp[:b, :, 1::2]
             c = acol[:b]

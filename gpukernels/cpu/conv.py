@@ -34,11 +34,11 @@ measurement on the ResNet-20 / CIFAR-10, fast CIFAR and digits layers (batch 128
 64, float32, two threads):
 
 * ``winograd`` (``_conv_winograd``, F(2x2, 3x3): 2.25x fewer FLOPs, paid for in
-  transforms): 3x3, stride 1, groups 1, float32/64, at least WINOGRAD_MIN_CHANNELS input
-  and output channels and outputs WINOGRAD_MIN_OW wide (fwd+bwd against nhwc, 2
-  threads: 128x16x16 b64 63 vs 110 ms, 256x8x8 b32 31 vs 53, 512x4x4 b32 57 vs 76; at
-  64 channels and below its transforms cost more than they save: 64x8x8 b128 20 vs 13
-  ms, 64x32x32 b64 115 vs flat's 102);
+  transforms): 3x3, stride 1, dilation 1, groups 1, float32/64, at least
+  WINOGRAD_MIN_CHANNELS input and output channels and outputs WINOGRAD_MIN_OW wide
+  (fwd+bwd against nhwc, 2 threads: 128x16x16 b64 63 vs 110 ms, 256x8x8 b32 31 vs 53,
+  512x4x4 b32 58 vs 78; at 64 channels and below its transforms cost more than they
+  save: 64x8x8 b128 20 vs 15 ms, 64x32x32 b64 115 vs flat's 102);
 * ``pointwise`` (``_conv_pointwise``, one GEMM per image, no columns): 1x1 kernels,
   groups 1, no padding, ``C*O >= POINTWISE_MIN_CHANNELS2`` (strided shortcuts);
 * ``nhwc`` (``_conv_nhwc``, channels-last columns): groups 1, kernels larger than 1x1,
@@ -108,6 +108,8 @@ POINTWISE_MIN_CHANNELS2 = 64
 #: 3x3 stride-1 convs with at least this many input and output channels take
 #: ``winograd`` (below it its transforms cost more than the FLOPs it saves).
 WINOGRAD_MIN_CHANNELS = 128
+#: ... and outputs at least this wide: at 2x2 (one tile an image) it is a wash against
+#: nhwc (512x2x2 b32 33 vs 39 ms, 256x2x2 8.2 vs 7.4).
 WINOGRAD_MIN_OW = 4
 #: Column-buffer budget per tile on CuPy (device memory, no cache argument there).
 CUPY_TILE_BYTES = 256 << 20
@@ -226,7 +228,8 @@ def conv2d_backward(grad_y, x, weight, y, stride, padding, dilation, groups, act
                                     0, g.N, CUPY_TILE_BYTES, xp=xp)]
     else:
         _, backward, prepare = _PATHS[_path(g, x.dtype)]
-        wop = _prepared(prepare, weight)
+        # a path's weight form serves grad_x (winograd's U): not needed, not made
+        wop = _prepared(prepare, weight) if needs[0] else weight
         results = _parallel.run_split(g.N, g.flops,
                                       lambda a, e: backward(g, grad_y, x, wop, y, activation, negative_slope,
                                                             needs, grad_x, a, e, TILE_BYTES))

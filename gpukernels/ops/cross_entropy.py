@@ -71,9 +71,11 @@ class CrossEntropyFunction(KernelFunction):
 
 
 def _host_one(g, dtype) -> bool:
-    """Whether ``g`` is a host array equal to 1 in ``dtype`` (on a device the test would
-    wait for it, and the scaling kernel costs little there)."""
-    return type(g) is np.ndarray and g.dtype == dtype and g.size == 1 and bool(g.reshape(()) == 1)
+    """Whether ``g`` is a host float array equal to 1 in ``dtype`` (on a device the test
+    would wait for it, and the scaling kernel costs little there; bf16, held as uint16
+    bits, never takes this path)."""
+    return (type(g) is np.ndarray and g.dtype == dtype and g.dtype.kind == "f" and g.size == 1
+            and bool(g.reshape(()) == 1))
 
 
 def cross_entropy(logits, target, reduction="mean", ignore_index=-100, label_smoothing=0.0):

@@ -141,6 +141,10 @@ HAND = [
     (3, 32, 8, 8, 32, (3, 3), (1, 1), (1, 1), (1, 1), 1, True, None, (True, False, True)),
     (3, 32, 8, 8, 32, (3, 3), (1, 1), (2, 2), (1, 1), 1, True, "relu", (False, True, False)),
     (1, 3, 13, 13, 4, (5, 5), (1, 1), (0, 0), (1, 1), 1, False, None, (True, False, False)),
+    (3, 5, 7, 6, 4, (3, 3), (1, 1), (1, 1), (1, 1), 1, True, "relu", (False, False, True)),
+    # outputs of >= 256 pixels: generic's per-image grad_w (ungrouped), depthwise beside it
+    (2, 3, 16, 17, 8, (3, 3), (1, 1), (1, 1), (1, 1), 1, True, "relu", ALL),
+    (2, 4, 16, 16, 4, (3, 3), (1, 1), (1, 1), (1, 1), 4, True, None, ALL),
 ]
 
 
