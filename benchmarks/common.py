@@ -286,13 +286,13 @@ def gpu_driver_version() -> str | None:
     return text
 
 
-def run_stamp(ceilings: Ceilings, argv: list[str] | None = None) -> dict:
-    """What every result file is stamped with (the keys of ``STAMP_FIELDS``): commit, UTC
-    date, device, ceilings, versions, GPU driver and the command line (``argv``: the
-    arguments of ``benchmarks.run``)."""
+def run_stamp(ceilings: Ceilings, argv: list[str] | None = None, commit: str | None = None) -> dict:
+    """What every result file is stamped with (the keys of ``STAMP_FIELDS``): commit (as
+    given, else ``git_commit()`` now), UTC date, device, ceilings, versions, GPU driver
+    and the command line (``argv``: the arguments of ``benchmarks.run``)."""
     args = sys.argv[1:] if argv is None else list(argv)
     return {
-        "commit": git_commit(),
+        "commit": commit or git_commit(),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "device": ceilings.device,
         "ceilings": {"copy_gbps": ceilings.copy_gbps, "gemm_gflops": ceilings.gemm_gflops},
@@ -399,14 +399,14 @@ def _write_png(path: Path, rows: list[dict], stamp: dict) -> bool:
 
 
 def write_results(results: list[Result], ceilings: Ceilings, out_root, argv: list[str] | None = None,
-                  notes: dict | None = None) -> Path:
+                  notes: dict | None = None, commit: str | None = None) -> Path:
     """Write ``results.{csv,json,md,png}`` under ``out_root/<device slug>/`` (each atomically,
     each stamped by ``run_stamp``; ``notes``, e.g. per-entry seconds and autotuning, go to
     the JSON's ``run``) and return that folder. Without matplotlib the PNG is
     skipped with a note on stderr."""
     out = Path(out_root) / ceilings.slug
     out.mkdir(parents=True, exist_ok=True)
-    stamp = run_stamp(ceilings, argv)
+    stamp = run_stamp(ceilings, argv, commit)
     rows = [row_dict(r, ceilings) for r in results]
     doc = {**stamp, **({"run": notes} if notes else {}), "rows": rows}
     _write_atomic(out / "results.json",

@@ -25,7 +25,7 @@ import gpukernels as gk
 
 from . import (bench_activation, bench_batchnorm, bench_conv, bench_cross_entropy, bench_data_parallel,
                bench_linear, bench_optim, bench_pool, bench_train)
-from .common import OPTIONS, measure_ceilings, print_table, write_results
+from .common import OPTIONS, git_commit, measure_ceilings, print_table, write_results
 
 ENTRIES = {"conv": bench_conv, "linear": bench_linear, "activation": bench_activation,
            "pool": bench_pool, "batchnorm": bench_batchnorm, "cross_entropy": bench_cross_entropy,
@@ -71,6 +71,10 @@ def main(argv=None) -> int:
                         help="root folder of the result files (default: benchmarks/results); "
                              "they go to DIR/<device slug>/")
     args = parser.parse_args(argv)
+    # The commit is read once, now: the result files are rewritten after every entry,
+    # and where they are tracked (benchmarks/results/cpu-*) the later stamps would call
+    # the run's own output a dirty tree.
+    commit = git_commit()
     default = HEADLINE if args.headline else tuple(ENTRIES)
     names = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else list(default)
     unknown = [n for n in names if n not in ENTRIES]
@@ -108,7 +112,7 @@ def main(argv=None) -> int:
         except KeyboardInterrupt:  # a time limit (SIGINT): keep what the finished entries measured
             print(f"interrupted during {name}; writing the entries finished before it", file=sys.stderr)
             notes["interrupted"] = name
-            write_results(results, ceilings, args.out or RESULTS_ROOT, argv_used, notes)
+            write_results(results, ceilings, args.out or RESULTS_ROOT, argv_used, notes, commit)
             return 130
         except Exception:  # noqa: BLE001 - one broken entry must not lose the others' results
             traceback.print_exc()
@@ -124,11 +128,11 @@ def main(argv=None) -> int:
                   f"({note['autotune']['disk_hits']:.0f} keys from the disk cache)", file=sys.stderr, flush=True)
         notes["entries"][name] = note
         results += rows
-        out = write_results(results, ceilings, args.out or RESULTS_ROOT, argv_used, notes)  # after each entry
+        out = write_results(results, ceilings, args.out or RESULTS_ROOT, argv_used, notes, commit)  # after each entry
     print_table(results, ceilings)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"{time.perf_counter() - start:.1f} s in all")
-    out = write_results(results, ceilings, args.out or RESULTS_ROOT, argv_used, notes)
+    out = write_results(results, ceilings, args.out or RESULTS_ROOT, argv_used, notes, commit)
     print(f"results written to {out}")
     if failed:
         print(f"failed entries: {', '.join(failed)} (no rows; see the tracebacks)", file=sys.stderr)

@@ -25,6 +25,22 @@ def test_quick_benchmark_run_checks_and_prints_every_entry(capsys, tmp_path):
     assert "ceilings: copy" in out
 
 
+def test_run_stamps_every_write_with_the_commit_read_at_its_start(monkeypatch, tmp_path):
+    """The result files are rewritten after each entry; where they are tracked, a commit
+    read at each write would find the run's own output and say ``-dirty``."""
+    import json
+
+    from benchmarks import common, run
+
+    reads = iter(["0123abc", "0123abc-dirty", "0123abc-dirty", "0123abc-dirty"])
+    monkeypatch.setattr(run, "git_commit", lambda: next(reads))
+    monkeypatch.setattr(common, "git_commit", lambda: pytest.fail("the stamp read the commit again"))
+    argv = ["--tiny", "--repeat", "1", "--device", "cpu", "--only", "activation,optim", "--out", str(tmp_path)]
+    assert run.main(argv) == 0
+    (out,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert json.loads((out / "results.json").read_text())["commit"] == "0123abc"
+
+
 def test_quick_run_writes_stamped_result_files(capsys, tmp_path):
     pytest.importorskip("matplotlib")
     from benchmarks import run

@@ -22,8 +22,8 @@ def _fake_gpu_stamp(monkeypatch, commit=COMMIT, date=DATE):
     differ in (commit, date, driver, triton, cupy) are set."""
     real = common.run_stamp
 
-    def stamp(ceilings, argv=None):
-        s = real(ceilings, argv)
+    def stamp(ceilings, argv=None, commit_=None):
+        s = real(ceilings, argv, commit_)
         s.update(commit=commit, date_utc=date, gpu_driver="NVIDIA 570.86.15, CUDA driver API 12.8",
                  triton="3.4.0", cupy="13.4.1")
         return s
