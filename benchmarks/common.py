@@ -26,8 +26,9 @@ import torch
 import gpukernels as gk
 
 
-def timeit(fn, *, warmup: int = 2, repeat: int = 10, min_seconds: float = 0.0) -> float:
-    """Median wall time of ``fn()`` in seconds over ``repeat`` runs after ``warmup`` runs."""
+def timeit(fn, *, warmup: int = 2, repeat: int = 10, min_seconds: float = 0.0, stat=statistics.median) -> float:
+    """Median (or ``stat``) wall time of ``fn()`` in seconds over ``repeat`` runs after
+    ``warmup`` runs."""
     for _ in range(warmup):
         fn()
     times = []
@@ -36,7 +37,7 @@ def timeit(fn, *, warmup: int = 2, repeat: int = 10, min_seconds: float = 0.0) -
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return stat(times)
 
 
 #: Run-wide options that ``benchmarks.run`` sets from its flags and the entries read:
@@ -123,24 +124,13 @@ def measure_ceilings(quick: bool = False, gpu: bool = False) -> Ceilings:
     n = (16 if quick else 64) * 1024 * 1024
     src = np.ones(n, np.float32)
     dst = np.empty_like(src)
-    t = _best(lambda: np.copyto(dst, src), 3 if quick else 7)
+    t = timeit(lambda: np.copyto(dst, src), warmup=1, repeat=3 if quick else 7, stat=min)
     copy = 2 * src.nbytes / t / 1e9
     m = 1024 if quick else 2048
     a = np.random.default_rng(0).standard_normal((m, m), dtype=np.float32)
-    t = _best(lambda: a @ a, 3 if quick else 7)
+    t = timeit(lambda: a @ a, warmup=1, repeat=3 if quick else 7, stat=min)
     gemm = 2 * m**3 / t / 1e9
     return Ceilings(copy, gemm, f"CPU x{os.cpu_count()} (NumPy backend)")
-
-
-def _best(fn, repeat: int) -> float:
-    """The least wall time of ``fn()`` over ``repeat`` runs after one warm-up run."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def format_table(results: list[Result], ceilings: Ceilings) -> str:

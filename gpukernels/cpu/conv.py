@@ -1,13 +1,14 @@
-"""The ``numpy`` backend's conv2d: forward and backward as tiled BLAS GEMMs, four memory
-layouts, two threads (formulas: ``gpukernels.reference.conv``).
+"""The ``numpy`` backend's conv2d: forward and backward as tiled BLAS GEMMs, six paths
+(five memory layouts and Winograd's transforms), two threads (formulas:
+``gpukernels.reference.conv``).
 
 Where it stands (2-core AMD EPYC VM, OpenBLAS 0.3.31, against PyTorch 2.13's oneDNN
 with 2 threads, benchmarks/results/cpu-x2-numpy): forward + backward of the benchmark
-layers 64x32x32 and 128x16x16 (k3, batch 64) at 0.76-0.77x, the ResNet-8 layers at
-0.6-0.7x (their 1x1 shortcuts 0.9-1.8x). Every path is GEMM-bound: OpenBLAS's sgemm
-peaks at ~100-105 GFLOP/s a core here and the conv GEMMs run at 60-95 (M = 16 shapes
-~60), with the copies around them 10-30% of a call; oneDNN's convs reach ~100-130 a
-core. float64 matches PyTorch to ~1e-13.
+layers (k3, batch 64) 64x32x32 at 0.65-0.88x and 128x16x16 (winograd) at 0.9-1.1x, the
+ResNet-8 layers at 0.6-0.8x (their 1x1 shortcuts 0.9-1.8x). The im2col paths are
+GEMM-bound: OpenBLAS's sgemm peaks at ~100-105 GFLOP/s a core here and the conv GEMMs
+run at 60-95 (16-channel shapes ~70), with the copies around them 10-30% of a call;
+oneDNN's convs reach ~100-130 a core. float64 matches PyTorch to ~1e-13.
 
 Shapes: ``x`` (N, C, H, W), ``weight`` (O, C/G, KH, KW), ``y`` (N, O, OH, OW); ``G`` is
 ``groups``, ``Cg = C/G``, ``Og = O/G``, ``Kg = Cg*KH*KW`` (one group's GEMM depth).
@@ -19,7 +20,7 @@ Tiles
 Materialising im2col for the whole batch (a ``(C*KH*KW, N*OH*OW)`` matrix, 151 MB for
 the benchmark layer) costs more memory traffic than the GEMM. So every path walks the
 batch in *tiles* of ``b`` images whose working set (columns or frames + GEMM output)
-fits ``TILE_BYTES`` (1 MiB, half of a core's L2): one 64-channel 32x32 image already
+fits ``TILE_BYTES`` (1 MiB, a core's L2 here): one 64-channel 32x32 image already
 exceeds it, so such layers use ``b = 1``; the whole batch of the 8x8 digits CNN fits in
 one tile. Per tile: build the inputs (cache-hot), GEMM, then bias + activation (forward)
 while the output is still in cache; backward rebuilds a tile's inputs rather than saving
