@@ -39,6 +39,8 @@ one whole-array operation, and an op off the training path.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..reference import activation as _ref
@@ -105,14 +107,23 @@ def _blocked(kernel, sweeps, *arrays, scratch=0):
 
 
 def relu_forward(x):
-    """y = max(x, 0)."""
-    flat = _large_flat(1, x)
-    if flat is None:
+    """y = max(x, 0).
+
+    Traffic: reads x, writes y (one operation a block, against a block of zeros: NumPy's
+    ``maximum`` with a scalar operand runs a scalar loop, 2x slower; measured on
+    (128, 16, 32, 32) float32 with two threads, 0.79 -> 0.39 ms)."""
+    if not _blockable(x):
         return _ref.relu_forward(x)
-    (xf,) = flat
+    xf, zeros = x.reshape(-1), _filled(0, x)
     y = np.empty_like(x)
-    yf = y.reshape(-1)
-    _parallel.run_pieces(xf, lambda a, b: np.maximum(xf[a:b], 0, out=yf[a:b]), 1)
+    yf, block = y.reshape(-1), len(zeros)
+
+    def work(a, b):  # the one op per block inline: _blocked's generic call costs ~20%
+        for i in range(a, b, block):
+            j = min(i + block, b)
+            np.maximum(xf[i:j], zeros[: j - i], out=yf[i:j])
+
+    _parallel.run_pieces(xf, work, 1)
     return y
 
 
@@ -129,20 +140,22 @@ def relu_backward(grad_y, y):
 
 
 def add_relu_forward(a, b):
-    """y = max(a + b, 0) in one temporary (reads a and b once, writes y once, instead of
-    an add pass then a ReLU pass); the reference checks the arguments of other calls."""
-    flat = _large_flat(2, a, b)
-    if flat is None:
+    """y = max(a + b, 0), block by block (reads a and b once, writes y once, instead of an
+    add pass then a ReLU pass; the max against a block of zeros, as ``relu_forward``);
+    the reference checks the arguments of other calls."""
+    if not _blockable(a, b):
         return _ref.add_relu_forward(a, b)
-    af, bf = flat
+    af, bf, zeros = a.reshape(-1), b.reshape(-1), _filled(0, a)
     y = np.empty_like(a, order="C")
-    yf = y.reshape(-1)
+    yf, block = y.reshape(-1), len(zeros)
 
-    def piece(i, j):
-        np.add(af[i:j], bf[i:j], out=yf[i:j])
-        np.maximum(yf[i:j], 0, out=yf[i:j])
+    def work(i0, i1):
+        for i in range(i0, i1, block):
+            j = min(i + block, i1)
+            np.add(af[i:j], bf[i:j], out=yf[i:j])
+            np.maximum(yf[i:j], zeros[: j - i], out=yf[i:j])
 
-    _parallel.run_pieces(af, piece, 2)
+    _parallel.run_pieces(af, work, 2)
     return y
 
 
@@ -159,9 +172,19 @@ def _slope(a, negative_slope):
 
 
 def _filled(value, like):
-    """A block of ``value`` in ``like``'s dtype: NumPy's maximum, minimum, fmax and fmin
-    run their SIMD loops only between two arrays (with a scalar operand: 2x slower)."""
-    return np.full(max(1, min(like.size, BLOCK_BYTES // like.itemsize)), value, dtype=like.dtype)
+    """A read-only block of ``value`` in ``like``'s dtype, as long as ``like`` up to a
+    block: NumPy's maximum, minimum, fmax and fmin run their SIMD loops only between two
+    arrays (with a scalar operand: 2x slower). Cached: a fresh 256 KiB block costs its
+    page faults and fill, ~10% of a 4 MiB ReLU."""
+    n = max(1, min(like.size, BLOCK_BYTES // like.itemsize))
+    return _filled_block(like.dtype.type(value).tobytes(), like.dtype, n)  # bytes: -0.0 is not 0.0
+
+
+@functools.lru_cache(maxsize=64)
+def _filled_block(value, dtype, n):
+    block = np.full(n, np.frombuffer(value, dtype=dtype)[0], dtype=dtype)
+    block.flags.writeable = False
+    return block
 
 
 def _leaky_factor(v, out, s, ones, slopes):
