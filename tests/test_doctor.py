@@ -97,11 +97,11 @@ def test_a_wrong_cpu_kernel_is_caught_by_the_reference_on_numpy(monkeypatch, cap
 
 def test_a_wrong_reference_kernel_is_caught_by_torch_on_numpy(monkeypatch, capsys):
     reference = importlib.import_module("gpukernels.reference.activation")
-    right = reference.relu_forward
-    monkeypatch.setattr(reference, "relu_forward", lambda x: right(x) * 1.5)
+    right = reference.relu_backward  # the numpy backend's small-array relu_backward calls it
+    monkeypatch.setattr(reference, "relu_backward", lambda g, y: right(g, y) * 1.5)
     assert doctor.main(["--backend", "numpy", "--only", "relu"]) == 1
     row = _row(capsys.readouterr().out, "relu")
-    assert "MISMATCH: out vs torch" in row  # the reference agrees with itself: torch does not
+    assert "MISMATCH: grad x vs torch" in row  # the reference agrees with itself: torch does not
 
 
 def test_a_raising_kernel_is_an_error_row_with_the_exception(monkeypatch, capsys):
