@@ -111,14 +111,14 @@ def relu_forward(x):
 
     Traffic: reads x, writes y (one operation a block, against a block of zeros: NumPy's
     ``maximum`` with a scalar operand runs a scalar loop, 2x slower; measured on
-    (128, 16, 32, 32) float32 with two threads, 0.79 -> 0.39 ms)."""
+    (128, 16, 32, 32) float32 with two threads, 0.77-0.79 -> 0.27 ms)."""
     if not _blockable(x):
         return _ref.relu_forward(x)
     xf, zeros = x.reshape(-1), _filled(0, x)
     y = np.empty_like(x)
     yf, block = y.reshape(-1), len(zeros)
 
-    def work(a, b):  # the one op per block inline: _blocked's generic call costs ~20%
+    def work(a, b):  # the one op per block inline: through _blocked 6-15% slower
         for i in range(a, b, block):
             j = min(i + block, b)
             np.maximum(xf[i:j], zeros[: j - i], out=yf[i:j])
