@@ -11,13 +11,15 @@ thread, BLAS and torch get one thread; the parent also sets ``OMP_NUM_THREADS`` 
 ``OPENBLAS_NUM_THREADS`` before the process starts), ``warmup``, ``steps``, ``reps`` (of
 the all-reduce-alone timing), ``bucket_caps`` (``bucket_cap_mb`` of each timed DDP
 configuration), ``torch_ddp`` (also time torch's DDP on the torch twin), ``device``
-(``cpu`` or ``cuda``).
+(``cpu`` or ``cuda``), ``check_dtype`` (the correctness steps' dtype, default float32;
+the timed steps are float32).
 
 What each rank does, in this order, and writes to ``OUT_DIR/rank<r>.json`` (timings) and
 ``OUT_DIR/rank<r>.npz`` (parameters and averaged gradients after the first step):
 
 1. one training step (zero_grad, forward, cross-entropy, backward, SGD momentum step)
-   under ``gk.nn.parallel.DistributedDataParallel``: the correctness check's step;
+   under ``gk.nn.parallel.DistributedDataParallel`` in ``check_dtype``, with plain batch
+   norm and then with SyncBatchNorm: the correctness check's steps;
 2. for each bucket cap: a fresh DDP of a fresh model, ``warmup`` steps, a barrier, then
    ``steps`` timed steps, each with its ``comm_stats``; then the same buckets' sizes
    all-reduced alone (``op="avg"``, synchronous, one after the other, outside any
@@ -94,8 +96,8 @@ def _run(spec: dict):
         if on_gpu:
             torch.cuda.synchronize()
 
-    def fresh(cap, sync_bn=False):
-        model = resnet8()
+    def fresh(cap, sync_bn=False, dtype=np.float32):
+        model = resnet8().to(dtype=dtype)
         if sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model.load_state_dict(state)  # made on the backend's device
@@ -121,12 +123,15 @@ def _run(spec: dict):
         return times
 
     result = {"rank": rank, "world": world, "configs": []}
-    # 1. the correctness steps (default buckets): plain batch norm, then SyncBatchNorm
+    # 1. the correctness steps (default buckets, spec["check_dtype"]): plain batch norm,
+    # then SyncBatchNorm
     arrays = {}
+    check_dtype = np.dtype(spec.get("check_dtype", "float32"))
+    cx = gk.tensor(x_np.astype(check_dtype), device=device)
     for prefix, sync_bn in (("", False), ("syncbn_", True)):
-        model, ddp, opt = fresh(spec["bucket_caps"][0], sync_bn)
+        model, ddp, opt = fresh(spec["bucket_caps"][0], sync_bn, check_dtype)
         opt.zero_grad()
-        loss = F.cross_entropy(ddp(x), y)
+        loss = F.cross_entropy(ddp(cx), y)
         loss.backward()
         arrays.update({f"{prefix}grad/{n}": gk.backend.to_numpy(p.grad.data).copy()
                        for n, p in model.named_parameters()})
