@@ -4,11 +4,10 @@ outputs (the 32x32 stages of a CIFAR ResNet).
 The tile is copied, zero-padded, into a *frame* ``(C, b, Hp, Wp)``. Seen per channel as
 one 1-D signal, tap ``(kh, kw)`` of every output pixel is the slice starting at
 ``kh*dh*Wp + kw*dw``, so the conv is computed on the padded grid ``(b, Hp, Wp)``
-without any im2col gather; the ``Wp-OW`` right columns and the rows between stacked
+with no im2col gather; the ``Wp-OW`` right columns and the rows between stacked
 images are garbage, never read back (6% extra GEMM work at 32x32, padding 1, but 56% at
-8x8, hence nhwc there). With ``Cg >= SHIFT_MIN_CHANNELS`` it runs one GEMM per tap
-straight on the shifted (strided, uncopied) frame plus an accumulate, ~10% faster than
-copying the ``(C*KH*KW, lb)`` columns in long runs, which it does for fewer channels.
+8x8, hence nhwc there). Only the KW column shifts are copied (3x the frame, in long
+runs), and each kernel row is one GEMM on that copy shifted by a row (``_FrameConv``).
 
 Backward writes the masked ``grad_y`` into a zeroed frame: its zeros cancel the garbage
 positions in ``grad_w``, and it is also the padded input of ``grad_x`` (the transposed
@@ -23,10 +22,6 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from . import _conv_common as common
-
-#: Input channels per group from which the frame conv runs one GEMM per kernel tap.
-SHIFT_MIN_CHANNELS = 32
-
 
 class _Frame:
     """A zeroed buffer holding ``b`` images of ``ch`` channels on a ``(hf, wf)`` grid,
@@ -61,13 +56,15 @@ class _FrameConv:
     """Stride-1 convolution of a frame's stacked images: ``ext (G, Og, lb) =
     sum over taps of w[:, :, kh, kw] @ frame shifted by kh*dh*wf + kw*dw``.
 
-    Two strategies, both measured on the 64-channel 32x32 benchmark layer:
-
-    * ``shift`` (``Cin/G >= SHIFT_MIN_CHANNELS``): one GEMM per tap straight on the
-      shifted frame (a strided matrix, no copy), accumulated with an add: ~10% faster
-      than building columns when the per-tap depth ``Cin/G`` is large.
-    * ``cols``: copy the ``(Cin, KH, KW, lb)`` column matrix (one copy of long
-      contiguous runs) and run one deep GEMM; better for few channels.
+    Only the KW column shifts are copied, into ``(G, KW, Cg, lb + (KH-1)*dh*wf)``: row
+    tap kh is then that buffer shifted by ``kh*dh*wf``, a strided ``(KW*Cg, lb)`` matrix
+    with one row stride, so the conv is KH GEMMs of depth KW*Cg plus KH-1 adds. Measured
+    against the two former strategies, copying the full ``(Cg*KH*KW, lb)`` columns for one
+    deep GEMM (9x the frame in copies) and one GEMM of depth Cg per tap on the uncopied
+    frame (9 shallow GEMMs, 8 adds): one 32x32 image on one thread, 16->16 86 / 80 ->
+    59 us; whole calls, two threads, forward / backward ms: 16->16 32x32 b128 6.8 / 12.0
+    -> 6.1 / 11.5, 32->32 16x16 b128 6.1 / 11.6 -> 5.5 / 9.7, 64->64 32x32 b64 31.3 / 62.9
+    -> 29.8 / 61.6, 64->128 32x32 b32 29.6 / 58.0 -> 27.4 / 58.3.
     """
 
     def __init__(self, w4, groups, frame, lmax, kh, kw, dh, dw):
@@ -75,61 +72,55 @@ class _FrameConv:
         cout, self.cg = int(w4.shape[0]), int(w4.shape[1])
         self.og = cout // groups
         self.kh, self.kw, self.dh, self.dw = kh, kw, dh, dw
-        self.offsets = [i * dh * frame.wf + j * dw for i in range(kh) for j in range(kw)]
-        self.shift = self.cg >= SHIFT_MIN_CHANNELS
-        if self.shift:
-            wt = w4.reshape(groups, self.og, self.cg, kh * kw).transpose(3, 0, 1, 2)
-            self.wt = np.ascontiguousarray(wt)  # (KH*KW, G, Og, Cg)
-            self.tmp = np.empty((groups, self.og, lmax), dtype=frame.buf.dtype)
-        else:
-            self.wm = np.ascontiguousarray(w4).reshape(groups, self.og, self.cg * kh * kw)
-            self.cols = np.empty((frame.ch, kh, kw, lmax), dtype=frame.buf.dtype)
+        dtype = frame.buf.dtype
+        self.tmp = np.empty((groups, self.og, lmax), dtype=dtype)
+        wr = w4.reshape(groups, self.og, self.cg, kh, kw).transpose(3, 0, 1, 4, 2)
+        self.wr = np.ascontiguousarray(wr).reshape(kh, groups, self.og, kw * self.cg)  # rows (kw, c)
+        self.row_span = (kh - 1) * dh * frame.wf  # the kh shifts beyond lb
+        self.cols = np.empty((groups, kw, self.cg, lmax + self.row_span), dtype=dtype)
         self._views = {}
 
     def _inputs(self, lb):
-        """The per-tap input views (shift) or the column source view (cols) for ``lb``."""
+        """The column copy's source and destination and the per-row-tap GEMM operands
+        for ``lb`` outputs."""
         views = self._views.get(lb)
         if views is None:
             fr, it = self.frame, self.frame.buf.itemsize
-            if self.shift:
-                strides = (self.cg * fr.stride * it, fr.stride * it, it)
-                shape = (self.G, self.cg, lb)
-                views = [as_strided(fr.buf[off:], shape=shape, strides=strides) for off in self.offsets]
-            else:
-                src = as_strided(
-                    fr.buf,
-                    shape=(fr.ch, self.kh, self.kw, lb),
-                    strides=(fr.stride * it, self.dh * fr.wf * it, self.dw * it, it),
-                )
-                views = (src, self.cols[..., :lb])
+            span = lb + self.row_span
+            src = as_strided(
+                fr.buf,
+                shape=(self.G, self.kw, self.cg, span),
+                strides=(self.cg * fr.stride * it, self.dw * it, fr.stride * it, it),
+            )
+            dst = self.cols[..., :span]
+            rows = dst.reshape(self.G, self.kw * self.cg, span)
+            step = self.dh * fr.wf
+            views = (src, dst, [rows[..., i * step : i * step + lb] for i in range(self.kh)])
             self._views[lb] = views
         return views
 
     def __call__(self, ext, lb):
-        views = self._inputs(lb)
-        if self.shift:
-            tmp = self.tmp[..., :lb]
-            np.matmul(self.wt[0], views[0], out=ext)
-            for t in range(1, len(views)):
-                np.matmul(self.wt[t], views[t], out=tmp)
-                np.add(ext, tmp, out=ext)
-        else:
-            src, cols = views
-            np.copyto(cols, src)
-            np.matmul(self.wm, cols.reshape(self.G, -1, lb), out=ext)
+        src, dst, rows = self._inputs(lb)
+        tmp = self.tmp[..., :lb]
+        np.copyto(dst, src)
+        np.matmul(self.wr[0], rows[0], out=ext)
+        for t in range(1, self.kh):
+            np.matmul(self.wr[t], rows[t], out=tmp)
+            np.add(ext, tmp, out=ext)
 
 
-def _frame_conv_bytes(cin, cin_g, cout, kh, kw, cells, itemsize):
-    """Working set per image of a ``_FrameConv`` on ``cells = hf*wf`` grid cells."""
-    if cin_g >= SHIFT_MIN_CHANNELS:
-        return (cin + 2 * cout) * cells * itemsize
+def _frame_conv_bytes(cin, cout, kh, kw, cells, itemsize):
+    """Working set per image of a ``_FrameConv`` on ``cells = hf*wf`` grid cells: frame,
+    column shifts, output and its accumulator would be (KW*cin + cin + 2*cout) cells, but
+    the full-columns count below keeps the one-image tiles measured best (16 channels:
+    2-image tiles ran no faster per image)."""
     return (cin * kh * kw + cout) * cells * itemsize
 
 
 def flat_forward(g, x, weight, bias, activation, slope, y, n0, n1, budget):
     """``y[n0:n1] = act(conv(x[n0:n1], w) + b)`` on flat frames, tile by tile."""
     it = x.itemsize
-    per_image = _frame_conv_bytes(g.C, g.Cg, g.O, g.KH, g.KW, g.Hp * g.Wp, it)
+    per_image = _frame_conv_bytes(g.C, g.O, g.KH, g.KW, g.Hp * g.Wp, it)
     bmax, tiles = common.tiles(n0, n1, per_image, budget)
     frame = _Frame(g.C, bmax, g.Hp, g.Wp, (g.KW - 1) * g.dw + 1, x.dtype)
     lmax = _flat_len(bmax, g.Hp, g.OH, g.Wp)
@@ -162,7 +153,7 @@ def flat_backward(g, gy_all, x, weight, y, activation, slope, needs, gx_all, n0,
     need_wb = needs[1] or needs[2]
     per_image = max(
         (C + O) * g.Hp * g.Wp * it if need_wb else 0,
-        _frame_conv_bytes(O, Og, C, g.KH, g.KW, hq * wq, it) if needs[0] else 0,
+        _frame_conv_bytes(O, C, g.KH, g.KW, hq * wq, it) if needs[0] else 0,
     )
     bmax, tiles = common.tiles(n0, n1, per_image, budget)
     slack = max(g.Wp, wq) * (g.KH * g.dh + 1) + (g.KW - 1) * g.dw + 1
