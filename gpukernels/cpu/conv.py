@@ -45,7 +45,9 @@ measurement on the ResNet-20 / CIFAR-10, fast CIFAR and digits layers (batch 128
 * ``nhwc`` (``_conv_nhwc``, channels-last columns): groups 1, kernels larger than 1x1,
   ``C > GENERIC_MAX_CHANNELS``, and either stride > 1, ``OW < BATCH_INNER_MAX_OW``, or
   ``O >= NHWC_MIN_CHANNELS`` with ``OW <= NHWC_MAX_OW`` (the 16x16 and 8x8 ResNet
-  stages, every strided 3x3);
+  stages, every strided 3x3), but the backward of stride-1 layers of fewer than
+  FLAT_BACKWARD_MAX_CHANNELS inputs with outputs FLAT_BACKWARD_MIN_OW wide or more (the
+  32-channel 16x16 stage) takes flat;
 * ``flat`` (``_conv_flat``, shifted views of a padded frame): stride 1, wider outputs
   (the 32x32 stages);
 * ``batch_inner`` (``_conv_nchw``, batch-innermost columns): grouped convs and 1x1
@@ -101,6 +103,13 @@ GENERIC_MAX_CHANNELS = 4
 #: BATCH_INNER_MAX_OW and strided convs whatever O).
 NHWC_MIN_CHANNELS = 32
 NHWC_MAX_OW = 24
+#: ... except in the backward of layers with fewer input channels than this and outputs
+#: at least FLAT_BACKWARD_MIN_OW wide, which takes flat (fwd / bwd ms, 2 threads, nhwc
+#: against flat: 32->32 16x16 b128 6.05 / 12.49 against 6.34 / 11.25, b32 1.53 / 3.31
+#: against 1.69 / 2.92; 64->64 16x16 b64 8.57 / 18.09 against 9.54 / 19.18, 32->32
+#: 12x12 b128 even).
+FLAT_BACKWARD_MAX_CHANNELS = 64
+FLAT_BACKWARD_MIN_OW = 16
 #: Outputs narrower than this use nhwc, or (grouped, 1x1) the batch-inner layout.
 BATCH_INNER_MAX_OW = 12
 #: 1x1 convs (groups 1, no padding) with C*O at least this take ``pointwise``
@@ -131,9 +140,9 @@ _PATHS = {
 }
 
 
-def _path(g, dtype):
-    """Which NumPy path serves ``g`` (thresholds measured on the 2-core dev machine, see
-    the module docstring)."""
+def _path(g, dtype, backward=False):
+    """Which NumPy path serves ``g``'s forward (or, ``backward=True``, its backward):
+    thresholds measured on the 2-core dev machine, see the module docstring."""
     forced = knobs.get("conv_cpu_path")  # tests and benchmarks pin a path
     if forced is not None:
         unfit = ((forced == "flat" and not flat_ok(g)) or (forced == "pointwise" and not pointwise_ok(g))
@@ -147,7 +156,8 @@ def _path(g, dtype):
         return "generic"
     if g.G == 1 and g.KH * g.KW > 1:
         small = g.OW < BATCH_INNER_MAX_OW or (g.O >= NHWC_MIN_CHANNELS and g.OW <= NHWC_MAX_OW)
-        if small or not flat_ok(g):
+        flat_back = backward and g.Cg < FLAT_BACKWARD_MAX_CHANNELS and g.OW >= FLAT_BACKWARD_MIN_OW
+        if (small and not flat_back) or not flat_ok(g):
             return "nhwc"
     if g.OW < BATCH_INNER_MAX_OW:
         return "batch_inner"
@@ -228,7 +238,7 @@ def conv2d_backward(grad_y, x, weight, y, stride, padding, dilation, groups, act
         results = [generic_backward(g, grad_y, x, weight, y, activation, negative_slope, needs, grad_x,
                                     0, g.N, CUPY_TILE_BYTES, xp=xp)]
     else:
-        _, backward, prepare = _PATHS[_path(g, x.dtype)]
+        _, backward, prepare = _PATHS[_path(g, x.dtype, backward=True)]
         # a path's weight form serves grad_x (winograd's U): not needed, not made
         wop = _prepared(prepare, weight) if needs[0] else weight
         results = _parallel.run_split(g.N, g.flops,

@@ -259,6 +259,25 @@ def test_path_choice(shape, stride, groups, expected):
     assert conv._path(g, np.dtype(np.float32)) == expected
 
 
+@pytest.mark.parametrize(
+    "shape, stride, forward, backward",
+    [
+        ((128, 32, 16, 32, 3), 1, "nhwc", "flat"),  # ResNet-20's 16x16 stage
+        ((32, 32, 16, 32, 3), 1, "nhwc", "flat"),
+        ((128, 32, 12, 32, 3), 1, "nhwc", "nhwc"),  # narrower than FLAT_BACKWARD_MIN_OW
+        ((64, 64, 16, 64, 3), 1, "nhwc", "nhwc"),  # FLAT_BACKWARD_MAX_CHANNELS inputs
+        ((128, 16, 32, 32, 3), 2, "nhwc", "nhwc"),  # strided: flat cannot
+        ((128, 16, 32, 16, 3), 1, "flat", "flat"),
+    ],
+)
+def test_path_choice_backward(shape, stride, forward, backward):
+    """The backward may take another path than the forward (measured per phase)."""
+    n, c, h, o, k = shape
+    g = _conv_common.Geom((n, c, h, h), (o, c, k, k), stride, k // 2, 1, 1)
+    assert (conv._path(g, np.dtype(np.float32)), conv._path(g, np.dtype(np.float32), backward=True)) == (
+        forward, backward)
+
+
 def test_tiles_cover_batch_with_tails():
     b, tiles = _conv_common.tiles(0, 5, 100, 250)
     assert b == 2 and tiles == [(0, 2), (2, 4), (4, 5)]
