@@ -175,17 +175,20 @@ def split(n, parts):
     return [(bounds[i], bounds[i + 1]) for i in range(parts) if bounds[i + 1] > bounds[i]]
 
 
-def run_split(n, flops, work):
+def run_split(n, flops, work, nbytes=0):
     """``work(i0, i1)`` over ``range(n)`` (a batch, a GEMM's rows), with BLAS held to one
     thread (``blas_single``): NUM_THREADS contiguous chunks on as many threads for calls
-    of at least MIN_PARALLEL_FLOPS, else one call on the calling thread (also where BLAS
-    could not be held to one thread, whose own threads would then compete with ours, and
-    while another op holds ``lock``). Returns the chunks' results in order."""
+    of at least MIN_PARALLEL_FLOPS, or of at least MIN_PARALLEL_BYTES of arrays read and
+    written (``nbytes``: the memory-bound calls, e.g. a strided 1x1 conv), else one call
+    on the calling thread (also where BLAS could not be held to one thread, whose own
+    threads would then compete with ours, and while another op holds ``lock``). Returns
+    the chunks' results in order."""
     mode = knobs.get("cpu_threads")  # tests: "serial" / "forced" (gpukernels.knobs)
     nthreads = min(policy()[0], n)
     min_flops = {"serial": float("inf"), "forced": 0}.get(mode, MIN_PARALLEL_FLOPS)
+    big = flops >= min_flops or (mode != "serial" and nbytes >= MIN_PARALLEL_BYTES)
     with blas_single:
-        if nthreads > 1 and flops >= min_flops and blas_single.held and lock.acquire(blocking=False):
+        if nthreads > 1 and big and blas_single.held and lock.acquire(blocking=False):
             try:
                 chunks = split(n, nthreads)
                 futures = [executor().submit(work, a, b) for a, b in chunks[1:]]

@@ -119,3 +119,28 @@ def test_outputs_are_new_arrays():
               cpu_act.leaky_relu_backward(x, x, 0.1)):
         assert not np.shares_memory(y, x)
     np.testing.assert_array_equal(x, kept)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_add_is_the_plain_sum(shape, dtype, threads):
+    """Gradient sums: bit for bit ``a + b`` (one rounding either way), a new array."""
+    a, b = _data(shape, dtype, 7), _data(shape, dtype, 8)
+    with np.errstate(invalid="ignore"):  # inf + -inf in the special values
+        want = a + b
+        y = cpu_act.add_forward(a, b)
+    np.testing.assert_array_equal(y, want)
+    assert y.dtype == dtype and not np.shares_memory(y, a) and not np.shares_memory(y, b)
+
+
+def test_add_of_other_arrays_is_the_reference():
+    from gpukernels.dtypes import bfloat16, from_float32, to_float32
+
+    x = _data((5, 8), np.float32, 9, special=False)
+    bits = from_float32(np, x, bfloat16)
+    np.testing.assert_array_equal(cpu_act.add_forward(bits, bits), ref_act.add_forward(bits, bits))
+    assert cpu_act.add_forward(bits, bits).dtype == bfloat16
+    np.testing.assert_array_equal(to_float32(np, cpu_act.add_forward(bits, bits)), 2 * to_float32(np, bits))
+    np.testing.assert_array_equal(cpu_act.add_forward(x.T, x.T), x.T + x.T)
+    with pytest.raises(ValueError, match="differs"):
+        cpu_act.add_forward(x, x[:, :4])

@@ -237,7 +237,7 @@ def test_linear_matches_reference(case, dtype, driver):
 # ----------------------------------------------------------------------------- taken as they are
 
 SHARED = {
-    "activation": ["add_forward", "heaviside_forward"],  # the others: cpu.activation's block kernels
+    "activation": ["heaviside_forward"],  # the others: cpu.activation's block kernels
     "cast": ["cast"],
     "cross_entropy": ["softmax_forward", "softmax_backward", "log_softmax_forward", "log_softmax_backward"],
     "dropout": ["dropout_mask", "dropout_forward", "dropout_backward"],

@@ -75,3 +75,16 @@ def test_run_split_chunks_cover_the_range_in_order(knob):
     assert not _parallel.lock.locked()
     knob(cpu_threads="serial")
     assert [r[:2] for r in _parallel.run_split(9, 1e30, lambda a, b: (a, b))] == [(0, 9)]
+
+
+def test_run_split_goes_parallel_on_flops_or_on_bytes(knob, monkeypatch):
+    """Memory-bound calls (a strided 1x1 conv: few FLOPs, many bytes) split too."""
+    monkeypatch.setattr(_parallel, "NUM_THREADS", 2)
+    knob(cpu_threads=None)
+    parts = lambda **kw: len(_parallel.run_split(8, kw.pop("flops", 0), lambda a, b: (a, b), **kw))  # noqa: E731
+    assert parts() == 1
+    assert parts(nbytes=_parallel.MIN_PARALLEL_BYTES - 1) == 1
+    assert parts(nbytes=_parallel.MIN_PARALLEL_BYTES) == 2
+    assert parts(flops=_parallel.MIN_PARALLEL_FLOPS) == 2
+    knob(cpu_threads="serial")
+    assert parts(nbytes=1 << 40, flops=1e30) == 1
