@@ -10,8 +10,9 @@ the NCHW forms ``W @ cols`` / ``grad_y @ cols^T`` with M = O = 32 run at 75-100 
 16x16 layer's forward+backward 17 -> 13 ms, the 8x8 one's 13 -> 9.5 ms). ``grad_x`` is,
 for stride 1 and ``O <= 2*C`` (TRANSPOSED_MAX_O_PER_C), the same conv applied to the
 channels-last ``grad_y`` with the flipped, transposed kernel (padding ``d*(K-1) - p``;
-negative pads crop), else the col2im of ``grad_y @ W`` with KH*KW strided adds into a
-channels-last frame.
+negative pads crop); for strides > 1 (groups 1) ``sh*sw`` stride-1 convs of grad_y, one
+per sub-pixel phase of x (``_Phases``); else the col2im of ``grad_y @ W`` with KH*KW
+strided adds into a channels-last frame.
 Groups are supported (G column blocks side by side, one GEMM per group) but not
 dispatched here: per-group GEMMs with N = Og on strided blocks are 2-8x slower than
 batch_inner's.
@@ -81,6 +82,71 @@ MIN_GEMM_ROWS = 512
 TRANSPOSED_MAX_O_PER_C = 2
 
 
+def _phase_axis(phase, s, p, d, k, n_in):
+    """One axis of a sub-pixel phase: the kernel taps that reach the inputs ``phase + s*i``
+    (``(phase + p - t*d) % s == 0``), ordered by their offset into grad_y
+    (``off = (phase + p - t*d) // s``: input ``phase + s*i`` gets ``gy[i + off] w[t]``),
+    the offsets, and how many inputs the phase holds."""
+    taps = sorted((t for t in range(k) if (phase + p - t * d) % s == 0), key=lambda t: -t)
+    return taps, [(phase + p - t * d) // s for t in taps], len(range(phase, n_in, s))
+
+
+class _Phases:
+    """grad_x of a strided conv (groups 1) as ``sh*sw`` stride-1 convs of grad_y, one
+    per sub-pixel phase of x (the inputs ``(ph + sh*i, pw + sw*j)``): each phase is
+    reached by its own taps only (3x3 stride 2: 1, 2, 2 and 4 of the 9), so its columns
+    are a plain window copy of the channels-last, zero-padded grad_y and one GEMM
+    ``(b*Lph, taps*O) @ (taps*O, C)`` lands on the phase's pixels: the same FLOPs as
+    col2im's ``grad_y @ W``, without its KH*KW strided read-modify-write adds into a
+    frame (measured, one thread, per 32x32 image of 16->32 stride 2: col2im's GEMM 26 +
+    adds 47 + frame copy-out 10 us, against window copy 10 + GEMMs 30 + scatter 9 us;
+    32->64 16x16: 46 against 37 us)."""
+
+    def __init__(self, g, weight, bmax, dtype):
+        self.g = g
+        rows = [_phase_axis(ph, g.sh, g.ph, g.dh, g.KH, g.H) for ph in range(g.sh)]
+        cols = [_phase_axis(pw, g.sw, g.pw, g.dw, g.KW, g.W) for pw in range(g.sw)]
+        lo = [max([0] + [-o for _, offs, _ in ax for o in offs]) for ax in (rows, cols)]
+        hi = [max([0] + [n - 1 + o - (out - 1) for _, offs, n in ax if n for o in offs])
+              for ax, out in ((rows, g.OH), (cols, g.OW))]
+        self.pad = np.zeros((bmax, g.OH + lo[0] + hi[0], g.OW + lo[1] + hi[1], g.O), dtype=dtype)
+        self.interior = self.pad[:, lo[0] : lo[0] + g.OH, lo[1] : lo[1] + g.OW]
+        it = self.pad.itemsize
+        img, row, px = self.pad.strides[0], self.pad.strides[1], self.pad.strides[2]
+        flat = self.pad.reshape(-1)
+        self.plans, self.empty = [], []
+        for ph, (th, oh, nh) in enumerate(rows):
+            for pw, (tw, ow, nw) in enumerate(cols):
+                if not (nh and nw):
+                    continue
+                if not (th and tw):  # no tap reaches these inputs: their gradient is 0
+                    self.empty.append((ph, pw))
+                    continue
+                step_h = oh[1] - oh[0] if len(oh) > 1 else 0
+                step_w = ow[1] - ow[0] if len(ow) > 1 else 0
+                start = ((lo[0] + oh[0]) * self.pad.shape[2] + lo[1] + ow[0]) * g.O
+                src = as_strided(flat[start:], shape=(bmax, nh, nw, len(th), len(tw), g.O),
+                                 strides=(img, row, px, step_h * row, step_w * px, it))
+                w = weight[:, :, th][:, :, :, tw].transpose(2, 3, 0, 1)  # (th, tw, O, C)
+                self.plans.append((ph, pw, nh, nw, src, np.ascontiguousarray(w).reshape(-1, g.C)))
+        most = max([0] + [p[2] * p[3] * p[4].shape[3] * p[4].shape[4] for p in self.plans])
+        self.cols = np.empty(bmax * most * g.O, dtype=dtype)
+        self.res = np.empty(bmax * max([0] + [p[2] * p[3] for p in self.plans]) * g.C, dtype=dtype)
+
+    def grad_x(self, gy_cl, gx):
+        """``gx`` (b, C, H, W) from the tile's channels-last masked grad_y (b, OH, OW, O)."""
+        g, b = self.g, gy_cl.shape[0]
+        self.interior[:b] = gy_cl
+        for ph, pw in self.empty:
+            gx[:, :, ph :: g.sh, pw :: g.sw] = 0
+        for ph, pw, nh, nw, src, w in self.plans:
+            cols = self.cols[: src[:b].size].reshape(src[:b].shape)
+            np.copyto(cols, src[:b])
+            res = self.res[: b * nh * nw * g.C].reshape(b * nh * nw, g.C)
+            np.matmul(cols.reshape(b * nh * nw, -1), w, out=res)
+            np.copyto(gx[:, :, ph :: g.sh, pw :: g.sw], res.reshape(b, nh, nw, g.C).transpose(0, 3, 1, 2))
+
+
 def _nhwc_tiles(g, n0, n1, budget, it):
     per_image = (g.Kg * g.G + 2 * max(g.O, g.C)) * g.L * it
     return common.tiles(n0, n1, per_image, budget, -(-MIN_GEMM_ROWS // max(1, g.L)))
@@ -118,12 +184,13 @@ def nhwc_backward(g, gy_all, x, weight, y, activation, slope, needs, gx_all, n0,
         xbuf = _Nhwc(g, bmax, dt)
         gwt = np.empty_like(gw)
     transposed = needs[0] and common.flat_ok(g) and O <= TRANSPOSED_MAX_O_PER_C * C
+    phases = _Phases(g, weight, bmax, dt) if needs[0] and G == 1 and not common.flat_ok(g) else None
     if transposed:
         gq = common.transposed_geom(g)
         qbuf = _Nhwc(gq, bmax, dt)
         wq = _nhwc_weight(common.flipped_weight(weight, g), G)
         gxl = np.empty((bmax * gq.L, G, Cg), dtype=dt)
-    elif needs[0]:
+    elif needs[0] and phases is None:
         wg = weight.reshape(G, Og, Cg, g.KH, g.KW).transpose(0, 1, 3, 4, 2)
         wg = np.ascontiguousarray(wg).reshape(G, Og, g.Kg)  # (G, Og, Kg), Kg as (kh, kw, cg)
         gcols = np.empty((bmax * L, G, g.Kg), dtype=dt)
@@ -144,6 +211,8 @@ def nhwc_backward(g, gy_all, x, weight, y, activation, slope, needs, gx_all, n0,
             gx2 = gxl[: b * gq.L]
             np.matmul(qbuf.load(gt.reshape(b, g.OH, g.OW, O), nchw=False), wq, out=gx2.transpose(1, 0, 2))
             np.copyto(gx_all[a:e], gx2.reshape(b, g.H, g.W, C).transpose(0, 3, 1, 2))
+        elif phases is not None:
+            phases.grad_x(gt.reshape(b, g.OH, g.OW, O), gx_all[a:e])
         elif needs[0]:
             gc2 = gcols[: b * L]
             np.matmul(gyg, wg, out=gc2.transpose(1, 0, 2))

@@ -116,6 +116,10 @@ HAND = [
     (3, 3, 8, 8, 4, (3, 3), (2, 2), (1, 1), (1, 1), 1, True, None, ALL),
     (3, 17, 13, 13, 5, (3, 3), (2, 2), (0, 0), (1, 1), 1, True, "relu", ALL),
     (1, 3, 13, 8, 4, (3, 3), (2, 2), (2, 2), (2, 2), 1, True, None, ALL),
+    # stride 3 (nhwc's sub-pixel phases of grad_x: with k2, a phase no tap reaches; with
+    # dilation 2 and stride 3 in h, taps 3 apart; stride (3, 2))
+    (2, 5, 11, 10, 6, (2, 2), (3, 3), (1, 0), (1, 1), 1, True, "relu", ALL),
+    (2, 4, 9, 12, 3, (3, 3), (3, 2), (1, 2), (2, 1), 1, False, None, ALL),
     # dilation 2
     (3, 3, 13, 13, 4, (3, 3), (1, 1), (2, 2), (2, 2), 1, True, None, ALL),
     (3, 3, 8, 8, 4, (3, 3), (1, 1), (1, 1), (2, 2), 1, False, "relu", ALL),
