@@ -15,7 +15,7 @@ import threading
 import numpy as np
 import pytest
 
-from gpukernels.cpu import _conv_common, _parallel, conv
+from gpukernels.cpu import _conv_common, _conv_flat, _parallel, conv
 from tests.helpers import assert_close
 
 torch = pytest.importorskip("torch")
@@ -193,6 +193,15 @@ def _case_id(case):
 def test_conv_matches_torch_float64(case, knob):
     for path in PATHS:
         check_case(case, path, knob)
+
+
+@pytest.mark.parametrize("stacked_max", [0, 1 << 40], ids=["loop", "stacked"])
+@pytest.mark.parametrize("case", [c for c in HAND if c[6] == (1, 1) and c[5][0] > 1][:8], ids=_case_id)
+def test_flat_row_taps_stacked_or_looped(case, stacked_max, knob, monkeypatch):
+    """``_FrameConv``'s two forms of the KH row-tap products (one stacked matmul + sum,
+    or a GEMM-and-add loop), each on the flat path's forward and grad_x."""
+    monkeypatch.setattr(_conv_flat, "STACKED_MAX_BYTES", stacked_max)
+    check_case(case, "flat", knob)
 
 
 # ----------------------------------------------------------------------------- threads
