@@ -43,7 +43,8 @@ def torch_twin(module: nn.Module, dtype=torch.float32) -> torch.nn.Module:
             copy(lin.bias, module.bias)
         return lin
     if isinstance(module, nn.BatchNorm2d):
-        bn = torch.nn.BatchNorm2d(module.num_features, module.eps, module.momentum, dtype=dtype)
+        cls = _TorchBatchNormReLU if module.activation == "relu" else torch.nn.BatchNorm2d
+        bn = cls(module.num_features, module.eps, module.momentum, dtype=dtype)
         copy(bn.weight, module.weight)
         copy(bn.bias, module.bias)
         copy(bn.running_mean, module.running_mean)
@@ -69,6 +70,14 @@ def torch_twin(module: nn.Module, dtype=torch.float32) -> torch.nn.Module:
         if type(module) is kind:
             return make(module)
     raise TypeError(f"torch_twin: no PyTorch twin for {type(module).__name__}")
+
+
+class _TorchBatchNormReLU(torch.nn.BatchNorm2d):
+    """``nn.BatchNorm2d(..., activation="relu")`` in PyTorch: relu(batch_norm(x)), with
+    BatchNorm2d's parameter and buffer names (a Sequential would prefix them)."""
+
+    def forward(self, x):
+        return torch.relu(super().forward(x))
 
 
 class _TorchResidual(torch.nn.Module):

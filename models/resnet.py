@@ -47,7 +47,9 @@ class BasicBlock(nn.Sequential):
     so that it is a plain composition of library modules (``torch_twin`` mirrors it) and
     the parameter names stay ``layerK.i.residual.body.conv1.weight`` etc. The sum and
     the block's ReLU run fused (``F.add_relu``): one pass reading both branches and
-    writing the output, instead of an add pass plus a ReLU pass.
+    writing the output, instead of an add pass plus a ReLU pass; so do BN - ReLU
+    (``nn.BatchNorm2d(..., activation="relu")``, the ReLU applied in batch norm's own
+    output pass).
     (N, in_channels, H, W) -> (N, out_channels, ceil(H / stride), ceil(W / stride)).
     The shortcut is the identity (``None``) when the shape is kept, else a 1x1 conv with
     ``stride`` (no bias) + BN projection (option B).
@@ -56,8 +58,7 @@ class BasicBlock(nn.Sequential):
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
         body = nn.Sequential(OrderedDict(
             conv1=conv3x3(in_channels, out_channels, stride),
-            bn1=nn.BatchNorm2d(out_channels),
-            relu=nn.ReLU(),
+            bn1=nn.BatchNorm2d(out_channels, activation="relu"),  # BN - ReLU in one pass
             conv2=conv3x3(out_channels, out_channels),
             bn2=nn.BatchNorm2d(out_channels),
         ))
@@ -108,8 +109,7 @@ def resnet(depth: int, num_classes: int = 10, in_channels: int = 3, widths=(16, 
         channels = width
     model = nn.Sequential(OrderedDict(
         conv1=conv3x3(in_channels, widths[0]),
-        bn1=nn.BatchNorm2d(widths[0]),
-        relu=nn.ReLU(),
+        bn1=nn.BatchNorm2d(widths[0], activation="relu"),
         **stages,
         avgpool=nn.AdaptiveAvgPool2d(1),
         flatten=nn.Flatten(),

@@ -226,8 +226,11 @@ def _bn_stats(c, seed, dtype):
 @pytest.mark.parametrize("dtype, atol, rtol", TOLS, ids=TOL_IDS)
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("activation", [None, "relu"], ids=["bn", "bn-relu"])
 @pytest.mark.parametrize("shape", [(4, 3), (5, 1), (2, 3, 5), (2, 3, 4, 5), (1, 17, 2, 3)], ids=str)
-def test_batch_norm(shape, training, affine, dtype, atol, rtol):
+def test_batch_norm(shape, training, affine, activation, dtype, atol, rtol):
+    """Forward, running statistics and all three gradients; ``activation="relu"`` against
+    torch's relu(batch_norm(x)) (about half of y clipped, so the mask shows)."""
     r = rng(20)
     c = shape[1]
     x = r.standard_normal(shape) * 2 + 1
@@ -235,14 +238,36 @@ def test_batch_norm(shape, training, affine, dtype, atol, rtol):
     rm, rv = _bn_stats(c, 21, dtype)
     gk_rm, gk_rv = gk.tensor(rm), gk.tensor(rv)
     t_rm, t_rv = to_torch(rm), to_torch(rv)
-    compare(lambda x, w, b: F.batch_norm(x, gk_rm, gk_rv, w, b, training, 0.1, 1e-5),
-            lambda x, w, b: TF.batch_norm(x, t_rm, t_rv, w, b, training, 0.1, 1e-5),
+    act = TF.relu if activation else (lambda t: t)
+    compare(lambda x, w, b: F.batch_norm(x, gk_rm, gk_rv, w, b, training, 0.1, 1e-5, activation=activation),
+            lambda x, w, b: act(TF.batch_norm(x, t_rm, t_rv, w, b, training, 0.1, 1e-5)),
             arrays, dtype, atol, rtol)
     assert gk_rm.dtype == np.dtype(dtype) and gk_rv.dtype == np.dtype(dtype)
     assert_close(gk_rm, t_rm, atol=atol, rtol=rtol, name="running_mean")
     assert_close(gk_rv, t_rv, atol=atol, rtol=rtol, name="running_var")
     if not training:
         assert_close(gk_rm, rm, atol=0, rtol=0, name="running_mean unchanged in eval")
+
+
+def test_batch_norm_activation_is_checked():
+    x = gk.tensor(rng(25).standard_normal((4, 3)))
+    with pytest.raises(ValueError, match="activation must be None or 'relu', got 'gelu'"):
+        F.batch_norm(x, None, None, training=True, activation="gelu")
+    with pytest.raises(ValueError, match="activation"):
+        gk.nn.BatchNorm2d(3, activation="tanh")
+
+
+def test_batch_norm2d_relu_module():
+    """``nn.BatchNorm2d(activation="relu")``: relu(bn(x)) values, in repr, and kept by
+    ``SyncBatchNorm.convert_sync_batchnorm``."""
+    gk.manual_seed(0)
+    fused, plain = gk.nn.BatchNorm2d(3, activation="relu"), gk.nn.BatchNorm2d(3)
+    x = gk.tensor(rng(26).standard_normal((4, 3, 2, 5)))
+    assert_close(fused(x), F.relu(plain(x)), atol=0, rtol=0, name="bn-relu")
+    assert "activation='relu'" in repr(fused) and "activation" not in repr(plain)
+    synced = gk.nn.SyncBatchNorm.convert_sync_batchnorm(fused)
+    assert synced.activation == "relu"
+    assert_close(synced(x), F.relu(plain(x)), atol=0, rtol=0, name="sync bn-relu, one process")
 
 
 @pytest.mark.parametrize("momentum", [0.0, 0.3, 1.0])

@@ -225,9 +225,18 @@ def _passes(x3, block, sweeps):
         work(0, x3.shape[0], BLOCK_BYTES)
 
 
-def batch_norm_forward(x, running_mean, running_var, weight, bias, training, momentum, eps):
+def _activation_arg(activation):
+    """True for "relu", False for None; anything else is refused."""
+    if activation not in (None, "relu"):
+        raise ValueError(f"batch_norm: activation must be None or 'relu', got {activation!r}")
+    return activation == "relu"
+
+
+def batch_norm_forward(x, running_mean, running_var, weight, bias, training, momentum, eps, activation=None):
     """Returns (y, mean, inv_std); mean/inv_std are what normalised x (saved for backward).
-    Updates running_mean/var IN PLACE when training."""
+    Updates running_mean/var IN PLACE when training. ``activation="relu"``: y = max(a x +
+    c, 0), the max one more operation on each sub-block while it is in L2, instead of a
+    ReLU pass over the whole of y (reads y, writes a new array)."""
     xp = get_array_module(x)
     x3 = _view(x)
     dt = x.dtype
@@ -252,15 +261,21 @@ def batch_norm_forward(x, running_mean, running_var, weight, bias, training, mom
     c = -a * (mean if shift is None else mean - shift.astype(xp.float64))
     if bias is not None:
         c = c + _f64(bias, xp)
-    a_rows, c_rows = _rows(a, x3, xp, c)
+    relu = _activation_arg(activation)
+    if relu:  # zeros as rows too: maximum with a scalar 0 runs NumPy's slower scalar loop
+        a_rows, c_rows, zero_rows = _rows(a, x3, xp, c, xp.zeros_like(a))
+    else:
+        a_rows, c_rows = _rows(a, x3, xp, c)
     src = x3 if shift is None else y3
 
-    def affine(b0, b1):  # y = a src + c: the add finds the sub-block in L2
+    def affine(b0, b1):  # y = a src + c: the add (and the max) find the sub-block in L2
         yb = y3[b0:b1]
         xp.multiply(src[b0:b1], a_rows, out=yb)
         xp.add(yb, c_rows, out=yb)
+        if relu:
+            xp.maximum(yb, zero_rows, out=yb)
 
-    _passes(x3, affine, 2)
+    _passes(x3, affine, 3 if relu else 2)
     return y, mean.astype(dt), inv_std.astype(dt)
 
 

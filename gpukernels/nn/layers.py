@@ -311,9 +311,11 @@ class _BatchNorm(Module):
     _ndims: tuple = ()
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
-                 track_running_stats: bool = True, dtype=None, device=None):
+                 track_running_stats: bool = True, dtype=None, device=None, activation=None):
         super().__init__()
         layer = type(self).__name__
+        _choice_arg(layer, "activation", activation, (None, "relu"))
+        self.activation = activation
         num_features = _int_arg(layer, "num_features", num_features)
         _real_arg(layer, "eps", eps, low=0, low_open=True)
         if momentum is None:
@@ -353,14 +355,15 @@ class _BatchNorm(Module):
         if self.training and self.track_running_stats:
             self.num_batches_tracked.data += 1
         return self._norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                          use_batch, self.momentum, self.eps)
+                          use_batch, self.momentum, self.eps, activation=self.activation)
 
     #: the function normalising the batch (SyncBatchNorm: over every rank's batch)
     _norm = staticmethod(F.batch_norm)
 
     def extra_repr(self):
-        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-                f"track_running_stats={self.track_running_stats}")
+        s = (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+             f"track_running_stats={self.track_running_stats}")
+        return s + (f", activation={self.activation!r}" if self.activation else "")
 
 
 class BatchNorm1d(_BatchNorm):
@@ -397,7 +400,7 @@ class SyncBatchNorm(_BatchNorm):
         if isinstance(module, _BatchNorm) and not isinstance(module, SyncBatchNorm):
             new = cls.__new__(cls)
             Module.__init__(new)
-            for name in ("num_features", "eps", "momentum", "affine", "track_running_stats"):
+            for name in ("num_features", "eps", "momentum", "affine", "track_running_stats", "activation"):
                 object.__setattr__(new, name, getattr(module, name))
             new.weight, new.bias = module.weight, module.bias
             if module.track_running_stats:

@@ -12,16 +12,22 @@ from ._common import KernelFunction, tensor_arg
 
 
 class BatchNormFunction(KernelFunction):
-    def forward(self, x, weight, bias, running_mean, running_var, training, momentum, eps):
+    """Batch norm, optionally followed by a ReLU in the same forward pass (the kernels'
+    ``activation``); the backward then masks g with the saved output first (relu's own
+    backward kernel) and takes batch norm's backward of that."""
+
+    def forward(self, x, weight, bias, running_mean, running_var, training, momentum, eps, activation):
         y, mean, inv_std = kernels.batchnorm.on(x).batch_norm_forward(
-            x, running_mean, running_var, weight, bias, training, momentum, eps
+            x, running_mean, running_var, weight, bias, training, momentum, eps, activation=activation
         )
-        self.training = training
-        self.save_for_backward(x, mean, inv_std, weight)
+        self.training, self.activation = training, activation
+        self.save_for_backward(x, mean, inv_std, weight, y if activation else None)
         return y
 
     def backward(self, g):
-        x, mean, inv_std, weight = self.saved
+        x, mean, inv_std, weight, y = self.saved
+        if self.activation == "relu":
+            g = kernels.activation.on(g).relu_backward(g, y)
         return kernels.batchnorm.on(g).batch_norm_backward(
             g, x, mean, inv_std, weight, self.training, needs=self.needs_input_grad[:3]
         )
@@ -48,8 +54,9 @@ def check_batch_norm_args(op, x, running_mean, running_var, weight, bias, traini
 
 
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-5):
-    """y = (x - mean) / sqrt(var + eps) * weight + bias, per channel (axis 1).
+               momentum=0.1, eps=1e-5, activation=None):
+    """y = (x - mean) / sqrt(var + eps) * weight + bias, per channel (axis 1); with
+    ``activation="relu"``, max(y, 0).
 
     Training uses the batch statistics and moves ``running_mean`` / ``running_var`` (updated
     in place) by ``momentum`` towards them (unbiased variance); eval uses the running ones.
@@ -58,8 +65,15 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         x: (N, C) or (N, C, H, W).
         running_mean, running_var: (C,) tensors or None (then batch statistics always).
         weight, bias: (C,) affine parameters or None.
+        activation: None, or "relu": the ReLU of ``batch_norm -> relu`` in the same pass
+            over y (numpy backend: one more operation on each block while in cache,
+            instead of a ReLU pass reading y and writing a new tensor); the same values
+            as ``relu(batch_norm(...))``.
     """
     training = check_batch_norm_args("batch_norm", x, running_mean, running_var, weight, bias, training, eps)
+    if activation not in (None, "relu"):
+        raise ValueError(f"batch_norm: activation must be None or 'relu', got {activation!r}")
     rm = running_mean.data if running_mean is not None else None
     rv = running_var.data if running_var is not None else None
-    return BatchNormFunction.apply(x, weight, bias, rm, rv, bool(training), float(momentum), float(eps))
+    return BatchNormFunction.apply(x, weight, bias, rm, rv, bool(training), float(momentum), float(eps),
+                                   activation)

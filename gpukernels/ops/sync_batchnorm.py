@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend, distributed, kernels
+from ..tensor_ops import ReLUFunction
 from ._common import KernelFunction
 from .batchnorm import BatchNormFunction, batch_norm, check_batch_norm_args
 
@@ -86,7 +87,7 @@ class SyncBatchNormFunction(KernelFunction):
 
 
 def sync_batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
-                    momentum=0.1, eps=1e-5):
+                    momentum=0.1, eps=1e-5, activation=None):
     """``batch_norm`` whose batch statistics are those of every rank's batch together.
 
     y = (x - mean) / sqrt(var + eps) * weight + bias per channel (axis 1), mean and var
@@ -94,14 +95,19 @@ def sync_batch_norm(x, running_mean, running_var, weight=None, bias=None, traini
     backward); outside training, or with one process, it is ``batch_norm``.
 
     Args: as ``batch_norm``; needs ``gk.distributed.init_process_group()`` to sync.
+    ``activation="relu"`` is ``batch_norm``'s fused ReLU without a sync, a ReLU op after
+    the synced batch norm with one.
     """
     sync = (training and distributed.is_initialized() and distributed.get_world_size() > 1)
     if not sync:
-        return batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
+        return batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, activation)
+    if activation not in (None, "relu"):
+        raise ValueError(f"sync_batch_norm: activation must be None or 'relu', got {activation!r}")
     check_batch_norm_args("sync_batch_norm", x, running_mean, running_var, weight, bias, True, eps)
     rm = running_mean.data if running_mean is not None else None
     rv = running_var.data if running_var is not None else None
-    return SyncBatchNormFunction.apply(x, weight, bias, rm, rv, float(momentum), float(eps))
+    y = SyncBatchNormFunction.apply(x, weight, bias, rm, rv, float(momentum), float(eps))
+    return ReLUFunction.apply(y) if activation else y
 
 
 __all__ = ["sync_batch_norm", "SyncBatchNormFunction", "BatchNormFunction"]

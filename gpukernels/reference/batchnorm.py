@@ -34,10 +34,14 @@ def _axes(x):
     return (0,) + tuple(range(2, x.ndim))
 
 
-def batch_norm_forward(x, running_mean, running_var, weight, bias, training, momentum, eps):
+def batch_norm_forward(x, running_mean, running_var, weight, bias, training, momentum, eps, activation=None):
     """Returns (y, mean, inv_std), each of x's dtype; mean and inv_std (C,) are what
     normalised x, saved for the backward. Updates running_mean / running_var IN PLACE
-    when training (skipped when they are None)."""
+    when training (skipped when they are None). ``activation="relu"``: y = max(y, 0)
+    (its gradient is ``activation.relu_backward``'s, applied to grad_y before
+    ``batch_norm_backward``)."""
+    if activation not in (None, "relu"):
+        raise ValueError(f"batch_norm: activation must be None or 'relu', got {activation!r}")
     xp = get_array_module(x)
     x64, axes = x.astype(xp.float64), _axes(x)
     if training:
@@ -55,6 +59,8 @@ def batch_norm_forward(x, running_mean, running_var, weight, bias, training, mom
         y = y * _per_channel(weight, x.ndim, xp)
     if bias is not None:
         y = y + _per_channel(bias, x.ndim, xp)
+    if activation == "relu":
+        y = xp.maximum(y, 0)
     return y.astype(x.dtype), mean.astype(x.dtype), inv_std.astype(x.dtype)
 
 

@@ -93,6 +93,7 @@ import triton
 
 from .. import backend
 from ..backend import get_array_module, kernel_arg
+from .activation import relu_forward
 from ._common import FLOAT_DTYPES, Tuned, arg, check_float, dtype_name, kernel_view, needs_int64, strides, to_float32
 from .batchnorm_kernels import (
     _bn_bwd_apply_kernel, _bn_bwd_finalize_kernel, _bn_bwd_reduce_kernel, _bn_fwd_apply_kernel, _bn_fwd_finalize_kernel,
@@ -261,7 +262,7 @@ def _stats_dtype_float32(xp, a):
 # ----------------------------------------------------------------------------- launchers
 
 
-def batch_norm_forward(x, running_mean, running_var, weight, bias, training, momentum, eps):
+def batch_norm_forward(x, running_mean, running_var, weight, bias, training, momentum, eps, activation=None):
     """Batch norm forward: y = gamma (x - mean) inv_std + beta per channel (axis 1).
 
     Training normalises with the batch mean and biased variance (float32 Welford/Chan
@@ -278,12 +279,16 @@ def batch_norm_forward(x, running_mean, running_var, weight, bias, training, mom
         weight, bias: (C,) float32 or x-dtype arrays, or None (gamma = 1, beta = 0).
         training: batch statistics (True) or running ones (False).
         momentum, eps: as ``torch.nn.functional.batch_norm``.
+        activation: None, or "relu": y = max(y, 0) (applied by ``relu_forward`` after
+            the apply kernel, not fused into it yet).
 
     Returns:
         ``(y, mean, inv_std)``: y of x's shape and dtype, dense in x's dimension order;
         mean and inv_std float32 (C,), what normalised x (saved for the backward).
     """
     op = "batch_norm_forward"
+    if activation not in (None, "relu"):
+        raise ValueError(f"{op}: activation must be None or 'relu', got {activation!r}")
     xp = get_array_module(x)
     _check_input(op, x)
     c = x.shape[1]
@@ -343,6 +348,8 @@ def batch_norm_forward(x, running_mean, running_var, weight, bias, training, mom
         for src, back in ((rm, rm_back), (rv, rv_back)):
             if back is not None:
                 back[...] = src
+    if activation == "relu":  # not fused into fwd_apply yet: one more pass over y
+        y = relu_forward(y)
     return y, stats[0], stats[1]
 
 

@@ -110,6 +110,25 @@ def test_float64_matches_torch(driver, shape, training, affine, offset):
         assert_rel(inv_std, 1 / np.sqrt(x64.var((0, 2)) + 1e-5), 1e-13, "inv_std")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(9, 5, 13, 17), (3, 4, 2, 3), (7, 3), (64, 2, 32, 32)], ids=str)
+@pytest.mark.parametrize("offset", [0.5, 40.0], ids=["offset0.5", "offset40-shifted"])
+def test_relu_activation_is_the_max_of_the_plain_output(driver, shape, offset, dtype):
+    """``activation="relu"``: bit for bit max(y, 0) of the plain forward (the one-read
+    and the shifted sums, several sub-blocks, both drivers), the same statistics."""
+    rng = np.random.default_rng(3)
+    x, _, w, b, rm, rv = inputs(rng, shape, offset=offset)
+    x, w, b, rm, rv = (a.astype(dtype) for a in (x, w, 0.1 * b, rm, rv))  # ~half of y clipped
+    plain = batchnorm.batch_norm_forward(x, rm.copy(), rv.copy(), w, b, True, 0.1, 1e-5)
+    fused = batchnorm.batch_norm_forward(x, rm.copy(), rv.copy(), w, b, True, 0.1, 1e-5, activation="relu")
+    np.testing.assert_array_equal(fused[0], np.maximum(plain[0], 0))
+    assert (fused[0] == 0).mean() > 0.2  # the mask is exercised
+    for a, e in zip(fused[1:], plain[1:]):
+        np.testing.assert_array_equal(a, e)
+    with pytest.raises(ValueError, match="got 'tanh'"):
+        batchnorm.batch_norm_forward(x, rm, rv, w, b, True, 0.1, 1e-5, activation="tanh")
+
+
 @pytest.mark.parametrize("shape", [(9, 5, 13, 17), (7, 3)], ids=str)
 def test_no_running_stats(driver, shape):
     rng = np.random.default_rng(1)

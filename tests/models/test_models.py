@@ -158,7 +158,11 @@ def test_resnet_structure_and_init():
     w = model.layer3[2][0].body.conv2.weight.numpy()
     assert abs(w.std() / np.sqrt(2 / (64 * 9)) - 1) < 0.05
     assert [n for n, _ in model.named_children()] == [
-        "conv1", "bn1", "relu", "layer1", "layer2", "layer3", "avgpool", "flatten", "fc"]
+        "conv1", "bn1", "layer1", "layer2", "layer3", "avgpool", "flatten", "fc"]
+    # BN - ReLU fused (BatchNorm2d(activation="relu")) after the stem and each block's conv1
+    assert model.bn1.activation == "relu"
+    assert all(b[0].body.bn1.activation == "relu" and b[0].body.bn2.activation is None for b in blocks)
+    assert not [m for m in model.modules() if isinstance(m, nn.ReLU)]
 
 
 def test_resnet_rejects_bad_depth():

@@ -105,6 +105,16 @@ def test_training_forward_and_backward_match_the_reference(tri, shape, layout, m
         assert y.strides[1] == y.itemsize and dx.strides[1] == dx.itemsize
 
 
+def test_relu_activation_is_the_max_of_the_plain_output(tri):
+    x, w, b, rm, rv, _ = _problem((3, 17, 5, 7), seed=4)
+    plain = tri.batch_norm_forward(x, rm.copy(), rv.copy(), w, b, True, 0.1, 1e-5)
+    fused = tri.batch_norm_forward(x, rm.copy(), rv.copy(), w, b, True, 0.1, 1e-5, activation="relu")
+    np.testing.assert_array_equal(fused[0], np.maximum(plain[0], 0))
+    assert (fused[0] == 0).mean() > 0.2
+    with pytest.raises(ValueError, match="got 'tanh'"):
+        tri.batch_norm_forward(x, rm, rv, w, b, True, 0.1, 1e-5, activation="tanh")
+
+
 @pytest.mark.parametrize("shape", [(7, 17), (1023, 3), (2, 1), (1025, 1)])
 def test_two_dimensional_inputs(tri, shape):
     x, w, b, rm, rv, g = _problem(shape, seed=1)
