@@ -3,7 +3,8 @@ windows that tile the image (the direct scatter), overlapping windows whose clas
 the output (the shift scatter: 3x3 s2 p1, 3x3 s1 p1), those that do not (the padded
 scatter: odd sizes, dilation, stride 3 over 3x3), taps that miss a class (1x1 s2), 128
 taps and more (int32 argmax); ties, NaN, -inf and an infinite upstream gradient; one
-plane per block and whole blocks; on the calling thread and on two threads.
+plane per block and whole blocks; on the calling thread and on two threads; in the
+planes layout and planes-last (every case is run in each).
 
 Max pooling must agree exactly (y, argmax and dx: the same first maximum and the same
 sums in the same order); average pooling to rounding."""
@@ -38,13 +39,17 @@ DTYPES = [np.float32, np.float64]
 DTYPE_IDS = ["float32", "float64"]
 
 
-@pytest.fixture(params=["serial", "forced", "plane-blocks"])
+@pytest.fixture(params=["serial", "forced", "plane-blocks", "planes-last"])
 def driver(request, knob, monkeypatch):
-    """The calling thread, two threads in the smallest pieces, or one plane a block."""
+    """In the planes layout: the calling thread, two threads in the smallest pieces, or
+    one plane a block; or every call planes-last."""
+    last = request.param == "planes-last"
+    monkeypatch.setattr(_pool_plan, "LAST_MAX_OW", 1 << 30 if last else 0)
+    monkeypatch.setattr(_pool_plan, "LAST_MAX_BYTES", 1 << 62 if last else 0)
     if request.param == "plane-blocks":
         monkeypatch.setattr(_pool_plan, "BLOCK_BYTES", 1)
         monkeypatch.setattr(_pool_plan, "SCATTER_BLOCK_BYTES", 1)
-    else:
+    elif not last:
         knob(cpu_threads=request.param)
     return request.param
 
