@@ -8,7 +8,8 @@ momentum, batch norm in training mode) and the fast CIFAR-10 net (``models.fast_
 SGD with Nesterov momentum) at batch 32 (8 with ``--quick``): one of its steps takes
 about 0.3 s (0.15 s at batch 8) on a 2-core CPU. The losses of ours and the twin must
 agree for 3 steps before anything is timed (``LATER_STEP_RTOL``: the fast CIFAR net's
-losses after the first step within 1e-2).
+losses after the first step within 1e-2). Ours and the twin's steps are timed in
+alternation (``common.timeit_pair``: medians of ``repeat`` each), as every CPU entry.
 
 GPU (``run_gpu``, the cuda backend): the digits CNN (batch 512, Adam), ResNet-20
 (32x32, batch 512, SGD momentum 0.9 Nesterov, weight decay 5e-4) and the fast CIFAR
@@ -63,7 +64,7 @@ from models.resnet import resnet8, resnet20
 from models.train import make_train_step
 
 from . import profile
-from .common import OPTIONS, Result, check_close, mark_compile_unavailable, pick_cases, timeit, torch_compile
+from .common import OPTIONS, Result, check_close, mark_compile_unavailable, pick_cases, timeit_pair, torch_compile
 from .torch_twin import torch_twin
 
 # (name, model factory, input shape without batch, classes, batch, quick batch, optimizer)
@@ -143,8 +144,7 @@ def run(quick: bool = False, repeat: int = 20) -> list[Result]:
             extra["profile_ms"] = {f"{f} {ph}": round(s * 1e3, 2) for f, ph, s, _ in prof["rows"]}
             extra["profile_ms"]["autograd + Python"] = round(prof["autograd_python_s"] * 1e3, 2)
         results.append(Result("train step", f"{name} batch {batch} {kind}",
-                              timeit(ours, repeat=repeat, warmup=1 if OPTIONS["tiny"] else 3),
-                              timeit(theirs, repeat=repeat, warmup=1 if OPTIONS["tiny"] else 3),
+                              *timeit_pair(ours, theirs, repeat=repeat, warmup=1 if OPTIONS["tiny"] else 3),
                               unit="img/s", extra=extra))
     return results
 

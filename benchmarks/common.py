@@ -40,6 +40,30 @@ def timeit(fn, *, warmup: int = 2, repeat: int = 10, min_seconds: float = 0.0, s
     return stat(times)
 
 
+def timeit_pair(a, b, *, warmup: int = 2, repeat: int = 10, stat=statistics.median) -> tuple[float, float]:
+    """``(stat of a's times, stat of b's)`` in seconds over ``repeat`` runs each, run in
+    alternation (a b, b a, a b, ...) after ``warmup`` runs of each.
+
+    Why alternate: on a shared machine whose speed drifts, timing all of ``a`` and then
+    all of ``b`` compares two different stretches of time. On the 2-vCPU dev VM the
+    second core comes and goes within a minute: one 16->16 32x32 b128 conv forward, min
+    of 15 taken back to back, read 5.17 then 8.20 ms for ours and 8.77 then 4.77 ms for
+    torch's in two rounds a few seconds apart, each ratio set by which side happened to
+    have both cores. Alternating, both sides see the same conditions, and the order
+    flips each round so neither always runs right after the other."""
+    for _ in range(warmup):
+        a()
+        b()
+    times = ([], [])
+    for i in range(repeat):
+        order = ((0, a), (1, b)) if i % 2 == 0 else ((1, b), (0, a))
+        for k, fn in order:
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return stat(times[0]), stat(times[1])
+
+
 #: Run-wide options that ``benchmarks.run`` sets from its flags and the entries read:
 #: ``tiny``: the smallest cases (the dry run of ``scripts/gpu_session.sh``: it checks the
 #: plan, not the speed); ``headline``: only the cases the budgeted GPU run leads with
@@ -424,9 +448,10 @@ def check_close(name: str, ours, theirs, atol: float, rtol: float) -> None:
 
 
 def time_both(entry: str, case: str, ours, theirs, repeat: int, **work) -> Result:
-    """A Result row: ``timeit`` of ``ours()`` then of ``theirs()`` (``repeat`` runs each);
-    ``work`` holds the other fields (``flops``, ``bytes``, ``extra``, ...)."""
-    return Result(entry, case, timeit(ours, repeat=repeat), timeit(theirs, repeat=repeat), **work)
+    """A Result row: the median times of ``ours()`` and ``theirs()``, ``repeat`` runs
+    each, in alternation (``timeit_pair``); ``work`` holds the other fields (``flops``,
+    ``bytes``, ``extra``, ...)."""
+    return Result(entry, case, *timeit_pair(ours, theirs, repeat=repeat), **work)
 
 
 class CpuPair:

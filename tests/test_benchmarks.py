@@ -144,3 +144,26 @@ def test_a_failing_entry_is_reported_and_the_others_still_written(capsys, tmp_pa
     assert "cross_entropy" in captured.out
     rows = json.loads(next(tmp_path.glob("*/results.json")).read_text())["rows"]
     assert {r["entry"] for r in rows} == {"cross_entropy"}
+
+
+def test_timeit_pair_alternates_and_returns_each_sides_median(monkeypatch):
+    """Ours and theirs take turns, the order flipping each round, so a machine whose
+    speed drifts slows both alike; each side's median is its own."""
+    from benchmarks import common
+
+    calls, clock = [], [0.0]
+    cost = {"a": 1.0, "b": 3.0}
+
+    def timed(name):
+        def fn():
+            calls.append(name)
+            clock[0] += cost[name] + 0.5 * len(calls)  # the machine slows down as it goes
+        return fn
+
+    monkeypatch.setattr(common.time, "perf_counter", lambda: clock[0])
+    ta, tb = common.timeit_pair(timed("a"), timed("b"), warmup=1, repeat=4)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]
+    # a's timed runs are calls 3, 6, 7, 10 and b's 4, 5, 8, 9 (1-based), each costing its
+    # own time plus 0.5 per call so far: both medians carry the same 0.5 * 6.5 of drift
+    assert ta == pytest.approx(1.0 + 0.5 * 6.5)
+    assert tb == pytest.approx(3.0 + 0.5 * 6.5)
