@@ -1,12 +1,15 @@
 """The ``flat`` path of the NumPy conv2d (``gpukernels.cpu.conv``): stride 1, wide
 outputs (the 32x32 stages of a CIFAR ResNet).
 
-The tile is copied, zero-padded, into a *frame* ``(C, b, Hp, Wp)``. Seen per channel as
+The tile is copied, zero-padded, into a *frame* ``(C, b, Hp, Wf)``. Seen per channel as
 one 1-D signal, tap ``(kh, kw)`` of every output pixel is the slice starting at
-``kh*dh*Wp + kw*dw``, so the conv is computed on the padded grid ``(b, Hp, Wp)``
-with no im2col gather; the ``Wp-OW`` right columns and the rows between stacked
-images are garbage, never read back (6% extra GEMM work at 32x32, padding 1, but 56% at
-8x8, hence nhwc there). Only the KW column shifts are copied (3x the frame, in long
+``kh*dh*Wf + kw*dw``, so the conv is computed on the padded grid ``(b, Hp, Wf)``
+with no im2col gather; the ``Wf-OW`` right columns and the rows between stacked
+images are garbage, never read back. A row holds its left padding and the image but no
+right padding (``frame_width``: Wf = W + pw, 33 at 32x32 instead of Wp = 34): a tap
+past the row's end reads the next row's left padding, zeros too. So 3% extra GEMM work
+at 32x32, padding 1 (1056 output cells an image against 1024; 6% with the full Wp), 6%
+at 16x16, but 40% at 8x8, hence nhwc there. Only the KW column shifts are copied (3x the frame, in long
 runs), and each kernel row is one GEMM on that copy shifted by a row (``_FrameConv``).
 
 Backward writes the masked ``grad_y`` into a zeroed frame: its zeros cancel the garbage
@@ -45,6 +48,16 @@ def _ext_view(ext, b, ch, h, w, hf, wf):
     the stacked ``(b, hf, wf)`` grid."""
     it = ext.itemsize
     return as_strided(ext, shape=(b, ch, h, w), strides=(hf * wf * it, ext.strides[-2], wf * it, it))
+
+
+def frame_width(n_in, n_out, pad):
+    """Columns of a frame row holding ``pad`` zero columns then ``n_in`` pixels, for
+    ``n_out`` outputs of a stride-1 conv: the image and every output row must fit.
+    Nothing more is needed for the taps: a stride-1 conv's widest tap reads column
+    ``n_out - 1 + (k-1)*d = n_in + 2*pad - 1`` at most (less where the q-frame crops),
+    so a read past the row's end lands within the next row's ``pad`` zero columns (the
+    right padding is the next row's left padding)."""
+    return max(n_in + pad, n_out)
 
 
 def _flat_len(b, hf, out_h, wf):
@@ -140,10 +153,11 @@ def _frame_conv_bytes(cin, cout, kh, kw, cells, itemsize):
 def flat_forward(g, x, weight, bias, activation, slope, y, n0, n1, budget):
     """``y[n0:n1] = act(conv(x[n0:n1], w) + b)`` on flat frames, tile by tile."""
     it = x.itemsize
-    per_image = _frame_conv_bytes(g.C, g.O, g.KH, g.KW, g.Hp * g.Wp, it)
+    wf = frame_width(g.W, g.OW, g.pw)
+    per_image = _frame_conv_bytes(g.C, g.O, g.KH, g.KW, g.Hp * wf, it)
     bmax, tiles = common.tiles(n0, n1, per_image, budget)
-    frame = _Frame(g.C, bmax, g.Hp, g.Wp, (g.KW - 1) * g.dw + 1, x.dtype)
-    lmax = _flat_len(bmax, g.Hp, g.OH, g.Wp)
+    frame = _Frame(g.C, bmax, g.Hp, wf, (g.KW - 1) * g.dw + 1 + g.pw, x.dtype)
+    lmax = _flat_len(bmax, g.Hp, g.OH, wf)
     conv = _FrameConv(weight, g.G, frame, lmax, g.KH, g.KW, g.dh, g.dw)
     extbuf = np.empty((g.G, g.Og, lmax), dtype=x.dtype)
     bias4 = None if bias is None else bias.reshape(1, g.O, 1, 1)
@@ -151,10 +165,10 @@ def flat_forward(g, x, weight, bias, activation, slope, y, n0, n1, budget):
     outs = {}
     for a, e in tiles:
         b = e - a
-        lb = _flat_len(b, g.Hp, g.OH, g.Wp)
+        lb = _flat_len(b, g.Hp, g.OH, wf)
         if b not in outs:
             ext = extbuf[..., :lb]
-            outs[b] = (ext, _ext_view(ext.reshape(g.O, lb), b, g.O, g.OH, g.OW, g.Hp, g.Wp))
+            outs[b] = (ext, _ext_view(ext.reshape(g.O, lb), b, g.O, g.OH, g.OW, g.Hp, wf))
         ext, src = outs[b]
         frame.grid[:, :b, interior[0], interior[1]] = x[a:e].transpose(1, 0, 2, 3)
         conv(ext, lb)
@@ -166,17 +180,24 @@ def flat_backward(g, gy_all, x, weight, y, activation, slope, needs, gx_all, n0,
     it = x.itemsize
     G, Og, O, C, Cg = g.G, g.Og, g.O, g.C, g.Cg
     # grad_x = correlation of grad_y (padded by q = d*(K-1) - p, cropped if q < 0) with
-    # the flipped, transposed kernel, on a grid (hq, wq) = (H, W) + d*(K-1).
+    # the flipped, transposed kernel, on a grid of hq = H + d*(KH-1) rows and wq columns.
     qh, qw = g.dh * (g.KH - 1) - g.ph, g.dw * (g.KW - 1) - g.pw
-    hq, wq = g.H + g.dh * (g.KH - 1), g.W + g.dw * (g.KW - 1)
-    shared = needs[0] and qh == g.ph and qw == g.pw  # "same" padding: one gy frame
+    hq = g.H + g.dh * (g.KH - 1)
+    # Where grad_y lands in the q-frame (cropped when q < 0).
+    rh0, rw0 = max(qh, 0), max(qw, 0)
+    sh0, sw0 = max(-qh, 0), max(-qw, 0)
+    nh, nw = min(g.OH - sh0, hq - rh0), min(g.OW - sw0, g.W + g.dw * (g.KW - 1) - rw0)
+    wq = frame_width(nw, g.W, rw0)
+    wf = frame_width(g.W, g.OW, g.pw)  # the forward's frame: x's and grad_y's
+    # "same" padding: one gy frame (its width: wq == wf there, as OW == W)
+    shared = needs[0] and qh == g.ph and qw == g.pw
     need_wb = needs[1] or needs[2]
     per_image = max(
-        (C + O) * g.Hp * g.Wp * it if need_wb else 0,
+        (C + O) * g.Hp * wf * it if need_wb else 0,
         _frame_conv_bytes(O, C, g.KH, g.KW, hq * wq, it) if needs[0] else 0,
     )
     bmax, tiles = common.tiles(n0, n1, per_image, budget)
-    slack = max(g.Wp, wq) * (g.KH * g.dh + 1) + (g.KW - 1) * g.dw + 1
+    slack = max(wf, wq) * (g.KH * g.dh + 1) + (g.KW - 1) * g.dw + 1 + max(g.pw, rw0)
 
     gw = None
     gb = np.zeros((O,), dtype=x.dtype) if needs[2] else None
@@ -185,22 +206,18 @@ def flat_backward(g, gy_all, x, weight, y, activation, slope, needs, gx_all, n0,
         lqmax = _flat_len(bmax, hq, g.H, wq)
         qconv = _FrameConv(common.flipped_weight(weight, g), G, qframe, lqmax, g.KH, g.KW, g.dh, g.dw)
         qext = np.empty((G, Cg, lqmax), dtype=x.dtype)
-        # Where grad_y lands in the q-frame (cropped when q < 0).
-        rh0, rw0 = max(qh, 0), max(qw, 0)
-        sh0, sw0 = max(-qh, 0), max(-qw, 0)
-        nh, nw = min(g.OH - sh0, hq - rh0), min(g.OW - sw0, wq - rw0)
     if need_wb:
-        pframe = qframe if shared else _Frame(O, bmax, g.Hp, g.Wp, slack, x.dtype)
+        pframe = qframe if shared else _Frame(O, bmax, g.Hp, wf, slack, x.dtype)
         poff = (qh * wq + qw) if shared else 0
         prh, prw = (qh, qw) if shared else (0, 0)
     if needs[1]:
-        # x tile, zero-padded, channels-last: (b, Hp, Wp, C) + slack. Tap (kh, kw) of the
+        # x tile, zero-padded, channels-last: (b, Hp, Wf, C) + slack. Tap (kh, kw) of the
         # stacked output grid is then a plain (lb, C) matrix at offset
-        # (kh*dh*Wp + kw*dw)*C, so grad_w needs no column buffer: one NN GEMM per tap
+        # (kh*dh*Wf + kw*dw)*C, so grad_w needs no column buffer: one NN GEMM per tap
         # and group, gw[g, kh, kw] += gy[g] (Og, lb) @ x_tap[g] (lb, Cg) (NN is ~1.6x
         # faster in OpenBLAS than gy @ cols^T, the NT form).
-        xcl = np.zeros(bmax * g.Hp * g.Wp * C + ((g.KW - 1) * g.dw + 1) * C, dtype=x.dtype)
-        xcl4 = xcl[: bmax * g.Hp * g.Wp * C].reshape(bmax, g.Hp, g.Wp, C)
+        xcl = np.zeros(bmax * g.Hp * wf * C + ((g.KW - 1) * g.dw + 1 + g.pw) * C, dtype=x.dtype)
+        xcl4 = xcl[: bmax * g.Hp * wf * C].reshape(bmax, g.Hp, wf, C)
         gw = np.zeros((G, g.KH, g.KW, Og, Cg), dtype=x.dtype)
         gwt = np.empty_like(gw)
 
@@ -210,7 +227,7 @@ def flat_backward(g, gy_all, x, weight, y, activation, slope, needs, gx_all, n0,
         b = e - a
         gyt = gy_all[a:e]
         yt = None if y is None else y[a:e]
-        lb = _flat_len(b, g.Hp, g.OH, g.Wp)
+        lb = _flat_len(b, g.Hp, g.OH, wf)
         lq = _flat_len(b, hq, g.H, wq)
         if b not in views:
             v = {}
@@ -221,7 +238,7 @@ def flat_backward(g, gy_all, x, weight, y, activation, slope, needs, gx_all, n0,
                 v["taps"] = as_strided(
                     xcl,
                     shape=(G, g.KH, g.KW, lb, Cg),
-                    strides=(Cg * it, g.dh * g.Wp * C * it, g.dw * C * it, C * it, it),
+                    strides=(Cg * it, g.dh * wf * C * it, g.dw * C * it, C * it, it),
                 )
             if needs[0]:
                 v["qdst"] = qframe.grid[:, :b, rh0 : rh0 + nh, rw0 : rw0 + nw].transpose(1, 0, 2, 3)
