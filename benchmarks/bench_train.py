@@ -9,7 +9,7 @@ SGD with Nesterov momentum) at batch 32 (8 with ``--quick``): one of its steps t
 about 0.3 s (0.15 s at batch 8) on a 2-core CPU. The losses of ours and the twin must
 agree for 3 steps before anything is timed (``LATER_STEP_RTOL``: the fast CIFAR net's
 losses after the first step within 1e-2). Ours and the twin's steps are timed in
-alternation (``common.timeit_pair``: medians of ``repeat`` each), as every CPU entry.
+turns (``common.timeit_pair``: medians of ``repeat`` each), as every CPU entry.
 
 GPU (``run_gpu``, the cuda backend): the digits CNN (batch 512, Adam), ResNet-20
 (32x32, batch 512, SGD momentum 0.9 Nesterov, weight decay 5e-4) and the fast CIFAR

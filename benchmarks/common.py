@@ -40,27 +40,38 @@ def timeit(fn, *, warmup: int = 2, repeat: int = 10, min_seconds: float = 0.0, s
     return stat(times)
 
 
-def timeit_pair(a, b, *, warmup: int = 2, repeat: int = 10, stat=statistics.median) -> tuple[float, float]:
-    """``(stat of a's times, stat of b's)`` in seconds over ``repeat`` runs each, run in
-    alternation (a b, b a, a b, ...) after ``warmup`` runs of each.
+def timeit_pair(a, b, *, warmup: int = 2, repeat: int = 10, block: int = 3,
+                stat=statistics.median) -> tuple[float, float]:
+    """``(stat of a's times, stat of b's)`` in seconds over at least ``repeat`` timed runs
+    each, taken in turns after ``warmup`` runs of each: a turn is ``block`` timed runs of
+    one side, the sides alternate and the order flips each round (a b, b a, ...). With
+    ``block`` > 1 each turn starts with one untimed run, which pays for the switch.
 
-    Why alternate: on a shared machine whose speed drifts, timing all of ``a`` and then
-    all of ``b`` compares two different stretches of time. On the 2-vCPU dev VM the
-    second core comes and goes within a minute: one 16->16 32x32 b128 conv forward, min
-    of 15 taken back to back, read 5.17 then 8.20 ms for ours and 8.77 then 4.77 ms for
-    torch's in two rounds a few seconds apart, each ratio set by which side happened to
-    have both cores. Alternating, both sides see the same conditions, and the order
-    flips each round so neither always runs right after the other."""
+    Why turns: on a shared machine whose speed drifts, timing all of ``a`` and then all
+    of ``b`` compares two different stretches of time. On the 2-vCPU dev VM the second
+    core comes and goes within a minute: one 16->16 32x32 b128 conv forward, min of 15
+    taken back to back, read 5.17 then 8.20 ms for ours and 8.77 then 4.77 ms for
+    torch's in two rounds a few seconds apart. Why the untimed first run of a turn: the
+    run right after the other library's pays for the switch. Batch norm fwd+bwd 64x32x32
+    b32, ours / torch's ms: back to back 4.26 / 4.76, in strict alternation (``block``
+    1) 6.24 / 4.81, and back to back with a 64 MiB memset before every run 4.42 / 4.99,
+    so the cache is not what slows ours after torch's call: PyTorch's OpenMP workers
+    spin-wait after a parallel region, on the core our second thread needs (with
+    ``OMP_WAIT_POLICY=PASSIVE`` strict alternation reads 4.83-4.96 / 5.02-5.30). Every CPU entry and training step takes turns of 3
+    (``block``'s default)."""
     for _ in range(warmup):
         a()
         b()
     times = ([], [])
-    for i in range(repeat):
-        order = ((0, a), (1, b)) if i % 2 == 0 else ((1, b), (0, a))
-        for k, fn in order:
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
+    fns = (a, b)
+    for r in range(-(-repeat // block)):
+        for k in ((0, 1) if r % 2 == 0 else (1, 0)):
+            if block > 1:
+                fns[k]()
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fns[k]()
+                times[k].append(time.perf_counter() - t0)
     return stat(times[0]), stat(times[1])
 
 
@@ -448,9 +459,9 @@ def check_close(name: str, ours, theirs, atol: float, rtol: float) -> None:
 
 
 def time_both(entry: str, case: str, ours, theirs, repeat: int, **work) -> Result:
-    """A Result row: the median times of ``ours()`` and ``theirs()``, ``repeat`` runs
-    each, in alternation (``timeit_pair``); ``work`` holds the other fields (``flops``,
-    ``bytes``, ``extra``, ...)."""
+    """A Result row: the median times of ``ours()`` and ``theirs()``, at least
+    ``repeat`` runs each, taken in turns (``timeit_pair``); ``work`` holds the other
+    fields (``flops``, ``bytes``, ``extra``, ...)."""
     return Result(entry, case, *timeit_pair(ours, theirs, repeat=repeat), **work)
 
 

@@ -216,7 +216,7 @@ def render_cpu_device(folder: Path, doc: dict, readme_dir: Path) -> list[str]:
     cores = cpu_cores(doc["device"])
     machine = f" ({cores} core{'s' if cores != 1 else ''})" if cores else ""
     intro = (f"CPU figures depend on the machine: these are the development machine's{machine}, "
-             "ours and PyTorch's timed in alternation in the same run on the same cores.")
+             "ours and PyTorch's timed in turns in the same run on the same cores.")
     return render_device(folder, doc, readme_dir,
                          heading=f"CPU: {cpu_device_name(doc['device'])} ({note})", intro=intro)
 

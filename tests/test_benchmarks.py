@@ -161,9 +161,16 @@ def test_timeit_pair_alternates_and_returns_each_sides_median(monkeypatch):
         return fn
 
     monkeypatch.setattr(common.time, "perf_counter", lambda: clock[0])
-    ta, tb = common.timeit_pair(timed("a"), timed("b"), warmup=1, repeat=4)
+    ta, tb = common.timeit_pair(timed("a"), timed("b"), warmup=1, repeat=4, block=1)
     assert calls == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]
     # a's timed runs are calls 3, 6, 7, 10 and b's 4, 5, 8, 9 (1-based), each costing its
     # own time plus 0.5 per call so far: both medians carry the same 0.5 * 6.5 of drift
     assert ta == pytest.approx(1.0 + 0.5 * 6.5)
     assert tb == pytest.approx(3.0 + 0.5 * 6.5)
+
+    calls.clear()
+    ta, tb = common.timeit_pair(timed("a"), timed("b"), warmup=0, repeat=3, block=2)
+    # turns of an untimed run then 2 timed: a a a, b b b, then the order flips
+    assert calls == ["a"] * 3 + ["b"] * 3 + ["b"] * 3 + ["a"] * 3
+    # a's timed runs are calls 2, 3, 11, 12 and b's 5, 6, 8, 9: medians at 7 for both
+    assert ta == pytest.approx(1.0 + 0.5 * 7) and tb == pytest.approx(3.0 + 0.5 * 7)
