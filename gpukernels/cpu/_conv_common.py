@@ -15,6 +15,7 @@ import numpy as np
 from ..host_rules import activate_
 from ..shapes import conv2d_output_size
 from ..shapes import pair as _pair
+from .activation import filled
 
 
 class Geom:
@@ -72,7 +73,23 @@ def epilogue(acc, bias4, yt, activation, slope):
         np.add(acc, bias4, out=yt)
     else:
         np.copyto(yt, acc)
-    activate_(np, yt, activation, slope)
+    activate(np, yt, activation, slope)
+
+
+def activate(xp, yt, activation, slope):
+    """``host_rules.activate_`` of an output tile, in place; on NumPy a C-contiguous
+    tile's ReLU runs against blocks of zeros (``activation.filled``): NumPy's maximum
+    with a scalar operand runs a loop ~4x slower than between two arrays (64K float32
+    in place: 24.7 against 6.0 us; the digits CNN's first conv forward spent a fifth of
+    its time there)."""
+    if activation != "relu" or xp is not np or not yt.flags.c_contiguous:
+        return activate_(xp, yt, activation, slope)
+    flat = yt.reshape(-1)
+    zeros = filled(0, flat)
+    for i in range(0, flat.size, zeros.size):
+        j = min(i + zeros.size, flat.size)
+        np.maximum(flat[i:j], zeros[: j - i], out=flat[i:j])
+    return yt
 
 
 def masked_grad(xp, gy, y, activation, slope, work=None):

@@ -24,7 +24,6 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from ..host_rules import activate_
 from . import _conv_common as common
 
 
@@ -104,7 +103,7 @@ def generic_forward(g, x, weight, bias, activation, slope, y, n0, n1, budget, xp
                 xp.add(src, bias.reshape(1, O, 1, 1), out=yt)
             else:
                 yt[...] = src
-        activate_(xp, yt, activation, slope)
+        common.activate(xp, yt, activation, slope)
 
 
 def generic_backward(g, gy_all, x, weight, y, activation, slope, needs, gx_all, n0, n1, budget, xp=np):

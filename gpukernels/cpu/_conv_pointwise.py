@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..host_rules import activate_
 from . import _conv_common as common
 
 
@@ -60,7 +59,7 @@ def pointwise_forward(g, x, weight, bias, activation, slope, y, n0, n1, budget):
         np.matmul(w2, _subsampled(g, x[a:e], buf), out=yt)
         if bias3 is not None:
             np.add(yt, bias3, out=yt)
-        activate_(np, yt, activation, slope)
+        common.activate(np, yt, activation, slope)
 
 
 def pointwise_backward(g, gy_all, x, weight, y, activation, slope, needs, gx_all, n0, n1, budget):

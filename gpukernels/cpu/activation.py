@@ -113,7 +113,7 @@ def relu_forward(x):
     (128, 16, 32, 32) float32 with two threads, 0.77-0.79 -> 0.27 ms)."""
     if not _blockable(x):
         return _ref.relu_forward(x)
-    xf, zeros = x.reshape(-1), _filled(0, x)
+    xf, zeros = x.reshape(-1), filled(0, x)
     y = np.empty_like(x)
     yf, block = y.reshape(-1), len(zeros)
 
@@ -159,7 +159,7 @@ def add_relu_forward(a, b):
     the reference checks the arguments of other calls."""
     if not _blockable(a, b):
         return _ref.add_relu_forward(a, b)
-    af, bf, zeros = a.reshape(-1), b.reshape(-1), _filled(0, a)
+    af, bf, zeros = a.reshape(-1), b.reshape(-1), filled(0, a)
     y = np.empty_like(a, order="C")
     yf, block = y.reshape(-1), len(zeros)
 
@@ -185,7 +185,7 @@ def _slope(a, negative_slope):
     return s if np.isfinite(s) else None
 
 
-def _filled(value, like):
+def filled(value, like):
     """A read-only block of ``value`` in ``like``'s dtype, as long as ``like`` up to a
     block: NumPy's maximum, minimum, fmax and fmin run their SIMD loops only between two
     arrays (with a scalar operand: 2x slower). Cached: a fresh 256 KiB block costs its
@@ -223,7 +223,7 @@ def leaky_relu_forward(x, negative_slope):
     if s is None:
         return _ref.leaky_relu_forward(x, negative_slope)
     if s == 0:  # max(x, 0 * x) is NaN at x = +inf: y = x * f, f = [x > 0]
-        ones, slopes = _filled(1, x), _filled(s, x)
+        ones, slopes = filled(1, x), filled(s, x)
 
         def kernel(xb, out):
             _leaky_factor(xb, out, s, ones, slopes)
@@ -246,7 +246,7 @@ def leaky_relu_backward(grad_y, y, negative_slope):
     s = _slope(y, negative_slope) if _blockable(grad_y, y) else None
     if s is None:
         return _ref.leaky_relu_backward(grad_y, y, negative_slope)
-    ones, slopes = _filled(1, y), _filled(s, y)
+    ones, slopes = filled(1, y), filled(s, y)
 
     def kernel(gb, yb, out):
         _leaky_factor(yb, out, s, ones, slopes)
