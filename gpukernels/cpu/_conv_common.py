@@ -105,6 +105,30 @@ def masked_grad(xp, gy, y, activation, slope, work=None):
     return xp.multiply(gy, factor, out=work)
 
 
+# ----------------------------------------------------------------------------- bias gradient
+
+
+def channel_sums(xp, a, channel_axis=1):
+    """grad_b's per-channel sums of ``a``: (N, C, ...) NCHW (``channel_axis`` 1), or a
+    2-D (rows, C) channels-last matrix (1) or (C, cols) one (0). On NumPy a BLAS GEMV
+    against ones (on the caller's one BLAS thread): NumPy reduces an axis that is not
+    the innermost one 5-17x slower (measured, float32: (1024, 32) column sums 16.8 ->
+    2.2 us, the digits CNN's second conv; (128, 16, 32, 32) over (0, 2, 3) 347 -> 61)."""
+    if xp is not np:
+        return a.sum(axis=tuple(i for i in range(a.ndim) if i != channel_axis))
+    if a.ndim == 2:
+        return _ones(a.shape[0], a.dtype) @ a if channel_axis == 1 else a @ _ones(a.shape[1], a.dtype)
+    rows = a.reshape(a.shape[0] * a.shape[1], -1)  # a copy where ``a`` is strided
+    return (rows @ _ones(rows.shape[1], a.dtype)).reshape(a.shape[0], a.shape[1]).sum(axis=0)
+
+
+@lru_cache(maxsize=32)
+def _ones(n, dtype):
+    ones = np.ones(n, dtype=dtype)
+    ones.flags.writeable = False
+    return ones
+
+
 # ----------------------------------------------------------------------------- layout
 
 #: Channel planes of at least this many bytes are copied to channels-last this many

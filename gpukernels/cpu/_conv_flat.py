@@ -252,7 +252,7 @@ def flat_backward(g, gy_all, x, weight, y, activation, slope, needs, gx_all, n0,
             np.copyto(v["pdst"], gm)
             gyext = v["gyext"]
             if needs[2]:
-                gb += gyext.sum(axis=1)
+                gb += common.channel_sums(np, gyext, channel_axis=0)
             if needs[1]:
                 common.to_channels_last(xcl4[:b, g.ph : g.ph + g.H, g.pw : g.pw + g.W], x[a:e])
                 np.matmul(gyext.reshape(G, 1, 1, Og, lb), v["taps"], out=gwt)

@@ -123,7 +123,7 @@ def generic_backward(g, gy_all, x, weight, y, activation, slope, needs, gx_all, 
         b = e - a
         gyt = common.masked_grad(xp, gy_all[a:e], None if y is None else y[a:e], activation, slope)
         if needs[2]:
-            gb += gyt.sum(axis=(0, 2, 3))
+            gb += common.channel_sums(xp, gyt)
         gyp = None
         if needs[0] or (needs[1] and not gw_per_image):
             # (G, Og, b*L): the tile's gradient with the batch inside the GEMM's N dimension.
@@ -236,7 +236,7 @@ def batch_inner_backward(g, gy_all, x, weight, y, activation, slope, needs, gx_a
         buf = bufs[b]
         gyt = common.masked_grad(np, gy_all[a:e], None if y is None else y[a:e], activation, slope, buf["work"])
         if needs[2]:
-            gb += gyt.sum(axis=(0, 2, 3))
+            gb += common.channel_sums(np, gyt)
         if needs[1] or not transposed:
             gyT = buf["gyT"]
             np.copyto(gyT, gyt.transpose(1, 2, 3, 0))

@@ -203,7 +203,7 @@ def nhwc_backward(g, gy_all, x, weight, y, activation, slope, needs, gx_all, n0,
         common.to_channels_last(gt.reshape(b, g.OH, g.OW, O), gm)
         gyg = gt.transpose(1, 0, 2)  # (G, b*L, Og)
         if needs[2]:
-            gb += gt.reshape(b * L, O).sum(axis=0)
+            gb += common.channel_sums(np, gt.reshape(b * L, O))
         if needs[1]:
             np.matmul(xbuf.load(x[a:e]).transpose(0, 2, 1), gyg, out=gwt)
             gw += gwt

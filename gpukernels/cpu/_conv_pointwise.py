@@ -80,7 +80,7 @@ def pointwise_backward(g, gy_all, x, weight, y, activation, slope, needs, gx_all
                                 None if work is None else work[:b])
         gm3 = gm.reshape(b, g.O, g.L)
         if needs[2]:
-            gb += gm3.sum(axis=(0, 2))
+            gb += common.channel_sums(np, gm3)
         if needs[1]:
             xs = _subsampled(g, x[a:e], buf)
             gw += np.matmul(gm3, xs.transpose(0, 2, 1)).sum(axis=0)

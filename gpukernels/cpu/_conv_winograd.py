@@ -283,7 +283,7 @@ def winograd_backward(g, gy_all, x, u, y, activation, slope, needs, gx_all, n0, 
         gm = common.masked_grad(np, gy_all[a:e], None if y is None else y[a:e], activation, slope, wk)
         common.to_channels_last(gyp[:b, : g.OH, : g.OW], gm)
         if needs[2]:
-            gb += gyp[:b].reshape(-1, O).sum(axis=0)
+            gb += common.channel_sums(np, gyp[:b].reshape(-1, O))
         if needs[1]:
             buf.load(x[a:e])
         if needs[0]:
