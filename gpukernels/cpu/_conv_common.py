@@ -15,7 +15,7 @@ import numpy as np
 from ..host_rules import activate_
 from ..shapes import conv2d_output_size
 from ..shapes import pair as _pair
-from .activation import filled
+from ._blocks import filled
 
 
 class Geom:
@@ -76,16 +76,20 @@ def epilogue(acc, bias4, yt, activation, slope):
     activate(np, yt, activation, slope)
 
 
+#: Bytes of the zeros block the ReLU of a tile runs against, block by block.
+ZEROS_BLOCK_BYTES = 256 << 10
+
+
 def activate(xp, yt, activation, slope):
     """``host_rules.activate_`` of an output tile, in place; on NumPy a C-contiguous
-    tile's ReLU runs against blocks of zeros (``activation.filled``): NumPy's maximum
+    tile's ReLU runs against blocks of zeros (``_blocks.filled``): NumPy's maximum
     with a scalar operand runs a loop ~4x slower than between two arrays (64K float32
     in place: 24.7 against 6.0 us; the digits CNN's first conv forward spent a fifth of
     its time there)."""
     if activation != "relu" or xp is not np or not yt.flags.c_contiguous:
         return activate_(xp, yt, activation, slope)
     flat = yt.reshape(-1)
-    zeros = filled(0, flat)
+    zeros = filled(0, flat, ZEROS_BLOCK_BYTES)
     for i in range(0, flat.size, zeros.size):
         j = min(i + zeros.size, flat.size)
         np.maximum(flat[i:j], zeros[: j - i], out=flat[i:j])

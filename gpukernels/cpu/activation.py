@@ -41,13 +41,12 @@ reference's.
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
 from ..reference import activation as _ref
 from ..reference.activation import heaviside_forward  # noqa: F401 - off the training path
 from . import _parallel
+from ._blocks import filled
 
 __all__ = ["relu_forward", "relu_backward", "add_forward", "add_relu_forward", "leaky_relu_forward",
            "leaky_relu_backward", "sigmoid_forward", "sigmoid_backward", "tanh_forward", "tanh_backward",
@@ -113,7 +112,7 @@ def relu_forward(x):
     (128, 16, 32, 32) float32 with two threads, 0.77-0.79 -> 0.27 ms)."""
     if not _blockable(x):
         return _ref.relu_forward(x)
-    xf, zeros = x.reshape(-1), filled(0, x)
+    xf, zeros = x.reshape(-1), filled(0, x, BLOCK_BYTES)
     y = np.empty_like(x)
     yf, block = y.reshape(-1), len(zeros)
 
@@ -159,7 +158,7 @@ def add_relu_forward(a, b):
     the reference checks the arguments of other calls."""
     if not _blockable(a, b):
         return _ref.add_relu_forward(a, b)
-    af, bf, zeros = a.reshape(-1), b.reshape(-1), filled(0, a)
+    af, bf, zeros = a.reshape(-1), b.reshape(-1), filled(0, a, BLOCK_BYTES)
     y = np.empty_like(a, order="C")
     yf, block = y.reshape(-1), len(zeros)
 
@@ -185,22 +184,6 @@ def _slope(a, negative_slope):
     return s if np.isfinite(s) else None
 
 
-def filled(value, like):
-    """A read-only block of ``value`` in ``like``'s dtype, as long as ``like`` up to a
-    block: NumPy's maximum, minimum, fmax and fmin run their SIMD loops only between two
-    arrays (with a scalar operand: 2x slower). Cached: a fresh 256 KiB block costs its
-    page faults and fill, ~10% of a 4 MiB ReLU."""
-    n = max(1, min(like.size, BLOCK_BYTES // like.itemsize))
-    return _filled_block(like.dtype.type(value).tobytes(), like.dtype, n)  # bytes: -0.0 is not 0.0
-
-
-@functools.lru_cache(maxsize=64)
-def _filled_block(value, dtype, n):
-    block = np.full(n, np.frombuffer(value, dtype=dtype)[0], dtype=dtype)
-    block.flags.writeable = False
-    return block
-
-
 def _leaky_factor(v, out, s, ones, slopes):
     """out = 1 where v > 0, else s, without a compare (module docstring); 3 operations.
     ``ones`` and ``slopes``: blocks of 1 and s at least as long as ``out``."""
@@ -223,7 +206,7 @@ def leaky_relu_forward(x, negative_slope):
     if s is None:
         return _ref.leaky_relu_forward(x, negative_slope)
     if s == 0:  # max(x, 0 * x) is NaN at x = +inf: y = x * f, f = [x > 0]
-        ones, slopes = filled(1, x), filled(s, x)
+        ones, slopes = filled(1, x, BLOCK_BYTES), filled(s, x, BLOCK_BYTES)
 
         def kernel(xb, out):
             _leaky_factor(xb, out, s, ones, slopes)
@@ -246,7 +229,7 @@ def leaky_relu_backward(grad_y, y, negative_slope):
     s = _slope(y, negative_slope) if _blockable(grad_y, y) else None
     if s is None:
         return _ref.leaky_relu_backward(grad_y, y, negative_slope)
-    ones, slopes = filled(1, y), filled(s, y)
+    ones, slopes = filled(1, y, BLOCK_BYTES), filled(s, y, BLOCK_BYTES)
 
     def kernel(gb, yb, out):
         _leaky_factor(yb, out, s, ones, slopes)
