@@ -57,8 +57,8 @@ def timeit_pair(a, b, *, warmup: int = 2, repeat: int = 10, block: int = 3,
     1) 6.24 / 4.81, and back to back with a 64 MiB memset before every run 4.42 / 4.99,
     so the cache is not what slows ours after torch's call: PyTorch's OpenMP workers
     spin-wait after a parallel region, on the core our second thread needs (with
-    ``OMP_WAIT_POLICY=PASSIVE`` strict alternation reads 4.83-4.96 / 5.02-5.30). Every CPU entry and training step takes turns of 3
-    (``block``'s default)."""
+    ``OMP_WAIT_POLICY=PASSIVE`` strict alternation reads 4.83-4.96 / 5.02-5.30). Every
+    CPU entry and training step takes turns of 3 (``block``'s default)."""
     for _ in range(warmup):
         a()
         b()

@@ -83,12 +83,17 @@ def filled(value, like, block_bytes):
     between two arrays (with a scalar operand: 2-4x slower), so the activations and the
     conv epilogue's ReLU take their constants as blocks. Cached: a fresh 256 KiB block
     costs its page faults and fill, ~10% of a 4 MiB ReLU."""
-    n = max(1, min(like.size, block_bytes // like.itemsize))
-    return _filled_block(like.dtype.type(value).tobytes(), like.dtype, n)  # bytes: -0.0 is not 0.0
+    return constant(value, like.dtype, max(1, min(like.size, block_bytes // like.itemsize)))
+
+
+def constant(value, dtype, n):
+    """A cached read-only (n,) array of ``value`` in ``dtype``."""
+    dtype = np.dtype(dtype)
+    return _constant(dtype.type(value).tobytes(), dtype, n)  # bytes: -0.0 is not 0.0
 
 
 @functools.lru_cache(maxsize=64)
-def _filled_block(value, dtype, n):
+def _constant(value, dtype, n):
     block = np.full(n, np.frombuffer(value, dtype=dtype)[0], dtype=dtype)
     block.flags.writeable = False
     return block

@@ -15,7 +15,7 @@ import numpy as np
 from ..host_rules import activate_
 from ..shapes import conv2d_output_size
 from ..shapes import pair as _pair
-from ._blocks import filled
+from ._blocks import constant, filled
 
 
 class Geom:
@@ -121,16 +121,11 @@ def channel_sums(xp, a, channel_axis=1):
     if xp is not np:
         return a.sum(axis=tuple(i for i in range(a.ndim) if i != channel_axis))
     if a.ndim == 2:
-        return _ones(a.shape[0], a.dtype) @ a if channel_axis == 1 else a @ _ones(a.shape[1], a.dtype)
+        if channel_axis == 1:
+            return constant(1, a.dtype, a.shape[0]) @ a
+        return a @ constant(1, a.dtype, a.shape[1])
     rows = a.reshape(a.shape[0] * a.shape[1], -1)  # a copy where ``a`` is strided
-    return (rows @ _ones(rows.shape[1], a.dtype)).reshape(a.shape[0], a.shape[1]).sum(axis=0)
-
-
-@lru_cache(maxsize=32)
-def _ones(n, dtype):
-    ones = np.ones(n, dtype=dtype)
-    ones.flags.writeable = False
-    return ones
+    return (rows @ constant(1, a.dtype, rows.shape[1])).reshape(a.shape[0], a.shape[1]).sum(axis=0)
 
 
 # ----------------------------------------------------------------------------- layout

@@ -9,8 +9,9 @@ images are garbage, never read back. A row holds its left padding and the image 
 right padding (``frame_width``: Wf = W + pw, 33 at 32x32 instead of Wp = 34): a tap
 past the row's end reads the next row's left padding, zeros too. So 3% extra GEMM work
 at 32x32, padding 1 (1056 output cells an image against 1024; 6% with the full Wp), 6%
-at 16x16, but 40% at 8x8, hence nhwc there. Only the KW column shifts are copied (3x the frame, in long
-runs), and each kernel row is one GEMM on that copy shifted by a row (``_FrameConv``).
+at 16x16, but 40% at 8x8, hence nhwc there. Only the KW column shifts are copied (3x
+the frame, in long runs), and each kernel row is one GEMM on that copy shifted by a row
+(``_FrameConv``).
 
 Backward writes the masked ``grad_y`` into a zeroed frame: its zeros cancel the garbage
 positions in ``grad_w``, and it is also the padded input of ``grad_x`` (the transposed

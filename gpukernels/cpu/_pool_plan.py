@@ -89,11 +89,6 @@ def _plan_of_call(x_shape, kernel, stride, padding, dilation, itemsize, last_max
         tuple(int(v) for v in x_shape), pair(kernel), pair(stride), pair(padding), pair(dilation))
     ow = conv2d_output_size(x_shape[2], x_shape[3], kernel, stride, padding, dilation)[1]
     last = ow <= last_max_ow and math.prod(x_shape) * itemsize <= last_max_bytes
-    return _plan(x_shape, kernel, stride, padding, dilation, last)
-
-
-@lru_cache(maxsize=512)
-def _plan(x_shape, kernel, stride, padding, dilation, last):
     return Plan(x_shape, kernel, stride, padding, dilation, last)
 
 
@@ -104,7 +99,7 @@ class Plan:
     ``last`` (all full views: the padding is in memory); and how the backward scatters
     each tap's (planes, OH, OW) contribution (or (OH, OW, planes)) back onto dx."""
 
-    def __init__(self, x_shape, kernel, stride, padding, dilation, last=False):
+    def __init__(self, x_shape, kernel, stride, padding, dilation, last):
         (kh, kw), (sh, sw), (dh, dw) = pair(kernel), pair(stride), pair(dilation)
         self.last = last
         self.h, self.w = h, w = x_shape[2], x_shape[3]
@@ -184,8 +179,8 @@ class Plan:
         """db (planes of H x W) = the sum over taps k of tap k's contribution placed at
         the pixels tap k read, the padding's share dropped. ``contribution(k, out)``
         writes tap k's contribution (planes of OH x OW) into ``out`` (scratch, or a
-        strided view of dx) and returns it, or returns an array holding it that the scatter only reads;
-        ``clean(k)``: True when it is already 0 wherever tap k reads padding (the max
+        strided view of dx) and returns it, or returns an array holding it that the
+        scatter only reads; ``clean(k)``: True when it is already 0 wherever tap k reads padding (the max
         pool's taps k > 0: only the first tap can be the argmax of an all -inf window).
         ``scratch``: from ``scatter_scratch``, sliced to the block. Sums run in tap order,
         as the reference's."""
