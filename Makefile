@@ -50,9 +50,11 @@ $(STAMP36): Makefile | $(STAMP)
 # architecture; 0 problems, as tests/test_compile.py asks of .venv's triton for sm_80 and
 # sm_90), then the interpreter tests of every op family (tests/triton; the others do not
 # touch Triton and ran above), with pytest's cache off so .pytest_cache stays the main run's.
+# The whole trainings of tests/triton (marker e2e, ~90 s of interpreter time) ran in the
+# main pass and are not repeated: they run the kernels whose own tests run here.
 test-triton36: $(STAMP36)
 	env -u TRITON_INTERPRET $(PY36) -m gpukernels.triton.aot --arch 90 --quiet
-	$(PY36) -m pytest -q -n 2 -p no:cacheprovider tests/triton
+	$(PY36) -m pytest -q -n 2 -p no:cacheprovider -m 'not e2e' tests/triton
 
 test-gpu: $(STAMP)
 	GPUKERNELS_TEST_GPU=1 $(PY) -m pytest -q -m gpu tests

@@ -10,7 +10,10 @@ import pytest
 from gpukernels import backend
 from models import train
 
-pytestmark = pytest.mark.skipif(not backend.interpreting(), reason="needs TRITON_INTERPRET=1")
+# e2e: whole trainings, ~90 s of interpreter time; `make test` runs them in its main pass
+# only, not again under triton 3.6 (whose kernel tests run there, every one of them)
+pytestmark = [pytest.mark.skipif(not backend.interpreting(), reason="needs TRITON_INTERPRET=1"),
+              pytest.mark.e2e]
 
 
 def _run(capsys, device, model="cnn", train_size=96, batch=32):
