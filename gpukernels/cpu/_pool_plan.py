@@ -146,8 +146,8 @@ class Plan:
         return np.empty((count, rows, cols), dtype=dtype)
 
     def layout(self, a):
-        """(N, C, rows, cols) ``a`` in this plan's layout: a view of its planes where it
-        is C-contiguous, else a copy."""
+        """(N, C, rows, cols) ``a`` in this plan's layout: planes-last, a transposed copy;
+        else its planes, a view where ``a`` is C-contiguous (a copy otherwise)."""
         return planes_last(a) if self.last else planes(a)
 
     def nchw(self, a3, n, c):
