@@ -12,6 +12,8 @@ import numbers
 
 def is_int(value) -> bool:
     """An integer that is not a bool (NumPy integers included)."""
+    if type(value) is int:  # the common case, without the ABC check (~0.3 us a call)
+        return True
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 

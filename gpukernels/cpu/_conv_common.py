@@ -8,6 +8,8 @@ Shapes: ``x`` (N, C, H, W), ``weight`` (O, C/G, KH, KW), ``y`` (N, O, OH, OW); `
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from functools import lru_cache
 
 import numpy as np
@@ -42,9 +44,23 @@ class Geom:
 
 def geom(xshape, wshape, stride, padding, dilation, groups):
     """``Geom`` of one call, shared by every call of the same sizes (a Geom is never
-    changed after it is built): building one costs ~25 us, a tenth of a small conv."""
+    changed after it is built): building one costs ~25 us, a tenth of a small conv, and
+    normalising the arguments for the lookup ~3 us, so the arguments as received are
+    looked up first (shapes and the checked pairs are tuples of ints: hashable)."""
+    try:
+        return _geom_as_given(xshape, wshape, stride, padding, dilation, groups)
+    except TypeError:  # unhashable (a list): normalise
+        return _geom_normalised(xshape, wshape, stride, padding, dilation, groups)
+
+
+def _geom_normalised(xshape, wshape, stride, padding, dilation, groups):
     return _geom(tuple(int(v) for v in xshape), tuple(int(v) for v in wshape), _pair(stride),
                  _pair(padding), _pair(dilation), int(groups))
+
+
+@lru_cache(maxsize=512)
+def _geom_as_given(xshape, wshape, stride, padding, dilation, groups):
+    return _geom_normalised(xshape, wshape, stride, padding, dilation, groups)
 
 
 @lru_cache(maxsize=512)
@@ -149,6 +165,48 @@ def to_channels_last(dst, src):
         return
     for c0 in range(0, c, CHANNEL_BLOCK):
         np.copyto(dst[..., c0 : c0 + CHANNEL_BLOCK], src[:, c0 : c0 + CHANNEL_BLOCK].transpose(0, 2, 3, 1))
+
+
+# ----------------------------------------------------------------------------- scratch
+
+#: Scratch objects (a path's tile buffers) of at most this many bytes are kept, per
+#: thread, for the next call of the same sizes (``scratch``) ...
+SCRATCH_MAX_BYTES = 2 << 20
+#: ... up to this many bytes a thread, the least recently used dropped first.
+SCRATCH_THREAD_BYTES = 8 << 20
+
+_scratch = threading.local()
+
+
+def scratch(key, nbytes, make):
+    """``make()``, or the object an earlier call on this thread made for the same
+    ``key``: the tile buffers of a small conv, whose zeroed frames and strided views
+    cost more to build than the small call's copies and GEMMs (the digits CNN's second
+    conv builds three ``_Nhwc`` buffers a step, ~8 us each, out of ~0.6 ms for its
+    forward and backward). ``key`` names the sizes (a ``Geom`` is shared by every call
+    of the same sizes) and the buffer's role; ``nbytes`` is what it holds. Only the
+    calling thread uses what it gets, and a caller must leave the object as it found
+    it apart from what every call rewrites (zero borders stay zero), since the next
+    call of the same sizes takes it as is. Objects above SCRATCH_MAX_BYTES are made
+    afresh every call (they are large calls' tiles, where building them is cheap
+    against the work), so a thread keeps at most SCRATCH_THREAD_BYTES."""
+    if nbytes > SCRATCH_MAX_BYTES:
+        return make()
+    cache = getattr(_scratch, "lru", None)
+    if cache is None:
+        cache = _scratch.lru = OrderedDict()
+        _scratch.bytes = 0
+    hit = cache.get(key)
+    if hit is not None:
+        cache.move_to_end(key)
+        return hit[0]
+    obj = make()
+    cache[key] = (obj, nbytes)
+    _scratch.bytes += nbytes
+    while _scratch.bytes > SCRATCH_THREAD_BYTES:
+        _, (_, dropped) = cache.popitem(last=False)
+        _scratch.bytes -= dropped
+    return obj
 
 
 # ----------------------------------------------------------------------------- tiles

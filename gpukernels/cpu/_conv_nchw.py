@@ -21,6 +21,8 @@ tile (``common.tiles``).
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -35,10 +37,13 @@ from . import _conv_common as common
 PER_IMAGE_GW_MIN_L = 256
 
 
-def _im2col(g, src, cols):
-    """cols[c, kh, kw, b, oh, ow] = src[b, c, oh*sh + kh*dh - ph, ow*sw + kw*dw - pw]
-    for in-range inputs; out-of-range entries of ``cols`` are left as they are (zero)."""
+@lru_cache(maxsize=512)
+def _im2col_taps(g):
+    """Per kernel tap with in-range inputs: ``(kh, kw, oh slice, ow slice, ih slice, iw
+    slice)``, the columns' and the input's windows (computed once per ``Geom``: the
+    slices cost ~1 us a tap, against a ~2 us copy for the digits CNN's first conv)."""
     sh, sw = g.sh, g.sw
+    out = []
     for kh, (oh0, oh1, ih0) in enumerate(g.rows_h):
         if oh1 <= oh0:
             continue
@@ -46,35 +51,47 @@ def _im2col(g, src, cols):
         for kw, (ow0, ow1, iw0) in enumerate(g.rows_w):
             if ow1 <= ow0:
                 continue
-            ws = slice(iw0, iw0 + (ow1 - ow0 - 1) * sw + 1, sw)
-            cols[:, kh, kw, :, oh0:oh1, ow0:ow1] = src[:, :, hs, ws].transpose(1, 0, 2, 3)
+            out.append((kh, kw, slice(oh0, oh1), slice(ow0, ow1), hs, slice(iw0, iw0 + (ow1 - ow0 - 1) * sw + 1, sw)))
+    return tuple(out)
+
+
+def _im2col(g, src, cols):
+    """cols[c, kh, kw, b, oh, ow] = src[b, c, oh*sh + kh*dh - ph, ow*sw + kw*dw - pw]
+    for in-range inputs; out-of-range entries of ``cols`` are left as they are (zero)."""
+    srct = src.transpose(1, 0, 2, 3)
+    for kh, kw, ohs, ows, hs, ws in _im2col_taps(g):
+        cols[:, kh, kw, :, ohs, ows] = srct[:, :, hs, ws]
 
 
 def _col2im(xp, g, gcols, gx):
     """gx[b, c, ih, iw] = sum over taps of gcols[c, kh, kw, b, oh, ow] (the adjoint of
     ``_im2col``). A tap that covers every input pixel (stride 1) is assigned first,
     which saves zero-filling ``gx``."""
-    sh, sw = g.sh, g.sw
-    taps = []
-    first = None
-    for kh, (oh0, oh1, ih0) in enumerate(g.rows_h):
-        for kw, (ow0, ow1, iw0) in enumerate(g.rows_w):
-            if oh1 <= oh0 or ow1 <= ow0:
-                continue
-            full = sh == 1 and sw == 1 and ih0 == 0 and iw0 == 0 and oh1 - oh0 == g.H and ow1 - ow0 == g.W
-            if full and first is None:
-                first = (kh, kw, oh0, oh1, ih0, ow0, ow1, iw0)
-            else:
-                taps.append((kh, kw, oh0, oh1, ih0, ow0, ow1, iw0))
+    taps = _im2col_taps(g)
+    whole = slice(0, g.H, 1), slice(0, g.W, 1)
+    first = next((t for t in taps if g.sh == g.sw == 1 and (t[4], t[5]) == whole), None)
+    gxt = gx.transpose(1, 0, 2, 3)
     if first is None:
         gx[...] = 0
     else:
-        kh, kw, oh0, oh1, _, ow0, ow1, _ = first
-        gx[...] = gcols[:, kh, kw, :, oh0:oh1, ow0:ow1].transpose(1, 0, 2, 3)
-    for kh, kw, oh0, oh1, ih0, ow0, ow1, iw0 in taps:
-        hs = slice(ih0, ih0 + (oh1 - oh0 - 1) * sh + 1, sh)
-        ws = slice(iw0, iw0 + (ow1 - ow0 - 1) * sw + 1, sw)
-        gx[:, :, hs, ws] += gcols[:, kh, kw, :, oh0:oh1, ow0:ow1].transpose(1, 0, 2, 3)
+        kh, kw, ohs, ows, _, _ = first
+        gxt[...] = gcols[:, kh, kw, :, ohs, ows]
+    for tap in taps:
+        if tap is not first:
+            kh, kw, ohs, ows, hs, ws = tap
+            gxt[:, :, hs, ws] += gcols[:, kh, kw, :, ohs, ows]
+
+
+def _cols_buffer(g, bmax, dtype, xp):
+    """The zeroed ``(C, KH, KW, bmax, OH, OW)`` columns ``_im2col`` fills: on NumPy this
+    thread's from an earlier call of these sizes where small (``common.scratch``; every
+    call writes the same in-range entries, the out-of-range ones stay zero)."""
+    shape = (g.C, g.KH, g.KW, bmax, g.OH, g.OW)
+    if xp is not np:
+        return xp.zeros(shape, dtype=dtype)
+    nbytes = g.C * g.KH * g.KW * bmax * g.L * np.dtype(dtype).itemsize
+    return common.scratch(("generic cols", g, bmax, np.dtype(dtype).str), nbytes,
+                          lambda: np.zeros(shape, dtype=dtype))
 
 
 def generic_forward(g, x, weight, bias, activation, slope, y, n0, n1, budget, xp=np):
@@ -82,7 +99,7 @@ def generic_forward(g, x, weight, bias, activation, slope, y, n0, n1, budget, xp
     wm = weight.reshape(g.G, g.Og, g.Kg)
     per_image = g.Kg * g.G * g.L * x.itemsize
     bmax, tiles = common.tiles(n0, n1, per_image, budget)
-    colsbuf = xp.zeros((g.C, g.KH, g.KW, bmax, g.OH, g.OW), dtype=x.dtype)
+    colsbuf = _cols_buffer(g, bmax, x.dtype, xp)
     O, G, Og, L = g.O, g.G, g.Og, g.L
     for a, e in tiles:
         b = e - a
@@ -113,7 +130,7 @@ def generic_backward(g, gy_all, x, weight, y, activation, slope, needs, gx_all, 
     G, Og, Kg, L, O = g.G, g.Og, g.Kg, g.L, g.O
     per_image = max(Kg * G, O) * L * x.itemsize
     bmax, tiles = common.tiles(n0, n1, per_image, budget)
-    colsbuf = xp.zeros((g.C, g.KH, g.KW, bmax, g.OH, g.OW), dtype=x.dtype) if needs[1] else None
+    colsbuf = _cols_buffer(g, bmax, x.dtype, xp) if needs[1] else None
     gwT = xp.zeros((G, Kg, Og), dtype=x.dtype) if needs[1] else None
     gb = xp.zeros((O,), dtype=x.dtype) if needs[2] else None
     wt = wm.transpose(0, 2, 1) if needs[0] else None

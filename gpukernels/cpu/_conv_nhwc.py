@@ -33,6 +33,15 @@ class _Nhwc:
     The column copy moves runs of ``KW*C`` elements (``Cg`` with groups or dilation).
     A negative padding (grad_x's transposed conv) crops the input instead."""
 
+    @classmethod
+    def of(cls, role, g, bmax, dtype):
+        """The tile buffers of ``role`` (what they hold: "x", "q") for these sizes:
+        this thread's from an earlier call where small enough (``common.scratch``);
+        every call rewrites the frame's interior and the columns, never the border."""
+        it = np.dtype(dtype).itemsize
+        nbytes = bmax * (g.Hp * g.Wp * g.C + g.L * g.G * g.Kg) * it
+        return common.scratch(("nhwc", role, g, bmax, np.dtype(dtype).str), nbytes, lambda: cls(g, bmax, dtype))
+
     def __init__(self, g, bmax, dtype):
         self.g = g
         it = np.dtype(dtype).itemsize
@@ -156,7 +165,7 @@ def nhwc_forward(g, x, weight, bias, activation, slope, y, n0, n1, budget):
     """``y[n0:n1] = act(conv(x[n0:n1], w) + b)`` channels-last, tile by tile."""
     bmax, tiles = _nhwc_tiles(g, n0, n1, budget, x.itemsize)
     dt = x.dtype
-    buf = _Nhwc(g, bmax, dt)
+    buf = _Nhwc.of("x", g, bmax, dt)
     out = np.empty((bmax * g.L, g.G, g.Og), dtype=dt)
     wcl = _nhwc_weight(weight, g.G)
     bias4 = None if bias is None else bias.reshape(1, g.O, 1, 1)
@@ -181,13 +190,13 @@ def nhwc_backward(g, gy_all, x, weight, y, activation, slope, needs, gx_all, n0,
     gw = np.zeros((G, g.Kg, Og), dtype=dt) if needs[1] else None
     gb = np.zeros((O,), dtype=dt) if needs[2] else None
     if needs[1]:
-        xbuf = _Nhwc(g, bmax, dt)
+        xbuf = _Nhwc.of("x", g, bmax, dt)
         gwt = np.empty_like(gw)
     transposed = needs[0] and common.flat_ok(g) and O <= TRANSPOSED_MAX_O_PER_C * C
     phases = _Phases(g, weight, bmax, dt) if needs[0] and G == 1 and not common.flat_ok(g) else None
     if transposed:
         gq = common.transposed_geom(g)
-        qbuf = _Nhwc(gq, bmax, dt)
+        qbuf = _Nhwc.of("q", gq, bmax, dt)
         wq = _nhwc_weight(common.flipped_weight(weight, g), G)
         gxl = np.empty((bmax * gq.L, G, Cg), dtype=dt)
     elif needs[0] and phases is None:

@@ -438,3 +438,55 @@ def test_threaded_path_works_in_forked_child(threaded):
             pytest.fail("the threaded conv hung in a forked child")
         time.sleep(0.01)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child status {status}"
+
+
+# ----------------------------------------------------------------------------- scratch
+
+
+@pytest.mark.parametrize("path", ["nhwc", "generic"])
+def test_reused_scratch_gives_each_call_its_own_result(path, knob):
+    """Calls of the same sizes reuse one thread's tile buffers (``_conv_common.scratch``):
+    each call's result is its own inputs' (nothing of the last call's data stays in the
+    columns, the padded frame's border stays zero), forward and backward, for the
+    digits CNN's two layer shapes."""
+    knob(conv_cpu_path=path)
+    rng = np.random.default_rng(21)
+    for c, o, h in ((1, 16, 8), (16, 32, 4)):
+        for _ in range(3):
+            x, w, b = make_inputs(rng, 5, c, h, h, o, 3, 3, 1, True)
+            x *= rng.uniform(0.1, 10)  # a different scale each call: stale data would show
+            gy = rng.standard_normal((5, o, h, h))
+            y = conv.conv2d_forward(x, w, b, (1, 1), (1, 1), (1, 1), 1, "relu")
+            got = (y, *conv.conv2d_backward(gy, x, w, y, (1, 1), (1, 1), (1, 1), 1, "relu"))
+            want = torch_conv(x, w, b, 1, 1, 1, 1, "relu", 0.0, gy, ALL)
+            for name, a, e in zip(("y", "grad_x", "grad_w", "grad_b"), got, want):
+                assert_rel_close(a, e, rtol=RTOL64, name=f"{path} {c}->{o} {name}")
+
+
+def test_scratch_is_per_thread_and_bounded(monkeypatch):
+    """``scratch`` hands a thread back what it made for the same key, never another
+    thread's; objects over SCRATCH_MAX_BYTES are made afresh each call; a thread keeps at
+    most SCRATCH_THREAD_BYTES, dropping the least recently used."""
+    monkeypatch.setattr(_conv_common, "_scratch", threading.local())
+    monkeypatch.setattr(_conv_common, "SCRATCH_MAX_BYTES", 100)
+    monkeypatch.setattr(_conv_common, "SCRATCH_THREAD_BYTES", 250)
+    made = []
+
+    def make():
+        made.append(object())
+        return made[-1]
+
+    a = _conv_common.scratch("a", 100, make)
+    assert _conv_common.scratch("a", 100, make) is a and len(made) == 1
+    big = _conv_common.scratch("big", 101, make)
+    assert _conv_common.scratch("big", 101, make) is not big  # too large to keep
+    other = []
+    t = threading.Thread(target=lambda: other.append(_conv_common.scratch("a", 100, make)))
+    t.start()
+    t.join()
+    assert other[0] is not a  # the other thread made its own
+    b = _conv_common.scratch("b", 100, make)
+    _conv_common.scratch("a", 100, make)  # "a" used again: "b" is now the oldest
+    _conv_common.scratch("c", 100, make)  # 300 > 250 bytes: "b" goes
+    assert _conv_common.scratch("a", 100, make) is a
+    assert _conv_common.scratch("b", 100, make) is not b

@@ -33,9 +33,10 @@ def test_blas_single_nests_and_restores():
 
 
 def test_blas_single_shared_by_threads_restores_after_the_last():
-    """Overlapping blocks on two threads: BLAS stays at one thread until both left; the
-    other thread's restore does not take (OpenBLAS takes changes from the main thread
-    only), so the next block's end restores the count."""
+    """Overlapping blocks on two threads: BLAS stays at one thread until both left, and
+    the count is back once a block ends on this thread: at the other thread's exit
+    already through OpenBLAS's own calls; through threadpoolctl's methods, which only
+    let the first thread that set a count change it, at this thread's next block."""
     with threadpoolctl.threadpool_limits(2, user_api="blas"):
         before = _blas_threads()
         inside, leave, seen = threading.Event(), threading.Event(), []
