@@ -234,13 +234,21 @@ class Function:
     @classmethod
     def apply(cls, *args, **kwargs) -> Node:
         fn = cls()
-        tensors = [a for a in args if isinstance(a, Node)]
-        _check_same_device(cls.__name__, tensors)
+        tensors, raw, needs = [], [], []
+        for a in args:  # one pass: a small op's whole Python cost is a few such loops
+            if isinstance(a, Node):
+                tensors.append(a)
+                raw.append(a.data)
+                needs.append(a.requires_grad)
+            else:
+                raw.append(a)
+                needs.append(False)
+        if len(tensors) > 1:
+            _check_same_device(cls.__name__, tensors)
         if not cls.bf16:
             for t in tensors:
                 _refuse_bf16(t, cls.__name__)
-        fn.needs_input_grad = tuple(isinstance(a, Node) and a.requires_grad for a in args)
-        raw = [a.data if isinstance(a, Node) else a for a in args]
+        fn.needs_input_grad = tuple(needs)
         out = fn.forward(*raw, **kwargs)
         requires_grad = is_grad_enabled() and any(fn.needs_input_grad) and out.dtype in FLOATS
         result = tensors[0]._new(out, requires_grad)

@@ -151,10 +151,12 @@ class _BlasSingle:
                 now = [lib.get() for lib in self.libs]
                 if self.saved is None:
                     self.saved = now
+                held = True
                 for lib, n in zip(self.libs, now):
                     if n != 1:
                         lib.set(1)
-                self.held = all(lib.get() == 1 for lib in self.libs)
+                        held = held and (lib.sticks or lib.get() == 1)
+                self.held = held
             self.depth += 1
         return self
 
@@ -162,22 +164,26 @@ class _BlasSingle:
         with self.mutex:
             self.depth -= 1
             if self.depth == 0 and self.saved is not None:
+                back = True
                 for lib, n in zip(self.libs, self.saved):
                     if n != 1:
                         lib.set(n)
-                if all(lib.get() == n for lib, n in zip(self.libs, self.saved)):
+                        back = back and (lib.sticks or lib.get() == n)
+                if back:
                     self.saved = None  # else retried at the next outermost exit
                 self.held = False
         return False
 
 
 class _Counts:
-    """One BLAS library's thread count: ``get()`` and ``set(n)``."""
+    """One BLAS library's thread count: ``get()`` and ``set(n)``; ``sticks``: a set
+    always takes (OpenBLAS's own call), else it is read back (threadpoolctl's methods
+    ignore a thread that is not the first to have set a count)."""
 
-    __slots__ = ("get", "set")
+    __slots__ = ("get", "set", "sticks")
 
-    def __init__(self, get, set_):
-        self.get, self.set = get, set_
+    def __init__(self, get, set_, sticks=False):
+        self.get, self.set, self.sticks = get, set_, sticks
 
 
 def _raw_openblas(lib):
@@ -198,7 +204,7 @@ def _raw_openblas(lib):
             if get is not None and set_ is not None:
                 get.restype, get.argtypes = ctypes.c_int, []
                 set_.restype, set_.argtypes = None, [ctypes.c_int]
-                return _Counts(get, set_)
+                return _Counts(get, set_, sticks=True)
     return None
 
 
