@@ -55,10 +55,27 @@ def empty_last(rows, cols, count, dtype):
     return np.empty((rows, cols, stride // it), dtype=dtype)[:, :, :count]
 
 
+#: Bytes of x's planes per copy in ``planes_last``: the copy walks the (H, W, P) output
+#: in order, reading one element per plane, so the planes it reads from stay in L1
+#: when there are at most this many bytes of them (32 KiB blocks, float32, us:
+#: 64x16x8x8 38.8 -> 29.3, 64x32x4x4 19.7 -> 15.1, 32x128x8x8 183 -> 124; planes of
+#: fewer than 16 pixels copy faster in one go: 128x32x2x2 5.0 against 6.7).
+LAST_COPY_BLOCK_BYTES = 32 << 10
+
+
 def planes_last(a):
-    """(N, C, H, W) -> an (H, W, N*C) copy (``empty_last``'s strides)."""
-    out = empty_last(a.shape[2], a.shape[3], a.shape[0] * a.shape[1], a.dtype)
-    np.copyto(out.reshape(a.shape[2], a.shape[3], a.shape[0], a.shape[1]), a.transpose(2, 3, 0, 1))
+    """(N, C, H, W) -> an (H, W, N*C) copy (``empty_last``'s strides), in blocks of
+    planes of LAST_COPY_BLOCK_BYTES."""
+    n, c, h, w = a.shape
+    out = empty_last(h, w, n * c, a.dtype)
+    plane = h * w * a.itemsize
+    if not a.flags.c_contiguous or h * w < 16 or n * c * plane <= LAST_COPY_BLOCK_BYTES:
+        np.copyto(out.reshape(h, w, n, c), a.transpose(2, 3, 0, 1))
+        return out
+    src = a.reshape(n * c, h, w).transpose(1, 2, 0)
+    step = max(1, LAST_COPY_BLOCK_BYTES // plane)
+    for p0 in range(0, n * c, step):
+        np.copyto(out[:, :, p0 : p0 + step], src[:, :, p0 : p0 + step])
     return out
 
 
