@@ -26,7 +26,7 @@ $(PY):
 
 # torch==2.13.0 is the CPU build (an unpinned torch would pull a multi-GB CUDA build).
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[test,bench,train]'
+	$(PY) -m pip install --quiet -e '.[test,bench,train,cpu]'
 	touch $(STAMP)
 
 # Triton kernels run on Triton's interpreter here (tests/conftest.py); tests/test_compile.py

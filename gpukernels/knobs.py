@@ -24,6 +24,10 @@ knob                      default    what it does
                                      thread, ``"forced"`` hands every call to two
                                      threads in pieces as small as the array allows
                                      (conv at any size); None: the size thresholds
+``cpu_jit``               ``None``   ``"off"``: the CPU kernels run their NumPy code
+                                     even where numba's compiled loops could serve
+                                     (``cpu/_jit``); None: compiled where numba is
+                                     installed
 ``split_k``               ``None``   grad-W split-K count of the Triton conv and linear
                                      under the interpreter (on a GPU the policy picks);
                                      None: one split
@@ -43,7 +47,8 @@ from __future__ import annotations
 
 import contextlib
 
-_DEFAULTS = {"conv_cpu_path": None, "cpu_threads": None, "split_k": None, "check_targets": True, "configs": {}}
+_DEFAULTS = {"conv_cpu_path": None, "cpu_threads": None, "cpu_jit": None, "split_k": None, "check_targets": True,
+             "configs": {}}
 _values = dict(_DEFAULTS)
 _values["configs"] = {}
 
@@ -62,6 +67,8 @@ def _check(name, value):
         raise ValueError(f"knobs.override(): conv_cpu_path must be one of {_CONV_PATHS}, got {value!r}")
     if name == "cpu_threads" and value not in (None, "serial", "forced"):
         raise ValueError(f"knobs.override(): cpu_threads must be None, 'serial' or 'forced', got {value!r}")
+    if name == "cpu_jit" and value not in (None, "off"):
+        raise ValueError(f"knobs.override(): cpu_jit must be None or 'off', got {value!r}")
     if name == "split_k" and value is not None and (not isinstance(value, int) or value < 1):
         raise ValueError(f"knobs.override(): split_k must be None or an int >= 1, got {value!r}")
     if name == "check_targets" and not isinstance(value, bool):

@@ -13,8 +13,9 @@ from ._common import KernelFunction, tensor_arg
 
 class BatchNormFunction(KernelFunction):
     """Batch norm, optionally followed by a ReLU in the same forward pass (the kernels'
-    ``activation``); the backward then masks g with the saved output first (relu's own
-    backward kernel) and takes batch norm's backward of that."""
+    ``activation``); the backward hands the saved output to the kernel (``y``), which
+    masks g by ``y > 0`` before batch norm's backward of it (the numpy backend's compiled
+    kernels in the same passes; the others with relu's own backward kernel first)."""
 
     def forward(self, x, weight, bias, running_mean, running_var, training, momentum, eps, activation):
         y, mean, inv_std = kernels.batchnorm.on(x).batch_norm_forward(
@@ -26,10 +27,8 @@ class BatchNormFunction(KernelFunction):
 
     def backward(self, g):
         x, mean, inv_std, weight, y = self.saved
-        if self.activation == "relu":
-            g = kernels.activation.on(g).relu_backward(g, y)
         return kernels.batchnorm.on(g).batch_norm_backward(
-            g, x, mean, inv_std, weight, self.training, needs=self.needs_input_grad[:3]
+            g, x, mean, inv_std, weight, self.training, needs=self.needs_input_grad[:3], y=y
         )
 
 

@@ -64,11 +64,15 @@ def batch_norm_forward(x, running_mean, running_var, weight, bias, training, mom
     return y.astype(x.dtype), mean.astype(x.dtype), inv_std.astype(x.dtype)
 
 
-def batch_norm_backward(grad_y, x, mean, inv_std, weight, training, needs=(True, True, True)):
+def batch_norm_backward(grad_y, x, mean, inv_std, weight, training, needs=(True, True, True), y=None):
     """Returns (dx, dgamma, dbeta) of grad_y's dtype; an entry is None where ``needs``
-    says it is not wanted."""
+    says it is not wanted. ``y``: the forward's output when it applied
+    ``activation="relu"``; grad_y is then the gradient of that ReLU's output, and is
+    masked by ``y > 0`` first."""
     xp = get_array_module(grad_y)
     g, axes = grad_y.astype(xp.float64), _axes(x)
+    if y is not None:
+        g = g * (y > 0)
     n = x.size // x.shape[1]
     inv = _per_channel(inv_std, x.ndim, xp)
     xhat = (x.astype(xp.float64) - _per_channel(mean, x.ndim, xp)) * inv

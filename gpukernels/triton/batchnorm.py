@@ -93,7 +93,7 @@ import triton
 
 from .. import backend
 from ..backend import get_array_module, kernel_arg
-from .activation import relu_forward
+from .activation import relu_backward, relu_forward
 from ._common import FLOAT_DTYPES, Tuned, arg, check_float, dtype_name, kernel_view, needs_int64, strides, to_float32
 from .batchnorm_kernels import (
     _bn_bwd_apply_kernel, _bn_bwd_finalize_kernel, _bn_bwd_reduce_kernel, _bn_fwd_apply_kernel, _bn_fwd_finalize_kernel,
@@ -353,7 +353,7 @@ def batch_norm_forward(x, running_mean, running_var, weight, bias, training, mom
     return y, stats[0], stats[1]
 
 
-def batch_norm_backward(grad_y, x, mean, inv_std, weight, training, needs=(True, True, True)):
+def batch_norm_backward(grad_y, x, mean, inv_std, weight, training, needs=(True, True, True), y=None):
     """Gradients of ``batch_norm_forward`` with respect to x, weight and bias.
 
     dbeta = sum(g), dgamma = inv_std sum(g (x - mean)) per channel; training:
@@ -368,6 +368,9 @@ def batch_norm_backward(grad_y, x, mean, inv_std, weight, training, needs=(True,
         weight: (C,) float32 or x-dtype gamma, or None.
         training: whether the forward used batch statistics.
         needs: which of (dx, dgamma, dbeta) to compute.
+        y: the forward's output when it applied ``activation="relu"`` (grad_y is then the
+            gradient of that ReLU's output): grad_y is first masked by ``y > 0``, by
+            ``relu_backward`` (one more pass), or None.
 
     Returns:
         ``(dx, dgamma, dbeta)``: dx of x's dtype, dense in x's dimension order; dgamma and
@@ -376,6 +379,8 @@ def batch_norm_backward(grad_y, x, mean, inv_std, weight, training, needs=(True,
     op = "batch_norm_backward"
     xp = get_array_module(grad_y, x)
     needs = tuple(bool(v) for v in needs)
+    if y is not None:
+        grad_y = relu_backward(grad_y, y)
     _check_input(op, x)
     _check_input(op, grad_y, "grad_y")
     check_float(op, grad_y, x)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpukernels.cpu import _parallel, activation, batchnorm
+from gpukernels.cpu import _jit, _parallel, activation, batchnorm
+from gpukernels.reference import batchnorm as ref_batchnorm
 from tests.helpers import assert_close
 
 torch = pytest.importorskip("torch")
@@ -31,11 +32,16 @@ SHAPES = [
 ]
 
 
-@pytest.fixture(params=["serial", "threads"])
+@pytest.fixture(params=["numpy-serial", "numpy-threads", "numba-serial", "numba-threads"])
 def driver(request, knob):
-    """Run on the calling thread only, or force the piece driver on for every size
-    (pieces of uneven length, more pieces than some batches have images)."""
-    knob(cpu_threads="serial" if request.param == "serial" else "forced")
+    """The NumPy passes or numba's compiled kernels (``cpu/_jit``; skipped where numba
+    is not installed), each on the calling thread only or with the piece driver forced
+    on for every size (pieces of uneven length, more pieces than some batches have
+    images)."""
+    code, threads = request.param.split("-")
+    if code == "numba" and not _jit.enabled():
+        pytest.skip(f"compiled kernels off: {_jit.why_not()}")
+    knob(cpu_threads="serial" if threads == "serial" else "forced", cpu_jit="off" if code == "numpy" else None)
     return request.param
 
 
@@ -210,10 +216,12 @@ def test_float32_within_1e5_of_float64(driver, offset, shape):
     assert_rel(y32, y64, 1e-5, "eval y")
 
 
-def test_shifted_sums_are_used_for_a_large_offset(monkeypatch):
-    """The one-read sums would lose ~1e-2 of the variance at an offset of 1000 std in
-    float32; the test above passing proves the shift, this one that the switch is the
-    ratio (with the shift disabled the error is far above 1e-5)."""
+def test_shifted_sums_are_used_for_a_large_offset(monkeypatch, knob):
+    """The NumPy passes' one-read sums would lose ~1e-2 of the variance at an offset of
+    1000 std in float32; the test above passing proves the shift, this one that the
+    switch is the ratio (with the shift disabled the error is far above 1e-5). (The
+    compiled kernels always sum x minus each channel's first value, in float64.)"""
+    knob(cpu_jit="off")
     monkeypatch.setattr(batchnorm, "SHIFT_RATIO", float("inf"))
     rng = np.random.default_rng(6)
     x = (rng.standard_normal((64, 1, 32, 32)) + 1000).astype(np.float32)
@@ -230,6 +238,80 @@ def test_lock_held_runs_serially():
     with _parallel.lock:
         held = batchnorm.batch_norm_forward(x, None, None, None, None, True, 0.1, 1e-5)[0]
     assert_close(held, free, atol=1e-6, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- relu fused into the backward
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("shape", [(9, 5, 13, 17), (7, 3), (64, 2, 32, 32)], ids=str)
+def test_backward_with_y_masks_grad_by_the_relu(driver, shape, training, dtype):
+    """``batch_norm_backward(..., y=y)`` (the forward ran ``activation="relu"``) is the
+    backward of ``g * [y > 0]``, and the reference's with the same y."""
+    rng = np.random.default_rng(11)
+    x, g, w, b, rm, rv = inputs(rng, shape, offset=0.3)
+    x, g, w, b, rm, rv = (a.astype(dtype) for a in (x, g, w, 0.1 * b, rm, rv))
+    y, mean, inv_std = batchnorm.batch_norm_forward(x, rm, rv, w, b, training, 0.1, 1e-5, activation="relu")
+    assert 0.2 < (y == 0).mean() < 0.8  # the mask is exercised
+    fused = batchnorm.batch_norm_backward(g, x, mean, inv_std, w, training, y=y)
+    masked = batchnorm.batch_norm_backward(g * (y > 0), x, mean, inv_std, w, training)
+    want = ref_batchnorm.batch_norm_backward(g.astype(np.float64), x.astype(np.float64), mean, inv_std,
+                                             w.astype(np.float64), training, y=y)
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    for name, a, m, e in zip(("dx", "dgamma", "dbeta"), fused, masked, want):
+        assert a.dtype == dtype, name
+        assert_rel(a, m, tol, name)
+        assert_rel(a, e, tol, name)
+
+
+# ----------------------------------------------------------------------------- compiled kernels
+
+
+def test_compiled_kernels_serve_contiguous_float32_and_float64_only(knob):
+    """``_jit_kernels`` hands out numba's kernels for C-contiguous float32 / float64
+    arrays of one dtype, and None (the NumPy passes) otherwise or under the knob."""
+    if not _jit.enabled():
+        pytest.skip(f"compiled kernels off: {_jit.why_not()}")
+    x = np.ones((4, 3, 8), np.float32)
+    assert batchnorm._jit_kernels(x) is _jit.kernels()
+    assert batchnorm._jit_kernels(x.astype(np.float64), x.astype(np.float64)) is _jit.kernels()
+    for args in [(x.astype(np.float16),), (x.transpose(0, 2, 1),), (x, x.astype(np.float64)), (x.astype(np.int32),)]:
+        assert batchnorm._jit_kernels(*args) is None, [(a.dtype, a.strides) for a in args]
+    knob(cpu_jit="off")
+    assert batchnorm._jit_kernels(x) is None
+    assert _jit.why_not() == "knob cpu_jit='off'"
+
+
+def test_without_numba_the_numpy_passes_run(monkeypatch):
+    """A numba that is missing or fails to import leaves the NumPy passes, same values."""
+    rng = np.random.default_rng(12)
+    x, g, w, b, rm, rv = inputs(rng, (6, 3, 5, 5))
+    with_jit = ours(x, rm.copy(), rv.copy(), w, b, True, g)
+    monkeypatch.setattr(_jit, "_state", {"module": None, "error": "ImportError: no module named 'numba'"})
+    assert not _jit.enabled() and "numba unavailable (ImportError" in _jit.why_not()
+    without = ours(x, rm.copy(), rv.copy(), w, b, True, g)
+    for a, e in zip(with_jit, without):
+        assert_rel(a, e, 1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nan_and_inf_propagate_as_in_the_numpy_passes(driver, dtype):
+    """A NaN or an infinity in a channel makes that channel's outputs NaN (its mean and
+    variance are) and leaves the other channels finite, with the relu and without: the
+    compiled kernels keep IEEE semantics (no ``nnan`` / ``ninf`` fast-math flags)."""
+    rng = np.random.default_rng(13)
+    x, g, w, b, rm, rv = inputs(rng, (4, 3, 6, 6))
+    x, g, w, b = (a.astype(dtype) for a in (x, g, w, b))
+    x[1, 0, 2, 2] = np.nan
+    x[2, 2, 0, 1] = np.inf
+    for act in (None, "relu"):
+        y, mean, inv_std = batchnorm.batch_norm_forward(x, None, None, w, b, True, 0.1, 1e-5, activation=act)
+        dx, dw, db = batchnorm.batch_norm_backward(g, x, mean, inv_std, w, True, y=y if act else None)
+        assert np.isnan(y[:, 0]).all() and np.isnan(y[:, 2]).all() and np.isfinite(y[:, 1]).all(), act
+        assert np.isnan(dx[:, 0]).all() and np.isfinite(dx[:, 1]).all(), act
+        assert np.isnan(dw[0]) and np.isfinite(dw[1]), act
 
 
 # ----------------------------------------------------------------------------- relu

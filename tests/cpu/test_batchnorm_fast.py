@@ -16,6 +16,13 @@ from tests.helpers import assert_close
 TOLS = {np.float64: 1e-11, np.float32: 2e-5}
 
 
+@pytest.fixture(autouse=True)
+def numpy_passes(knob):
+    """These are the NumPy passes' own paths: numba's compiled kernels (``cpu/_jit``,
+    tested in test_batchnorm.py) stay off."""
+    knob(cpu_jit="off")
+
+
 def _inputs(shape, dtype, seed=0, offset=0.5):
     rng = np.random.default_rng(seed)
     c = shape[1]

@@ -115,6 +115,18 @@ def test_relu_activation_is_the_max_of_the_plain_output(tri):
         tri.batch_norm_forward(x, rm, rv, w, b, True, 0.1, 1e-5, activation="tanh")
 
 
+def test_backward_with_y_masks_grad_by_the_relu(tri):
+    """``y=`` (the forward ran ``activation="relu"``): the backward of ``g * [y > 0]``,
+    as the reference's with the same y."""
+    x, w, b, rm, rv, g = _problem((3, 17, 5, 7), seed=5)
+    y, mean, inv = tri.batch_norm_forward(x, rm, rv, w, b, True, 0.1, 1e-5, activation="relu")
+    assert 0.2 < (y == 0).mean() < 0.8
+    got = tri.batch_norm_backward(g, x, mean, inv, w, True, y=y)
+    want = ref.batch_norm_backward(_f64(g), _f64(x), _f64(mean), _f64(inv), _f64(w), True, y=y)
+    for label, a, e in zip(("dx", "dgamma", "dbeta"), got, want):
+        _close(a, e, np.float32, label)
+
+
 @pytest.mark.parametrize("shape", [(7, 17), (1023, 3), (2, 1), (1025, 1)])
 def test_two_dimensional_inputs(tri, shape):
     x, w, b, rm, rv, g = _problem(shape, seed=1)
