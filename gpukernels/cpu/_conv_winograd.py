@@ -33,8 +33,16 @@ columns at once 131 / 77); 256x8x8 b32 55 / 31 (nhwc 92 / 53). Its transforms ma
 about a third of a call; two threads scale 1.8x, where the all-columns version, its
 working set 3x larger, scaled 1.5x.
 
-Where it pays (dispatch in ``cpu.conv._path``): from 128 channels on. At 64 it
-loses on two threads (64x32x32 b64 115 against flat's 102 ms; one thread 174 against
+Where numba is installed (``_jit``) each transform of a column is one compiled pass
+(``_jit_kernels.winograd_*``: the input's ``B^T`` column then rows, the output's
+``A^T`` with its column share, grad_y's ``A``, grad_x's ``B`` overlap-add with the
+adjoint of ``B^T``'s column) instead of 4-8 NumPy operations over stride-2 views;
+same buffers, same GEMMs, the forward bit for bit the same. fwd+bwd, 2 threads, ms,
+NumPy against compiled transforms: 128x16x16 b64 112 / 63, 64x32x32 b64 175 / 84.
+
+Where it pays (dispatch in ``cpu.conv._path``): from 128 channels on with the NumPy
+transforms, from 32 with the compiled ones (``conv.WINOGRAD_JIT_MIN_CHANNELS``).
+With the NumPy transforms at 64 channels it loses on two threads (64x32x32 b64 115 against flat's 102 ms; one thread 174 against
 194), and at 16 the transforms cost 3-5x the GEMMs they save.
 """
 
@@ -43,6 +51,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _conv_common as common
+from . import _jit
 
 #: ``U = G g G^T``: the weight transform of F(2x2, 3x3).
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
@@ -171,10 +180,14 @@ class _Tiles:
         """Copy the NCHW images ``xt`` into the frame."""
         common.to_channels_last(self.interior[: xt.shape[0]], xt)
 
-    def column(self, b, j):
-        """``V[:, j]`` (4, b * T, C) of the loaded images."""
-        _bt_entry(self.frame[:b], 2, self.TW, j, self.col[:b])
-        _bt(self.col[:b], 1, self.TH, [v[:b] for v in self.vj6])
+    def column(self, b, j, jit=None):
+        """``V[:, j]`` (4, b * T, C) of the loaded images (in one pass by ``jit``, the
+        compiled kernels, when given)."""
+        if jit is not None:
+            jit.winograd_input_column(self.frame[:b], j, self.vj6[:, :b])
+        else:
+            _bt_entry(self.frame[:b], 2, self.TW, j, self.col[:b])
+            _bt(self.col[:b], 1, self.TH, [v[:b] for v in self.vj6])
         return self.vj[:, : b * self.T]
 
 
@@ -227,13 +240,17 @@ def winograd_forward(g, x, u, bias, activation, slope, y, n0, n1, budget):
     out = np.empty((bmax, TH, 2, TW, 2, O), dtype=dt)
     tmp = np.empty((2, bmax, TH, TW, O), dtype=dt)
     bias4 = None if bias is None else bias.reshape(1, O, 1, 1)
+    jit = _jit.kernels()
     for a, e in tiles:
         b = e - a
         buf.load(x[a:e])
         o = out[:b]
         oc = [o[:, :, :, :, 0], o[:, :, :, :, 1]]  # (b, TH, 2, TW, O): output columns 2k, 2k + 1
         for j in range(4):
-            np.matmul(buf.column(b, j), u4[j], out=mj[:, : b * T])
+            np.matmul(buf.column(b, j, jit), u4[j], out=mj[:, : b * T])
+            if jit is not None:
+                jit.winograd_output_column(mj6[:, :b], j, o)
+                continue
             m = [q[:b] for q in mj6]
             # A^T along the rows, then column j's share of A^T along the columns:
             # oc[0] = s0 + s1 + s2, oc[1] = s1 - s2 - s3.
@@ -277,6 +294,7 @@ def winograd_backward(g, gy_all, x, u, y, activation, slope, needs, gx_all, n0, 
         dcol = np.empty((bmax, 2 * TH + 2, TW, C), dtype=dt)
         tmp = np.empty((bmax, TH, TW, C), dtype=dt)
         gframe = np.empty((bmax, 2 * TH + 2, 2 * TW + 2, C), dtype=dt)
+    jit = _jit.kernels()
     for a, e in tiles:
         b = e - a
         wk = None if work is None else work[:b]
@@ -291,24 +309,30 @@ def winograd_backward(g, gy_all, x, u, y, activation, slope, needs, gx_all, n0, 
         y0, y1 = gyp[:b, :, 0::2], gyp[:b, :, 1::2]  # output columns 2k, 2k + 1
         for j in range(4 if needs[0] or needs[1] else 0):
             # dM[:, j] = A dY A^T's column j: A along the columns (entry j), then the rows.
-            c = acol[:b]
-            if j == 0:
-                c = y0
-            elif j == 1:
-                np.add(y0, y1, out=c)
-            elif j == 2:
-                np.subtract(y0, y1, out=c)
+            if jit is not None:
+                jit.winograd_grad_column(gyp[:b], j, dmj6[:, :b])
             else:
-                np.negative(y1, out=c)
-            _a(c[:, 0::2], c[:, 1::2], [q[:b] for q in dmj6])
+                c = acol[:b]
+                if j == 0:
+                    c = y0
+                elif j == 1:
+                    np.add(y0, y1, out=c)
+                elif j == 2:
+                    np.subtract(y0, y1, out=c)
+                else:
+                    np.negative(y1, out=c)
+                _a(c[:, 0::2], c[:, 1::2], [q[:b] for q in dmj6])
             dm = dmj[:, : b * T]
             if needs[1]:
-                np.matmul(dm.transpose(0, 2, 1), buf.column(b, j), out=gut)
+                np.matmul(dm.transpose(0, 2, 1), buf.column(b, j, jit), out=gut)
                 gu[:, j] += gut
             if needs[0]:
                 np.matmul(dm, u4[j], out=dvj[:, : b * T])
-                _b([q[:b] for q in dvj6], 1, TH, dcol[:b], tmp[:b])
-                _bt_adjoint(dcol[:b], 2, TW, j, gframe[:b])
+                if jit is not None:
+                    jit.winograd_input_grad_column(dvj6[:, :b], j, gframe[:b])
+                else:
+                    _b([q[:b] for q in dvj6], 1, TH, dcol[:b], tmp[:b])
+                    _bt_adjoint(dcol[:b], 2, TW, j, gframe[:b])
         if needs[0]:
             src = gframe[:b, g.ph : g.ph + g.H, g.pw : g.pw + g.W].transpose(0, 3, 1, 2)
             np.copyto(gx_all[a:e], src)

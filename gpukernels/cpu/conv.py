@@ -36,7 +36,8 @@ measurement on the ResNet-20 / CIFAR-10, fast CIFAR and digits layers (batch 128
 
 * ``winograd`` (``_conv_winograd``, F(2x2, 3x3): 2.25x fewer FLOPs, paid for in
   transforms): 3x3, stride 1, dilation 1, groups 1, float32/64, at least
-  WINOGRAD_MIN_CHANNELS input and output channels and outputs WINOGRAD_MIN_OW wide
+  WINOGRAD_MIN_CHANNELS input and output channels (WINOGRAD_JIT_MIN_CHANNELS where
+  numba compiles the transforms) and outputs WINOGRAD_MIN_OW wide
   (fwd+bwd against nhwc, 2 threads: 128x16x16 b64 63 vs 110 ms, 256x8x8 b32 31 vs 53,
   512x4x4 b32 58 vs 78; at 64 channels and below its transforms cost more than they
   save: 64x8x8 b128 20 vs 15 ms, 64x32x32 b64 115 vs flat's 102);
@@ -88,7 +89,7 @@ import numpy as np
 from .. import knobs
 from ..backend import get_array_module
 from ..shapes import conv2d_output_size  # noqa: F401 - the family's formula, re-exported
-from . import _parallel
+from . import _jit, _parallel
 from ._conv_common import flat_ok, geom
 from ._conv_flat import flat_backward, flat_forward
 from ._conv_nchw import batch_inner_backward, batch_inner_forward, generic_backward, generic_forward
@@ -126,6 +127,11 @@ POINTWISE_MIN_CHANNELS2 = 64
 #: 3x3 stride-1 convs with at least this many input and output channels take
 #: ``winograd`` (below it its transforms cost more than the FLOPs it saves).
 WINOGRAD_MIN_CHANNELS = 128
+#: ... or this many where numba compiles its transforms (``_jit``): one pass each instead
+#: of 4-8 NumPy operations. fwd+bwd ms, 2 threads, float32, default path against
+#: winograd: 64x32x32 b64 105 (flat) vs 83, 32x16x16 b128 24.2 (nhwc / flat) vs 21.0,
+#: 64x8x8 b128 23.5 (nhwc) vs 13.5; at 16 channels still 31 (flat) vs 64.
+WINOGRAD_JIT_MIN_CHANNELS = 32
 #: ... and outputs at least this wide: at 2x2 (one tile an image) it is a wash against
 #: nhwc (512x2x2 b32 33 vs 39 ms, 256x2x2 8.2 vs 7.4).
 WINOGRAD_MIN_OW = 4
@@ -158,7 +164,8 @@ def _path(g, dtype, backward=False):
         return "generic" if unfit else forced
     if pointwise_ok(g) and g.C * g.O >= POINTWISE_MIN_CHANNELS2:
         return "pointwise"
-    if winograd_ok(g, dtype) and min(g.C, g.O) >= WINOGRAD_MIN_CHANNELS and g.OW >= WINOGRAD_MIN_OW:
+    min_channels = WINOGRAD_JIT_MIN_CHANNELS if _jit.enabled() else WINOGRAD_MIN_CHANNELS
+    if winograd_ok(g, dtype) and min(g.C, g.O) >= min_channels and g.OW >= WINOGRAD_MIN_OW:
         return "winograd"
     if g.Kg < GENERIC_MAX_DEPTH or (g.G == 1 and g.C <= GENERIC_MAX_CHANNELS):
         return "generic"

@@ -15,7 +15,7 @@ import threading
 import numpy as np
 import pytest
 
-from gpukernels.cpu import _conv_common, _conv_flat, _parallel, conv
+from gpukernels.cpu import _conv_common, _conv_flat, _jit, _parallel, conv
 from tests.helpers import assert_close
 
 torch = pytest.importorskip("torch")
@@ -23,7 +23,16 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 RTOL64 = 1e-8
-PATHS = (None, "flat", "batch_inner", "generic", "nhwc", "pointwise", "winograd")
+PATHS = (None, "flat", "batch_inner", "generic", "nhwc", "pointwise", "winograd", "winograd-numpy")
+
+
+def use_path(knob, path):
+    """Pin ``path``; ``"winograd-numpy"``: winograd with its NumPy transforms (numba's
+    compiled ones, ``cpu/_jit``, off; "winograd" takes them where numba is installed)."""
+    if path == "winograd-numpy":
+        knob(conv_cpu_path="winograd", cpu_jit="off")
+    else:
+        knob(conv_cpu_path=path, cpu_jit=None)
 
 
 def assert_rel_close(actual, expected, *, rtol, name=""):
@@ -71,7 +80,7 @@ def check_case(case, path, knob, rng_seed=0):
     oh, ow = conv.conv2d_output_size(h, w, (kh, kw), stride, padding, dilation)
     gy = rng.standard_normal((n, o, oh, ow))
     ref = torch_conv(x, wt, b, stride, padding, dilation, groups, activation, slope, gy, needs)
-    knob(conv_cpu_path=path)
+    use_path(knob, path)
     y = conv.conv2d_forward(x, wt, b, stride, padding, dilation, groups, activation, slope)
     assert y.dtype == np.float64 and y.shape == (n, o, oh, ow)
     grads = conv.conv2d_backward(gy, x, wt, y, stride, padding, dilation, groups, activation, slope, needs)
@@ -232,7 +241,7 @@ def test_threaded_tiles_match_torch(path, stride, activation, bias, threaded, mo
     # tiles of two images on every path: chunks of 5 and 4 give tiles 2, 2, 1 and 2, 2
     tiles = _conv_common.tiles
     monkeypatch.setattr(_conv_common, "tiles", lambda n0, n1, per_image, budget, min_images=1: tiles(n0, n1, 1, 2))
-    knob(conv_cpu_path=path)
+    use_path(knob, path)
     y = conv.conv2d_forward(x, wt, b, stride, (1, 1), (1, 1), 1, activation, 0.1)
     grads = conv.conv2d_backward(gy, x, wt, y, stride, (1, 1), (1, 1), 1, activation, 0.1, needs)
     assert_rel_close(y, ref[0], rtol=RTOL64, name="y")
@@ -265,8 +274,10 @@ def test_threaded_tiles_match_torch(path, stride, activation, bias, threaded, mo
         ((32, 256, 16, 256, 3), 2, 1, "nhwc"),
     ],
 )
-def test_path_choice(shape, stride, groups, expected):
-    """The dispatcher's picks for the benchmarked layers (the thresholds were measured)."""
+def test_path_choice(shape, stride, groups, expected, knob):
+    """The dispatcher's picks for the benchmarked layers (the thresholds were measured),
+    with NumPy's winograd transforms (numba's: ``test_path_choice_with_compiled_transforms``)."""
+    knob(cpu_jit="off")
     n, c, h, o, k = shape
     g = _conv_common.Geom((n, c, h, h), (o, c // groups, k, k), stride, k // 2, 1, groups)
     assert conv._path(g, np.dtype(np.float32)) == expected
@@ -283,12 +294,33 @@ def test_path_choice(shape, stride, groups, expected):
         ((128, 16, 32, 16, 3), 1, "flat", "flat"),
     ],
 )
-def test_path_choice_backward(shape, stride, forward, backward):
+def test_path_choice_backward(shape, stride, forward, backward, knob):
     """The backward may take another path than the forward (measured per phase)."""
+    knob(cpu_jit="off")
     n, c, h, o, k = shape
     g = _conv_common.Geom((n, c, h, h), (o, c, k, k), stride, k // 2, 1, 1)
     assert (conv._path(g, np.dtype(np.float32)), conv._path(g, np.dtype(np.float32), backward=True)) == (
         forward, backward)
+
+
+@pytest.mark.parametrize(
+    "shape, expected",
+    [
+        ((128, 16, 32, 16, 3), "flat"),  # 16 channels: the transforms still cost more
+        ((128, 32, 16, 32, 3), "winograd"),
+        ((128, 64, 8, 64, 3), "winograd"),
+        ((64, 64, 32, 64, 3), "winograd"),
+        ((32, 32, 32, 64, 3), "winograd"),
+        ((32, 512, 2, 512, 3), "nhwc"),  # narrower than WINOGRAD_MIN_OW
+    ],
+)
+def test_path_choice_with_compiled_transforms(shape, expected):
+    """Where numba compiles winograd's transforms it pays from 32 channels on."""
+    if not _jit.enabled():
+        pytest.skip(f"compiled kernels off: {_jit.why_not()}")
+    n, c, h, o, k = shape
+    g = _conv_common.Geom((n, c, h, h), (o, c, k, k), 1, k // 2, 1, 1)
+    assert conv._path(g, np.dtype(np.float32)) == expected
 
 
 def test_tiles_cover_batch_with_tails():
@@ -343,7 +375,7 @@ def test_concurrent_callers(threaded):
 def test_float32_stays_float32_and_is_accurate(path, knob):
     """float32 in, float32 out, within 2e-3 of float64 torch (winograd's transforms
     round a little more than a direct sum: its own run)."""
-    knob(conv_cpu_path=path)
+    use_path(knob, path)
     rng = np.random.default_rng(11)
     x, w, b = make_inputs(rng, 4, 32, 16, 16, 32, 3, 3, 1, True, dtype=np.float32)
     gy = rng.standard_normal((4, 32, 16, 16)).astype(np.float32)
@@ -368,7 +400,7 @@ def test_non_contiguous_inputs(monkeypatch, knob):
         np.ascontiguousarray(gy), ALL,
     )
     for path in PATHS:
-        knob(conv_cpu_path=path)
+        use_path(knob, path)
         y = conv.conv2d_forward(xt, w, b, (1, 1), (1, 1), (1, 1), 1)
         grads = conv.conv2d_backward(gy, xt, w, y, (1, 1), (1, 1), (1, 1), 1)
         for name, got, want in zip(("y", "grad_x", "grad_w", "grad_b"), (y, *grads), ref):
@@ -449,7 +481,7 @@ def test_reused_scratch_gives_each_call_its_own_result(path, knob):
     each call's result is its own inputs' (nothing of the last call's data stays in the
     columns, the padded frame's border stays zero), forward and backward, for the
     digits CNN's two layer shapes."""
-    knob(conv_cpu_path=path)
+    use_path(knob, path)
     rng = np.random.default_rng(21)
     for c, o, h in ((1, 16, 8), (16, 32, 4)):
         for _ in range(3):
