@@ -12,11 +12,12 @@ Python functions over NumPy arrays, compiled on first use and cached on disk
 (``cache=True``: ``__pycache__`` beside the module, or numba's user cache directory when
 that is not writable).
 
-Users: batch norm's passes (``batchnorm``) and winograd's transforms
-(``_conv_winograd``). Measured on the 2-core dev VM (float32, two threads): batch norm
-training forward + backward 1.8-2.5x faster than its NumPy passes and 1.4-2.0x faster
-than PyTorch 2.13's CPU kernels; winograd convs fwd+bwd 1.8-2.1x faster, so that they
-take over from 32 channels (the modules' docstrings have the figures).
+Users: batch norm's passes (``batchnorm``), winograd's transforms
+(``_conv_winograd``) and the 2x2 / 2 max pool (``pool``). Measured on the 2-core dev VM
+(float32, two threads): batch norm training forward + backward 1.8-2.5x faster than its
+NumPy passes and 1.4-2.0x faster than PyTorch 2.13's CPU kernels; winograd convs
+fwd+bwd 1.8-2.1x faster, so that they take over from 32 channels; the max pool forward
+2.2x, forward + backward 1.4x (the modules' docstrings have the figures).
 
 Threads: the kernels are compiled ``nogil`` and run on ``_parallel``'s threads, one
 piece each, exactly as the NumPy passes they replace. numba's own parallel layer

@@ -238,3 +238,70 @@ def winograd_input_grad_column(dv, j, gframe):
                         gframe[n, r, s2, c] += val
                     else:
                         gframe[n, r, s2, c] -= val
+
+
+# ----------------------------------------------------------------------------- max pool 2x2 / 2
+# ``pool``'s max pooling for the usual CNN geometry (kernel 2x2, stride 2, no padding or
+# dilation) on (P, H, W) planes, P = N*C: the tie rule and NaN of that module's
+# docstring, the four taps written out (a kernel taking the geometry as arguments ran
+# its loops 4-13x slower: runtime bounds, nothing unrolled).
+
+
+@njit(**_FLAGS)
+def max_pool_2x2_forward(x, y, a):
+    """``y[p, i, j]`` = max of ``x[p, 2i:2i+2, 2j:2j+2]``, ``a`` its tap ``2u + v``: the
+    FIRST maximum (strictly greater replaces); a window holding a NaN gives NaN and 0."""
+    planes = x.shape[0]
+    oh, ow = y.shape[1], y.shape[2]
+    for p in range(planes):
+        for i in range(oh):
+            r = 2 * i
+            for j in range(ow):
+                c = 2 * j
+                x0 = x[p, r, c]
+                x1 = x[p, r, c + 1]
+                x2 = x[p, r + 1, c]
+                x3 = x[p, r + 1, c + 1]
+                best = x0
+                arg = 0
+                if x1 > best:
+                    best = x1
+                    arg = 1
+                if x2 > best:
+                    best = x2
+                    arg = 2
+                if x3 > best:
+                    best = x3
+                    arg = 3
+                if x0 != x0 or x1 != x1 or x2 != x2 or x3 != x3:
+                    y[p, i, j] = np.nan
+                    a[p, i, j] = 0
+                else:
+                    y[p, i, j] = best
+                    a[p, i, j] = arg
+
+
+@njit(**_FLAGS)
+def max_pool_2x2_backward(g, a, dx):
+    """``dx[p, 2i + u, 2j + v]`` = ``g[p, i, j]`` where ``a[p, i, j] == 2u + v``, else 0
+    (a select: an infinite g never becomes NaN elsewhere); rows and columns no window
+    reads (odd H or W) are 0."""
+    planes, h, w = dx.shape
+    oh, ow = g.shape[1], g.shape[2]
+    for p in range(planes):
+        for r in range(2 * oh, h):
+            for c in range(w):
+                dx[p, r, c] = 0
+        for i in range(oh):
+            r = 2 * i
+            if 2 * ow < w:
+                dx[p, r, w - 1] = 0
+                dx[p, r + 1, w - 1] = 0
+            for j in range(ow):
+                c = 2 * j
+                gv = g[p, i, j]
+                k = a[p, i, j]
+                dx[p, r, c] = gv if k == 0 else 0
+                dx[p, r, c + 1] = gv if k == 1 else 0
+                dx[p, r + 1, c] = gv if k == 2 else 0
+                dx[p, r + 1, c + 1] = gv if k == 3 else 0

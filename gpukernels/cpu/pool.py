@@ -73,6 +73,18 @@ strided views cost ~60 us a tap for 256 planes of 16x16 outputs, a flat shifted 
 at the taps that are not the argmax (inf * 0): blocks with a non-finite dy select with
 ``np.where`` instead, as the reference.
 
+Compiled 2x2 / 2 max pool (``_jit``, where numba is installed)
+--------------------------------------------------------------
+The usual CNN pool (kernel 2x2, stride 2, no padding or dilation) on C-contiguous x runs
+``_jit_kernels.max_pool_2x2_forward`` / ``_backward`` instead: each window's four taps
+compared in registers, one read of x and one write of y and a (forward), one read of dy
+and a and one write of dx (backward), in pieces of planes on the two threads. Same tie
+and NaN rules, same argmax (int8, the transposed (N, C, OH, OW) buffer). Measured (dev
+VM, float32): 32x64x32x32 forward 2.69 -> 1.20 ms (9.2 GB/s), forward + backward 5.46
+-> 3.97 ms; the digits CNN's 64x16x8x8 forward 120 -> 36 us. (A numba kernel taking the
+geometry as arguments ran 4-13x slower than this written-out one: so 3x3 s2 p1 and the
+average pool keep their NumPy taps.)
+
 Other arrays (not NumPy float32/float64) take the reference's functions, which read and
 write the same argmax values.
 """
@@ -83,6 +95,7 @@ import numpy as np
 
 from ..reference import pool as _ref
 from ..shapes import conv2d_output_size, pair
+from . import _jit, _parallel
 from ._pool_plan import padded_scratch, run_blocks
 from ._pool_plan import plan as _plan_of
 
@@ -104,6 +117,9 @@ def max_pool2d_forward(x, kernel, stride, padding, dilation):
     y and argmax, once each."""
     if not _fast(x):
         return _ref.max_pool2d_forward(x, kernel, stride, padding, dilation)
+    jit = _jit.kernels() if _jit_2x2(kernel, stride, padding, dilation) and x.flags.c_contiguous and x.size else None
+    if jit is not None:
+        return _max_forward_jit(jit, x)
     plan = _plan_of(x.shape, kernel, stride, padding, dilation, x.itemsize)
     n, c, oh, ow = x.shape[0], x.shape[1], plan.oh, plan.ow
     idx_dtype = np.int8 if plan.kk < 128 else np.int32
@@ -143,6 +159,9 @@ def max_pool2d_backward(grad_y, argmax, x_shape, kernel, stride, padding, dilati
     Traffic: reads dy and argmax, writes dx, once each."""
     if not _fast(grad_y):
         return _ref.max_pool2d_backward(grad_y, argmax, x_shape, kernel, stride, padding, dilation)
+    jit = _jit.kernels() if _jit_2x2(kernel, stride, padding, dilation) and grad_y.size else None
+    if jit is not None:
+        return _max_backward_jit(jit, grad_y, argmax, x_shape)
     plan = _plan_of(x_shape, kernel, stride, padding, dilation, grad_y.itemsize)
     n, c, h, w = x_shape
     g3 = plan.layout(grad_y)
@@ -172,6 +191,40 @@ def max_pool2d_backward(grad_y, argmax, x_shape, kernel, stride, padding, dilati
 
     run_blocks(plan, d3, work, 2 * plan.kk, scratch, scatter=True)
     return plan.nchw(d3, n, c)
+
+
+def _jit_2x2(kernel, stride, padding, dilation):
+    """The geometry numba's max pool serves (``_jit_kernels.max_pool_2x2_*``): 2x2
+    windows, stride 2, no padding or dilation, the usual CNN pool."""
+    return (pair(kernel), pair(stride), pair(padding), pair(dilation)) == ((2, 2), (2, 2), (0, 0), (1, 1))
+
+
+def _planes(a):
+    """(N, C, H, W) as (N*C, H, W)."""
+    return a.reshape(a.shape[0] * a.shape[1], a.shape[2], a.shape[3])
+
+
+def _max_forward_jit(jit, x):
+    """2x2 / 2 ``max_pool2d_forward`` by the compiled kernel (``_jit``): one read of x,
+    one write of y and of the argmax (the same opaque (OH, OW, N, C) view), in pieces of
+    planes on two threads where large."""
+    n, c, h, w = x.shape
+    y = np.empty((n, c, h // 2, w // 2), dtype=x.dtype)
+    a = np.empty(y.shape, dtype=np.int8)
+    x3, y3, a3 = _planes(x), _planes(y), _planes(a)
+    _parallel.run_pieces(x3, lambda p0, p1: jit.max_pool_2x2_forward(x3[p0:p1], y3[p0:p1], a3[p0:p1]), 2)
+    return y, a.transpose(2, 3, 0, 1)
+
+
+def _max_backward_jit(jit, grad_y, argmax, x_shape):
+    """2x2 / 2 ``max_pool2d_backward`` by the compiled kernel: reads dy and the argmax,
+    writes dx, once each."""
+    g3 = _planes(np.ascontiguousarray(grad_y))
+    a3 = _planes(np.ascontiguousarray(argmax.transpose(2, 3, 0, 1)))  # ours is a view: no copy
+    dx = np.empty(x_shape, dtype=grad_y.dtype)
+    d3 = _planes(dx)
+    _parallel.run_pieces(d3, lambda p0, p1: jit.max_pool_2x2_backward(g3[p0:p1], a3[p0:p1], d3[p0:p1]), 2)
+    return dx
 
 
 # ----------------------------------------------------------------------------- average

@@ -4,7 +4,8 @@ the output (the shift scatter: 3x3 s2 p1, 3x3 s1 p1), those that do not (the pad
 scatter: odd sizes, dilation, stride 3 over 3x3), taps that miss a class (1x1 s2), 128
 taps and more (int32 argmax); ties, NaN, -inf and an infinite upstream gradient; one
 plane per block and whole blocks; on the calling thread and on two threads; in the
-planes layout and planes-last (every case is run in each).
+planes layout and planes-last (every case is run in each); and numba's compiled max
+pool where installed.
 
 Max pooling must agree exactly (y, argmax and dx: the same first maximum and the same
 sums in the same order); average pooling to rounding."""
@@ -14,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpukernels.cpu import _pool_plan
+from gpukernels.cpu import _jit, _pool_plan
 from gpukernels.cpu import pool as cpu_pool
 from gpukernels.reference import pool as ref_pool
 from tests.helpers import assert_close
@@ -39,10 +40,17 @@ DTYPES = [np.float32, np.float64]
 DTYPE_IDS = ["float32", "float64"]
 
 
-@pytest.fixture(params=["serial", "forced", "plane-blocks", "planes-last"])
+@pytest.fixture(params=["serial", "forced", "plane-blocks", "planes-last", "numba-serial", "numba-forced"])
 def driver(request, knob, monkeypatch):
-    """In the planes layout: the calling thread, two threads in the smallest pieces, or
-    one plane a block; or every call planes-last."""
+    """The NumPy block kernels in the planes layout: the calling thread, two threads in
+    the smallest pieces, or one plane a block; or every call planes-last. Or numba's
+    compiled max pool (``cpu/_jit``; skipped without numba) on one or two threads."""
+    if request.param.startswith("numba"):
+        if not _jit.enabled():
+            pytest.skip(f"compiled kernels off: {_jit.why_not()}")
+        knob(cpu_threads=request.param.split("-")[1])
+        return request.param
+    knob(cpu_jit="off")
     last = request.param == "planes-last"
     monkeypatch.setattr(_pool_plan, "LAST_MAX_OW", 1 << 30 if last else 0)
     monkeypatch.setattr(_pool_plan, "LAST_MAX_BYTES", 1 << 62 if last else 0)
